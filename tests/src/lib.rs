@@ -1,0 +1,268 @@
+//! Shared plumbing for the end-to-end tests: start the built binaries, wait
+//! (bounded) for the lines that say they are ready, attach real tracers.
+//!
+//! The tests run the release binaries in `target/release`; the README's test
+//! command builds them first. Every wait here has a deadline so a broken
+//! build or tracer fails a test instead of hanging CI.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long any single wait in these tests may take.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The path of a built release binary (`echo-mio`, `portsnoop`, ...).
+///
+/// Panics with the command to run when it is missing, since a test that
+/// silently skips would pass without testing anything.
+pub fn bin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let path = target.join("release").join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --release --workspace` first (./test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Lines a child writes on one of its pipes, collected by a thread so a wait
+/// can have a deadline.
+pub struct Lines {
+    rx: Receiver<String>,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Lines {
+    fn spawn<R: Read + Send + 'static>(pipe: R) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let keep = Arc::clone(&seen);
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                keep.lock().unwrap().push(line.clone());
+                if tx.send(line).is_err() {
+                    // Nobody waits any more; keep draining so the child never
+                    // blocks on a full pipe.
+                }
+            }
+        });
+        Lines { rx, seen }
+    }
+
+    /// Waits up to `timeout` for a line for which `pred` is true and returns
+    /// it. Lines before it are skipped (they stay in [`Lines::all`]).
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) if pred(&line) => return Ok(line),
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(format!(
+                        "timed out after {timeout:?}; lines so far:\n{}",
+                        self.all().join("\n")
+                    ))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(format!(
+                        "stream closed; lines so far:\n{}",
+                        self.all().join("\n")
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Every line seen so far.
+    pub fn all(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A child process that is killed when dropped, with its output collected.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// Its stdout lines.
+    pub stdout: Lines,
+    /// Its stderr lines.
+    pub stderr: Lines,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdout and stderr piped.
+    pub fn spawn(mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        let out: ChildStdout = child.stdout.take().unwrap();
+        let err: ChildStderr = child.stderr.take().unwrap();
+        Proc {
+            child,
+            stdout: Lines::spawn(out),
+            stderr: Lines::spawn(err),
+        }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `sig` (e.g. `libc::SIGINT`).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits up to `timeout` for the child to exit; kills it and panics if it
+    /// does not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "process did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr.all().join("\n")
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Signals `sig` and waits for the exit, then for the output pipes to
+    /// drain, returning (status, stdout lines, stderr lines).
+    pub fn stop(mut self, sig: i32) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
+        self.signal(sig);
+        let status = self.wait_exit(WAIT);
+        // The reader threads finish once the pipes close.
+        let _ = self.stdout.wait_for(Duration::from_secs(5), |_| false);
+        let _ = self.stderr.wait_for(Duration::from_secs(5), |_| false);
+        (status, self.stdout.all(), self.stderr.all())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// An example server started with `--listen 127.0.0.1:0`.
+pub struct Server {
+    /// The process.
+    pub proc: Proc,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts the example binary `name` on an ephemeral loopback port and
+    /// waits for its `listening on IP:PORT` line.
+    pub fn start(name: &str, extra_args: &[&str]) -> Server {
+        let mut cmd = Command::new(bin(name));
+        cmd.args(["--listen", "127.0.0.1:0"]).args(extra_args);
+        let proc = Proc::spawn(cmd);
+        let line = proc
+            .stdout
+            .wait_for(WAIT, |l| l.starts_with("listening on "))
+            .unwrap_or_else(|e| panic!("{name} did not start: {e}"));
+        let addr = line["listening on ".len()..]
+            .trim()
+            .parse()
+            .expect("listening on IP:PORT");
+        Server { proc, addr }
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+}
+
+/// A running bpftrace, attached before [`Bpftrace::start`] returns.
+pub struct Bpftrace {
+    proc: Proc,
+}
+
+impl Bpftrace {
+    /// Runs `script` against process `pid` and waits until bpftrace says it
+    /// attached. In the script, `$BIN` stands for the full path of the
+    /// process's executable (bpftrace 0.17 needs it in `usdt:` probes).
+    pub fn start(script: &str, pid: u32) -> Bpftrace {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("reading /proc/PID/exe");
+        let script = script.replace("$BIN", &exe.to_string_lossy());
+        let mut cmd = Command::new("bpftrace");
+        // `-B line`: a pipe is not a terminal, and the wait below needs the
+        // attach line as soon as it is printed.
+        cmd.args(["-B", "line", "-p", &pid.to_string(), "-e", &script]);
+        let proc = Proc::spawn(cmd);
+        if let Err(e) = proc.stdout.wait_for(WAIT, |l| l.starts_with("Attaching ")) {
+            panic!(
+                "bpftrace did not attach: {e}\nstderr:\n{}",
+                proc.stderr.all().join("\n")
+            );
+        }
+        Bpftrace { proc }
+    }
+
+    /// Stops bpftrace (SIGINT, so it prints its maps) and returns its stdout.
+    pub fn finish(self) -> Vec<String> {
+        let (status, out, err) = self.proc.stop(libc::SIGINT);
+        assert!(
+            status.success() || status.code().is_none(),
+            "bpftrace failed: {status}\n{}",
+            err.join("\n")
+        );
+        out
+    }
+}
+
+/// Whether bpftrace can run here; the tests need it, so this panics with the
+/// install hint instead of skipping.
+pub fn require_bpftrace() {
+    let ok = Command::new("bpftrace")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "bpftrace is not installed; run scripts/setup.sh (./test.sh does)"
+    );
+}

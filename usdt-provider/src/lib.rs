@@ -1,0 +1,280 @@
+//! The `evloop` USDT provider: libmtev's eventer probes for Rust event loops.
+//!
+//! Tracers see a provider named `evloop` with eleven probes:
+//!
+//! | probe | arguments |
+//! | --- | --- |
+//! | `eventer-accept-entry` | fd, addr, addrlen, mask, closure |
+//! | `eventer-accept-return` | fd, addr, addrlen, mask, closure, rv |
+//! | `eventer-read-entry` | fd, buf, len, mask, closure |
+//! | `eventer-read-return` | fd, buf, len, mask, closure, rv |
+//! | `eventer-write-entry` | fd, buf, len, mask, closure |
+//! | `eventer-write-return` | fd, buf, len, mask, closure, rv |
+//! | `eventer-close-entry` | fd, mask, closure |
+//! | `eventer-close-return` | fd, mask, closure, rv |
+//! | `eventer-callback-entry` | closure, event, name, fd, mask, newmask |
+//! | `eventer-callback-return` | closure, event, name, rv |
+//! | `log` | facility, file, line, msg |
+//!
+//! Pointer-like arguments (`addr`, `buf`, `closure`, `event`) are plain
+//! integers (`u64`): the `usdt` crate would mark a Rust pointer for
+//! dereference, and libmtev's scripts treat these as opaque addresses.
+//! `rv` is the byte count (or new fd) on success and `-errno` on failure.
+//!
+//! Every function here takes a closure that builds the arguments. The closure
+//! runs only while a tracer has the probe enabled, so a disabled probe costs
+//! one load of its semaphore and a branch.
+//!
+//! ```
+//! use usdt_provider::{self as probes, mask, Io};
+//!
+//! let buf = [0u8; 16];
+//! let io = Io { fd: 7, buf: buf.as_ptr() as u64, len: buf.len() as u64, mask: mask::READ, closure: 1 };
+//! probes::read_entry(|| io);
+//! let rv: i64 = -11; // -EAGAIN
+//! probes::read_return(|| (io, rv));
+//! ```
+
+#![deny(missing_docs)]
+
+/// The event masks, with libmtev's values.
+pub mod mask {
+    /// The fd is readable (`EVENTER_READ`).
+    pub const READ: i32 = 0x01;
+    /// The fd is writable (`EVENTER_WRITE`).
+    pub const WRITE: i32 = 0x02;
+    /// An error or hang-up on the fd (`EVENTER_EXCEPTION`).
+    pub const EXCEPTION: i32 = 0x04;
+    /// A timer event; its fd is -1 (`EVENTER_TIMER`).
+    pub const TIMER: i32 = 0x08;
+}
+
+// Probe names are the function names with `__` turned into `-` by `usdt`.
+// The argument types are part of the contract with every script out there:
+// change them only together with `evloop.d`, which a test keeps equal.
+#[usdt::provider]
+mod evloop {
+    fn eventer__accept__entry(fd: i32, addr: u64, addrlen: i32, mask: i32, closure: u64) {}
+    fn eventer__accept__return(fd: i32, addr: u64, addrlen: i32, mask: i32, closure: u64, rv: i64) {
+    }
+    fn eventer__read__entry(fd: i32, buf: u64, len: u64, mask: i32, closure: u64) {}
+    fn eventer__read__return(fd: i32, buf: u64, len: u64, mask: i32, closure: u64, rv: i64) {}
+    fn eventer__write__entry(fd: i32, buf: u64, len: u64, mask: i32, closure: u64) {}
+    fn eventer__write__return(fd: i32, buf: u64, len: u64, mask: i32, closure: u64, rv: i64) {}
+    fn eventer__close__entry(fd: i32, mask: i32, closure: u64) {}
+    fn eventer__close__return(fd: i32, mask: i32, closure: u64, rv: i64) {}
+    fn eventer__callback__entry(
+        closure: u64,
+        event: u64,
+        name: &str,
+        fd: i32,
+        mask: i32,
+        newmask: i32,
+    ) {
+    }
+    fn eventer__callback__return(closure: u64, event: u64, name: &str, rv: i32) {}
+    fn log(facility: &str, file: &str, line: i32, msg: &str) {}
+}
+
+/// Registers the probes with the tracer's kernel module.
+///
+/// DTrace platforms (illumos, macOS) need this once at start-up; on Linux the
+/// probes live in the binary's ELF notes and this does nothing. Call it
+/// anyway so the same code is traceable everywhere.
+///
+/// ```
+/// usdt_provider::register().expect("registering the evloop probes");
+/// ```
+pub fn register() -> Result<(), usdt::Error> {
+    usdt::register_probes()
+}
+
+/// Arguments of `eventer-accept-*`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Accept {
+    /// The listening fd.
+    pub fd: i32,
+    /// Address of the buffer that receives the peer address (0 if none).
+    pub addr: u64,
+    /// Size of that buffer.
+    pub addrlen: i32,
+    /// The mask the callback was called with.
+    pub mask: i32,
+    /// The registration's id (libmtev passes the event's closure).
+    pub closure: u64,
+}
+
+/// Arguments of `eventer-read-*` and `eventer-write-*`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Io {
+    /// The fd read from or written to.
+    pub fd: i32,
+    /// Address of the buffer.
+    pub buf: u64,
+    /// Length of the buffer in bytes.
+    pub len: u64,
+    /// The mask the callback was called with.
+    pub mask: i32,
+    /// The registration's id.
+    pub closure: u64,
+}
+
+/// Arguments of `eventer-close-*`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Close {
+    /// The fd being closed.
+    pub fd: i32,
+    /// The mask the callback was called with.
+    pub mask: i32,
+    /// The registration's id.
+    pub closure: u64,
+}
+
+/// Arguments of `eventer-callback-entry`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Callback<'a> {
+    /// The registration's id; the same value every time this callback runs.
+    pub closure: u64,
+    /// The event's id (libmtev passes the `eventer_t`).
+    pub event: u64,
+    /// The callback's name, as operators will filter on it.
+    pub name: &'a str,
+    /// The fd the event is for, or -1 for timers.
+    pub fd: i32,
+    /// The mask that made the event ready.
+    pub mask: i32,
+    /// The mask the event was registered with before this call.
+    pub newmask: i32,
+}
+
+/// Fires `eventer-accept-entry` if enabled.
+#[inline(always)]
+pub fn accept_entry(args: impl FnOnce() -> Accept) {
+    evloop::eventer__accept__entry!(|| {
+        let a = args();
+        (a.fd, a.addr, a.addrlen, a.mask, a.closure)
+    });
+}
+
+/// Fires `eventer-accept-return` if enabled; `rv` is the new fd or `-errno`.
+#[inline(always)]
+pub fn accept_return(args: impl FnOnce() -> (Accept, i64)) {
+    evloop::eventer__accept__return!(|| {
+        let (a, rv) = args();
+        (a.fd, a.addr, a.addrlen, a.mask, a.closure, rv)
+    });
+}
+
+/// Fires `eventer-read-entry` if enabled.
+#[inline(always)]
+pub fn read_entry(args: impl FnOnce() -> Io) {
+    evloop::eventer__read__entry!(|| {
+        let a = args();
+        (a.fd, a.buf, a.len, a.mask, a.closure)
+    });
+}
+
+/// Fires `eventer-read-return` if enabled; `rv` is bytes read or `-errno`.
+#[inline(always)]
+pub fn read_return(args: impl FnOnce() -> (Io, i64)) {
+    evloop::eventer__read__return!(|| {
+        let (a, rv) = args();
+        (a.fd, a.buf, a.len, a.mask, a.closure, rv)
+    });
+}
+
+/// Fires `eventer-write-entry` if enabled.
+#[inline(always)]
+pub fn write_entry(args: impl FnOnce() -> Io) {
+    evloop::eventer__write__entry!(|| {
+        let a = args();
+        (a.fd, a.buf, a.len, a.mask, a.closure)
+    });
+}
+
+/// Fires `eventer-write-return` if enabled; `rv` is bytes written or `-errno`.
+#[inline(always)]
+pub fn write_return(args: impl FnOnce() -> (Io, i64)) {
+    evloop::eventer__write__return!(|| {
+        let (a, rv) = args();
+        (a.fd, a.buf, a.len, a.mask, a.closure, rv)
+    });
+}
+
+/// Fires `eventer-close-entry` if enabled.
+#[inline(always)]
+pub fn close_entry(args: impl FnOnce() -> Close) {
+    evloop::eventer__close__entry!(|| {
+        let a = args();
+        (a.fd, a.mask, a.closure)
+    });
+}
+
+/// Fires `eventer-close-return` if enabled; `rv` is 0 or `-errno`.
+#[inline(always)]
+pub fn close_return(args: impl FnOnce() -> (Close, i64)) {
+    evloop::eventer__close__return!(|| {
+        let (a, rv) = args();
+        (a.fd, a.mask, a.closure, rv)
+    });
+}
+
+/// Fires `eventer-callback-entry` if enabled.
+///
+/// The name is copied (NUL-terminated) only while the probe is enabled; a
+/// name with an interior NUL is seen by tracers up to that NUL.
+///
+/// ```
+/// use usdt_provider::{callback_entry, callback_return, mask, Callback};
+///
+/// let cb = Callback { closure: 1, event: 1, name: "echo", fd: 5, mask: mask::READ, newmask: mask::READ };
+/// callback_entry(|| cb);
+/// callback_return(|| (cb, mask::READ));
+/// ```
+#[inline(always)]
+pub fn callback_entry<'a>(args: impl FnOnce() -> Callback<'a>) {
+    evloop::eventer__callback__entry!(|| {
+        let a = args();
+        (a.closure, a.event, a.name, a.fd, a.mask, a.newmask)
+    });
+}
+
+/// Fires `eventer-callback-return` if enabled; `rv` is the callback's new
+/// mask (0: the event is done). Takes the same [`Callback`] as the entry so
+/// both probes always name the callback alike.
+#[inline(always)]
+pub fn callback_return<'a>(args: impl FnOnce() -> (Callback<'a>, i32)) {
+    evloop::eventer__callback__return!(|| {
+        let (a, rv) = args();
+        (a.closure, a.event, a.name, rv)
+    });
+}
+
+/// Fires `log` if enabled. The message closure runs only while a tracer has
+/// `log` enabled, so formatting costs nothing otherwise. See also
+/// [`evloop_log!`].
+///
+/// ```
+/// usdt_provider::log("http", file!(), line!(), || format!("served {} bytes", 42));
+/// ```
+#[inline(always)]
+pub fn log<M: AsRef<str>>(facility: &str, file: &str, line: u32, msg: impl FnOnce() -> M) {
+    evloop::log!(|| {
+        let line = i32::try_from(line).unwrap_or(i32::MAX);
+        (facility, file, line, msg())
+    });
+}
+
+/// Fires `log` with a `format!`-style message, formatted only while a tracer
+/// has `log` enabled.
+///
+/// ```
+/// let bytes = 42;
+/// usdt_provider::evloop_log!("http", "served {bytes} bytes");
+/// ```
+#[macro_export]
+macro_rules! evloop_log {
+    ($facility:expr, $($fmt:tt)+) => {
+        $crate::log($facility, file!(), line!(), || format!($($fmt)+))
+    };
+}
