@@ -1,1 +1,6 @@
+//! mio and tokio building blocks that fire the `evloop` USDT probes.
 
+pub mod eventer;
+pub mod mio;
+#[cfg(feature = "tokio")]
+pub mod tokio;

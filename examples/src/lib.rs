@@ -1,1 +1,1 @@
-
+//! Shared bits of the example binaries.

@@ -127,12 +127,14 @@ impl SyscallName {
     /// Which eventer operation this syscall can carry out.
     pub fn op(self) -> OpKind {
         match self {
-            SyscallName::Read | SyscallName::Readv | SyscallName::Recvfrom | SyscallName::Recvmsg => {
-                OpKind::Read
-            }
-            SyscallName::Write | SyscallName::Writev | SyscallName::Sendto | SyscallName::Sendmsg => {
-                OpKind::Write
-            }
+            SyscallName::Read
+            | SyscallName::Readv
+            | SyscallName::Recvfrom
+            | SyscallName::Recvmsg => OpKind::Read,
+            SyscallName::Write
+            | SyscallName::Writev
+            | SyscallName::Sendto
+            | SyscallName::Sendmsg => OpKind::Write,
             SyscallName::Accept | SyscallName::Accept4 => OpKind::Accept,
             SyscallName::Connect => OpKind::Connect,
             SyscallName::Shutdown => OpKind::Shutdown,

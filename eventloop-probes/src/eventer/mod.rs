@@ -1,0 +1,1 @@
+//! A libmtev-style event loop on mio.

@@ -1,0 +1,1 @@
+//! Drop-in wrappers for mio sockets that fire the evloop probes.

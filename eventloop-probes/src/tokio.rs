@@ -1,0 +1,1 @@
+//! Wrappers for tokio sockets and tasks that fire the evloop probes.
