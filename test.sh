@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what it needs, builds
+# every binary the end-to-end tests run, then runs unit, doc and end-to-end
+# tests (real bpftrace and portsnoop against real servers on loopback).
+set -euo pipefail
+cd "$(dirname "$0")"
+bash scripts/setup.sh
+cargo build --release --workspace --bins
+cargo test --release --workspace "$@"
