@@ -1,0 +1,314 @@
+//! The adapters on real loopback sockets. Every syscall attempt the adapters
+//! bracket with probes is also logged here (test builds only), so the tests
+//! can check what the probes would carry without a tracer; the end-to-end
+//! tests check the probes themselves with bpftrace.
+
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::{pin, Pin};
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+
+use super::task::current_closure;
+use super::{spawn_named, Instrumented, TcpListener, TcpStream};
+use crate::fire;
+
+/// One bracketed syscall, as its return probe would report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Attempt {
+    op: &'static str,
+    fd: RawFd,
+    closure: u64,
+    rv: i64,
+}
+
+thread_local! {
+    // Per thread: each test runs its runtime on its own thread.
+    static ATTEMPTS: RefCell<Vec<Attempt>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Called by the adapters right after each syscall.
+pub(super) fn record<T>(
+    op: &'static str,
+    fd: RawFd,
+    closure: u64,
+    res: &io::Result<T>,
+    ok: impl FnOnce(&T) -> i64,
+) {
+    let rv = fire::rv_of(res, ok);
+    ATTEMPTS.with(|a| {
+        a.borrow_mut().push(Attempt {
+            op,
+            fd,
+            closure,
+            rv,
+        })
+    });
+}
+
+/// The attempts so far on this thread, clearing the log.
+fn take_attempts() -> Vec<Attempt> {
+    ATTEMPTS.with(|a| a.take())
+}
+
+fn rvs(attempts: &[Attempt], op: &str, fd: RawFd) -> Vec<i64> {
+    attempts
+        .iter()
+        .filter(|a| a.op == op && a.fd == fd)
+        .map(|a| a.rv)
+        .collect()
+}
+
+const EAGAIN: i64 = -(libc::EAGAIN as i64);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building a runtime")
+}
+
+/// Polls `fut` exactly once.
+async fn poll_once<F: Future>(fut: F) -> Poll<F::Output> {
+    let mut fut = pin!(fut);
+    poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
+}
+
+/// A listener, a blocking std client connected to it, and the accepted
+/// server side. The client is std so that only the server's syscalls go
+/// through the adapters.
+async fn connected() -> (TcpListener, std::net::TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, peer) = listener.accept().await.unwrap();
+    assert_eq!(peer, client.local_addr().unwrap());
+    (listener, client, server)
+}
+
+#[test]
+fn accept_reports_the_new_fd_then_eagain_when_none_is_waiting() {
+    runtime().block_on(async {
+        take_attempts();
+        let (listener, _client, server) = connected().await;
+        let lfd = listener.as_raw_fd();
+        assert_eq!(
+            rvs(&take_attempts(), "accept", lfd),
+            [server.as_raw_fd() as i64]
+        );
+
+        // The listener is still marked readable, so the next poll tries
+        // accept4, gets EAGAIN and waits.
+        assert!(poll_once(listener.accept()).await.is_pending());
+        assert_eq!(rvs(&take_attempts(), "accept", lfd), [EAGAIN]);
+
+        let second = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (conn, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer, second.local_addr().unwrap());
+        assert_eq!(conn.peer_addr().unwrap(), second.local_addr().unwrap());
+        assert_eq!(
+            rvs(&take_attempts(), "accept", lfd),
+            [conn.as_raw_fd() as i64]
+        );
+    });
+}
+
+#[test]
+fn read_returns_bytes_then_eagain_then_waits_for_more() {
+    runtime().block_on(async {
+        let (_listener, mut client, mut server) = connected().await;
+        let fd = server.as_raw_fd();
+        take_attempts();
+
+        client.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(server.read(&mut buf).await.unwrap(), 5);
+        assert_eq!(&buf[..5], b"hello");
+        assert!(poll_once(server.read(&mut buf)).await.is_pending());
+        assert_eq!(rvs(&take_attempts(), "read", fd), [5, EAGAIN]);
+
+        client.write_all(b"world!").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"world!");
+        // Each recv is logged once: data, then EOF (0); EAGAINs in between
+        // depend on when the FIN arrives, so only their rv is checked.
+        let reads = rvs(&take_attempts(), "read", fd);
+        let data: Vec<i64> = reads.iter().copied().filter(|&rv| rv != EAGAIN).collect();
+        assert_eq!(data, [6, 0], "reads: {reads:?}");
+    });
+}
+
+#[test]
+fn writes_hit_eagain_when_the_peer_does_not_read_and_every_byte_arrives() {
+    runtime().block_on(async {
+        let (_listener, client, mut server) = connected().await;
+        let fd = server.as_raw_fd();
+        take_attempts();
+
+        // Write until the socket buffers are full and a send says EAGAIN.
+        // The first write waits for the reactor to report writability; from
+        // then on each poll tries a send until one says EAGAIN.
+        let chunk = vec![7u8; 64 * 1024];
+        let mut written = server.write(&chunk).await.unwrap();
+        loop {
+            match poll_once(server.write(&chunk)).await {
+                Poll::Ready(n) => written += n.unwrap(),
+                Poll::Pending => break,
+            }
+            assert!(written < 512 << 20, "the peer's buffers never filled");
+        }
+        let writes = rvs(&take_attempts(), "write", fd);
+        assert_eq!(writes.last(), Some(&EAGAIN));
+        let sent: i64 = writes.iter().filter(|&&rv| rv > 0).sum();
+        assert_eq!(sent as usize, written);
+
+        // A reader drains; the writer resumes once the socket is writable.
+        let reader = std::thread::spawn(move || {
+            let mut client = client;
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).unwrap();
+            got
+        });
+        server.write_all(b"end").await.unwrap();
+        server.shutdown().await.unwrap();
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), written + 3);
+        assert!(got[..written].iter().all(|&b| b == 7));
+        assert_eq!(&got[written..], b"end");
+    });
+}
+
+#[test]
+fn close_fires_once_when_the_last_half_is_dropped() {
+    runtime().block_on(async {
+        let (listener, _client, server) = connected().await;
+        let fd = server.as_raw_fd();
+        take_attempts();
+
+        let (read_half, write_half) = server.into_split();
+        assert_eq!(read_half.as_raw_fd(), fd);
+        drop(write_half);
+        assert_eq!(rvs(&take_attempts(), "close", fd), Vec::<i64>::new());
+        drop(read_half);
+        assert_eq!(rvs(&take_attempts(), "close", fd), [0]);
+
+        let lfd = listener.as_raw_fd();
+        drop(listener);
+        assert_eq!(rvs(&take_attempts(), "close", lfd), [0]);
+    });
+}
+
+#[test]
+fn split_halves_echo_across_tasks() {
+    runtime().block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (mut sr, mut sw) = server.into_split();
+        let echo = spawn_named(
+            "echo",
+            async move { tokio::io::copy(&mut sr, &mut sw).await },
+        );
+
+        let (mut cr, mut cw) = client.into_split();
+        let payload: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let to_send = payload.clone();
+        let sender = tokio::spawn(async move {
+            cw.write_all(&to_send).await.unwrap();
+            cw.shutdown().await.unwrap();
+        });
+        let mut back = Vec::new();
+        cr.read_to_end(&mut back).await.unwrap();
+        sender.await.unwrap();
+        assert_eq!(echo.await.unwrap().unwrap(), payload.len() as u64);
+        assert_eq!(back, payload);
+    });
+}
+
+#[test]
+fn io_inside_an_instrumented_task_carries_its_id_as_closure() {
+    runtime().block_on(async {
+        let (_listener, mut client, mut server) = connected().await;
+        let fd = server.as_raw_fd();
+        client.write_all(b"x").unwrap();
+        take_attempts();
+
+        let task = Instrumented::new("reader", async move {
+            let mut buf = [0u8; 8];
+            let n = server.read(&mut buf).await.unwrap();
+            (n, current_closure())
+        });
+        let id = task.id();
+        assert!(id > 0);
+        let (n, seen) = task.await;
+        assert_eq!(n, 1);
+        if cfg!(feature = "probes") {
+            assert_eq!(seen, id);
+        }
+        // Outside the task again: no current task.
+        assert_eq!(current_closure(), 0);
+
+        let attempts = take_attempts();
+        let reads: Vec<_> = attempts.iter().filter(|a| a.op == "read").collect();
+        assert_eq!(reads.len(), 1, "{attempts:?}");
+        // The stream was dropped (closed) inside the task too.
+        let closes: Vec<_> = attempts
+            .iter()
+            .filter(|a| a.op == "close" && a.fd == fd)
+            .collect();
+        assert_eq!(closes.len(), 1, "{attempts:?}");
+        // Without probes the task is not tracked (nobody could see it).
+        let expected = if cfg!(feature = "probes") { id } else { 0 };
+        assert_eq!((reads[0].closure, closes[0].closure), (expected, expected));
+    });
+}
+
+#[test]
+fn nested_instrumented_futures_restore_the_outer_task() {
+    runtime().block_on(async {
+        let outer = Instrumented::new("outer", async {
+            let before = current_closure();
+            let inner = Instrumented::new("inner", async { current_closure() });
+            let inner_id = inner.id();
+            let seen_inside = inner.await;
+            (before, inner_id, seen_inside, current_closure())
+        });
+        let outer_id = outer.id();
+        let (before, inner_id, seen_inside, after) = outer.await;
+        assert_ne!(outer_id, inner_id);
+        if cfg!(feature = "probes") {
+            assert_eq!((before, seen_inside, after), (outer_id, inner_id, outer_id));
+        }
+    });
+}
+
+#[test]
+fn ids_are_unique_and_names_kept() {
+    let a = Instrumented::new("a", async {});
+    let b = Instrumented::new(String::from("conn-7"), async {});
+    assert_ne!(a.id(), b.id());
+    assert_eq!(a.name(), "a");
+    assert_eq!(b.name(), "conn-7");
+}
+
+#[test]
+fn zero_length_io_makes_no_syscall() {
+    runtime().block_on(async {
+        let (_listener, _client, mut server) = connected().await;
+        take_attempts();
+        assert_eq!(server.write(&[]).await.unwrap(), 0);
+        let mut empty = [0u8; 0];
+        let mut rb = ReadBuf::new(&mut empty);
+        poll_fn(|cx| AsyncRead::poll_read(Pin::new(&mut server), cx, &mut rb))
+            .await
+            .unwrap();
+        assert_eq!(take_attempts(), []);
+    });
+}
