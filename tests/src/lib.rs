@@ -241,6 +241,13 @@ impl Bpftrace {
         Bpftrace { proc }
     }
 
+    /// Its stdout so far and to come: wait on it for a line the script
+    /// prints, e.g. from `BEGIN`, which bpftrace runs only once every probe
+    /// is attached (the `Attaching` line comes before the attaching).
+    pub fn stdout(&self) -> &Lines {
+        &self.proc.stdout
+    }
+
     /// Stops bpftrace (SIGINT, so it prints its maps) and returns its stdout.
     pub fn finish(self) -> Vec<String> {
         let (status, out, err) = self.proc.stop(libc::SIGINT);
