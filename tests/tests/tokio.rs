@@ -411,3 +411,59 @@ fn bad_arguments_print_usage_and_exit_2() {
         assert!(out.stdout.is_empty(), "args {args:?}");
     }
 }
+
+/// Counts, for every probe pair, the syscalls the thread made between entry
+/// and return (all of them, and the one the op should be); any
+/// recvfrom/sendto/accept4/close of the server outside a pair is stray.
+const ONE_SYSCALL_SCRIPT: &str = r#"
+BEGIN { printf("ready\n"); }
+usdt:$BIN:evloop:eventer-read-entry { @op[tid] = 1; @all[tid] = 0; @want[tid] = 0; }
+usdt:$BIN:evloop:eventer-write-entry { @op[tid] = 2; @all[tid] = 0; @want[tid] = 0; }
+usdt:$BIN:evloop:eventer-accept-entry { @op[tid] = 3; @all[tid] = 0; @want[tid] = 0; }
+usdt:$BIN:evloop:eventer-close-entry { @op[tid] = 4; @all[tid] = 0; @want[tid] = 0; }
+tracepoint:raw_syscalls:sys_enter /pid == PID && @op[tid] != 0/ { @all[tid]++; }
+tracepoint:syscalls:sys_enter_recvfrom /pid == PID/ { if (@op[tid] == 1) { @want[tid]++; } else { printf("stray recvfrom\n"); } }
+tracepoint:syscalls:sys_enter_sendto /pid == PID/ { if (@op[tid] == 2) { @want[tid]++; } else { printf("stray sendto\n"); } }
+tracepoint:syscalls:sys_enter_accept4 /pid == PID/ { if (@op[tid] == 3) { @want[tid]++; } else { printf("stray accept4\n"); } }
+tracepoint:syscalls:sys_enter_close /pid == PID/ { if (@op[tid] == 4) { @want[tid]++; } else { printf("stray close\n"); } }
+usdt:$BIN:evloop:eventer-read-return { printf("pair read all=%d want=%d\n", @all[tid], @want[tid]); @op[tid] = 0; }
+usdt:$BIN:evloop:eventer-write-return { printf("pair write all=%d want=%d\n", @all[tid], @want[tid]); @op[tid] = 0; }
+usdt:$BIN:evloop:eventer-accept-return { printf("pair accept all=%d want=%d\n", @all[tid], @want[tid]); @op[tid] = 0; }
+usdt:$BIN:evloop:eventer-close-return { printf("pair close all=%d want=%d\n", @all[tid], @want[tid]); @op[tid] = 0; }
+usdt:$BIN:evloop:eventer-callback-return /str(arg2) == "echo" && arg3 == 0/ { printf("echo task done\n"); }
+"#;
+
+#[test]
+fn each_probe_pair_brackets_exactly_one_syscall() {
+    let server = Server::start("echo-tokio", &[]);
+    require_bpftrace();
+    let script = ONE_SYSCALL_SCRIPT.replace("PID", &server.pid().to_string());
+    let bt = Bpftrace::start(&script, server.pid());
+    bt.stdout()
+        .wait_for(WAIT, |l| l == "ready")
+        .unwrap_or_else(|e| panic!("bpftrace never ran BEGIN: {e}"));
+
+    let payloads: Vec<Vec<u8>> = [50_000usize, 9]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| payload(i + 20, n))
+        .collect();
+    assert_eq!(echo_session(server.addr, &payloads), payloads);
+    wait_for_count(&bt, payloads.len(), "finished echo tasks", |l| {
+        l == "echo task done"
+    });
+    let lines = bt.finish();
+
+    let stray: Vec<&String> = lines.iter().filter(|l| l.starts_with("stray")).collect();
+    assert!(stray.is_empty(), "syscalls outside probe pairs: {stray:?}");
+    for op in ["read", "write", "accept", "close"] {
+        let pairs: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with(&format!("pair {op} ")))
+            .collect();
+        assert!(!pairs.is_empty(), "no {op} pairs:\n{}", lines.join("\n"));
+        for p in pairs {
+            assert!(p.ends_with(" all=1 want=1"), "{p}");
+        }
+    }
+}
