@@ -3,8 +3,13 @@
 //!
 //! Data flows one way: [`engine`] (BPF, kernel plumbing) yields
 //! [`event::Event`]s; [`correlate`] (pure) turns them into
-//! [`correlate::Record`]s; [`output`] writes them.
+//! [`correlate::Record`]s; [`output`] writes them; [`trace`] runs a session
+//! through all three.
 
+pub mod bpftrace_script;
 pub mod correlate;
+pub mod engine;
 pub mod event;
+pub mod list;
 pub mod output;
+pub mod trace;

@@ -1,0 +1,115 @@
+/* The records portsnoop's BPF program submits to the ring buffer: the one
+ * layout shared by the C side and engine/raw.rs (which asserts the sizes).
+ * Every record starts with struct ev_header; `type` says which one it is. */
+#ifndef PORTSNOOP_EVENT_H
+#define PORTSNOOP_EVENT_H
+
+#define EV_SYSCALL 1
+#define EV_EPOLL_CTL 2
+#define EV_EPOLL_WAIT 3
+#define EV_PROBE 4
+#define EV_LOG 5
+#define EV_EXEC 6
+
+/* Syscall kinds, in the order of event.rs's SyscallName::ALL, then epoll. */
+#define SC_READ 0
+#define SC_READV 1
+#define SC_RECVFROM 2
+#define SC_RECVMSG 3
+#define SC_WRITE 4
+#define SC_WRITEV 5
+#define SC_SENDTO 6
+#define SC_SENDMSG 7
+#define SC_ACCEPT 8
+#define SC_ACCEPT4 9
+#define SC_CONNECT 10
+#define SC_SHUTDOWN 11
+#define SC_CLOSE 12
+#define SC_EPOLL_CTL 13
+#define SC_EPOLL_WAIT 14
+#define SC_EPOLL_PWAIT 15
+#define SC_EPOLL_PWAIT2 16
+
+/* Probe ids, in the order of event.rs's ProbeName::ALL. */
+#define PR_ACCEPT_ENTRY 0
+#define PR_ACCEPT_RETURN 1
+#define PR_READ_ENTRY 2
+#define PR_READ_RETURN 3
+#define PR_WRITE_ENTRY 4
+#define PR_WRITE_RETURN 5
+#define PR_CLOSE_ENTRY 6
+#define PR_CLOSE_RETURN 7
+#define PR_CALLBACK_ENTRY 8
+#define PR_CALLBACK_RETURN 9
+#define PR_LOG 10
+
+#define WAIT_MAX_EVENTS 30
+#define NAME_LEN 64
+#define LOG_FACILITY_LEN 32
+#define LOG_FILE_LEN 64
+#define LOG_MSG_LEN 128
+
+struct ev_header {
+	__u32 type;
+	__u32 tid;
+	__u64 ts_ns;
+};
+
+struct ev_syscall {
+	struct ev_header h;
+	__u32 kind;
+	__s32 fd;
+	__s64 rv;
+	__u64 dur_ns;
+	__u64 arg;
+};
+
+struct ev_epoll_ctl {
+	struct ev_header h;
+	__s32 epfd;
+	__s32 op;
+	__s32 fd;
+	__u32 events;
+	__u64 data;
+	__s64 rv;
+	__u64 dur_ns;
+};
+
+struct ev_ready {
+	__u32 events;
+	__u32 pad;
+	__u64 data;
+};
+
+struct ev_epoll_wait {
+	struct ev_header h;
+	__u32 kind;
+	__s32 epfd;
+	__s64 rv;
+	__u64 dur_ns;
+	__u32 nready; /* how many of ready[] are filled */
+	__u32 pad;
+	struct ev_ready ready[WAIT_MAX_EVENTS];
+};
+
+struct ev_probe {
+	struct ev_header h;
+	__u32 probe;
+	__u32 pad;
+	__u64 args[6];
+	char name[NAME_LEN]; /* the callback name, for the callback probes */
+};
+
+struct ev_log {
+	struct ev_header h;
+	__u64 args[4];
+	char facility[LOG_FACILITY_LEN];
+	char file[LOG_FILE_LEN];
+	char msg[LOG_MSG_LEN];
+};
+
+struct ev_exec {
+	struct ev_header h;
+};
+
+#endif

@@ -1,0 +1,449 @@
+//! Pure correlation: events in, lined-up records out. No I/O, no clock.
+//!
+//! Per thread, an `eventer-X-entry` probe opens an operation on an fd; the
+//! syscalls that thread makes on that fd until `eventer-X-return` belong to
+//! it. The finished [`Op`] carries both sides and says where they disagree.
+//! Callbacks frame the ops inside them. Epoll waits are resolved to fds via
+//! the `epoll_ctl` calls seen before them.
+//!
+//! ```
+//! use portsnoop::correlate::{Correlator, Filter, Record};
+//! use portsnoop::event::{Event, Probe, ProbeName, Syscall, SyscallName};
+//!
+//! let probe = |ts, name, args| Event::Probe(Probe { ts_ns: ts, tid: 1, name, args, strings: vec![] });
+//! let mut c = Correlator::new(Filter::default());
+//! let mut out = Vec::new();
+//! c.push(probe(10, ProbeName::ReadEntry, [9, 0, 64, 1, 7, 0]), &mut out);
+//! c.push(Event::Syscall(Syscall { ts_ns: 11, tid: 1, name: SyscallName::Recvfrom, fd: 9, rv: 5, dur_ns: 2, arg: 64 }), &mut out);
+//! c.push(probe(14, ProbeName::ReadReturn, [9, 0, 64, 1, 7, 5]), &mut out);
+//! let op = out.iter().find_map(|r| match r { Record::Op(op) => Some(op), _ => None }).unwrap();
+//! assert_eq!((op.user_rv, op.syscalls.len(), op.mismatch.clone()), (Some(5), 1, None));
+//! assert_eq!((op.kernel_ns, op.user_ns), (2, 2));
+//! ```
+
+mod epoll;
+mod summary;
+
+use std::collections::{HashMap, HashSet};
+
+pub use epoll::EpollMap;
+pub use summary::{Log2Hist, OpStats, Summary};
+
+use crate::event::{EpollWait, Event, OpKind, Probe, ProbeName, ProcessEventKind, Syscall};
+
+/// At most this many ops open at once on one thread; more means lost
+/// returns, and the oldest is given up as incomplete.
+const MAX_OPEN_OPS: usize = 64;
+/// At most this many syscalls kept per op (a retry loop could be endless).
+const MAX_SYSCALLS_PER_OP: usize = 64;
+
+/// Which events to keep.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Only this fd.
+    pub fd: Option<i32>,
+    /// Only this thread.
+    pub tid: Option<u32>,
+}
+
+/// What the correlator emits, in the order it emits them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    /// An input event that passed the filter, passed through for row output
+    /// (waits come as [`Record::Wait`] instead).
+    Event(Event),
+    /// An epoll wait with each returned event's fd resolved.
+    Wait(Wait),
+    /// A finished (or abandoned) eventer operation with its syscalls.
+    Op(Op),
+}
+
+/// An epoll wait, as the seed showed `port_getn`: the count, then each
+/// returned event with its fd.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Wait {
+    /// The wait as the kernel side saw it.
+    pub wait: EpollWait,
+    /// The fd of each of `wait.events`, where the `epoll_ctl` was seen.
+    pub fds: Vec<Option<i32>>,
+}
+
+/// One eventer operation lined up with the syscalls the kernel did for it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Op {
+    /// accept/read/write/close/callback.
+    pub kind: OpKind,
+    /// Thread.
+    pub tid: u32,
+    /// The fd.
+    pub fd: i32,
+    /// When the entry probe fired (for an orphan syscall: its start).
+    pub entry_ts_ns: u64,
+    /// When the return probe fired (None: never seen).
+    pub return_ts_ns: Option<u64>,
+    /// The rv the return probe reported.
+    pub user_rv: Option<i64>,
+    /// The syscalls on `fd` by this thread between entry and return.
+    pub syscalls: Vec<Syscall>,
+    /// Sum of the syscalls' durations.
+    pub kernel_ns: u64,
+    /// return - entry, minus kernel_ns.
+    pub user_ns: u64,
+    /// Why user and kernel disagree, if they do.
+    pub mismatch: Option<String>,
+    /// Cut short by lost events or the end of the process: what it has is
+    /// right, but it may be missing parts.
+    pub incomplete: bool,
+    /// The registration's id (the probes' `closure`).
+    pub closure: Option<u64>,
+    /// The enclosing callback's name (for a callback op, its own).
+    pub callback: Option<String>,
+}
+
+impl Op {
+    fn open(
+        kind: OpKind,
+        tid: u32,
+        fd: i32,
+        ts: u64,
+        closure: Option<u64>,
+        callback: Option<String>,
+    ) -> Op {
+        Op {
+            kind,
+            tid,
+            fd,
+            entry_ts_ns: ts,
+            return_ts_ns: None,
+            user_rv: None,
+            syscalls: Vec::new(),
+            kernel_ns: 0,
+            user_ns: 0,
+            mismatch: None,
+            incomplete: false,
+            closure,
+            callback,
+        }
+    }
+
+    /// Finishes the op with its return probe and decides whether the two
+    /// sides agree.
+    fn close(&mut self, ts: u64, rv: Option<i64>) {
+        self.return_ts_ns = Some(ts);
+        self.user_rv = rv;
+        self.kernel_ns = self.syscalls.iter().map(|s| s.dur_ns).sum();
+        self.user_ns = ts
+            .saturating_sub(self.entry_ts_ns)
+            .saturating_sub(self.kernel_ns);
+        if self.mismatch.is_some() || self.kind == OpKind::Callback {
+            return;
+        }
+        self.mismatch = match (self.syscalls.last(), rv) {
+            (None, _) => Some(format!("{} op with no syscall", self.kind.as_str())),
+            (Some(s), Some(rv)) if s.rv != rv => Some(format!(
+                "user rv {rv} != kernel rv {} ({})",
+                s.rv,
+                s.name.as_str()
+            )),
+            _ => None,
+        };
+    }
+
+    fn abandon(&mut self, why: &str) {
+        self.kernel_ns = self.syscalls.iter().map(|s| s.dur_ns).sum();
+        self.incomplete = true;
+        self.mismatch
+            .get_or_insert_with(|| format!("incomplete: {why}"));
+    }
+}
+
+#[derive(Debug, Default)]
+struct Thread {
+    /// Open eventer ops, oldest first.
+    open: Vec<Op>,
+    /// Open callbacks, outermost first.
+    callbacks: Vec<Op>,
+}
+
+/// The correlation state machine.
+#[derive(Debug, Default)]
+pub struct Correlator {
+    filter: Filter,
+    threads: HashMap<u32, Thread>,
+    epoll: EpollMap,
+    /// Fds the eventer has touched since their last close: a syscall on one
+    /// of these outside any op is an orphan worth showing.
+    eventer_fds: HashSet<i32>,
+    summary: Summary,
+}
+
+impl Correlator {
+    /// A correlator keeping only what `filter` selects.
+    pub fn new(filter: Filter) -> Correlator {
+        Correlator {
+            filter,
+            ..Correlator::default()
+        }
+    }
+
+    /// Feeds one event (per thread, in the order the kernel submitted them);
+    /// appends what it completes to `out`.
+    pub fn push(&mut self, event: Event, out: &mut Vec<Record>) {
+        self.summary.events += 1;
+        match event {
+            Event::Syscall(s) => self.on_syscall(s, out),
+            Event::EpollCtl(c) => {
+                self.epoll.apply(&c);
+                self.emit_event(Event::EpollCtl(c), out);
+            }
+            Event::EpollWait(w) => {
+                self.summary.waits += 1;
+                let fds = w
+                    .events
+                    .iter()
+                    .map(|e| self.epoll.resolve(w.epfd, e.data))
+                    .collect();
+                let rec = Wait { wait: w, fds };
+                if self.keeps_wait(&rec) {
+                    out.push(Record::Wait(rec));
+                }
+            }
+            Event::Probe(p) => self.on_probe(p, out),
+            Event::Lost { ts_ns, count } => {
+                self.summary.lost_events += count;
+                self.abandon_all("events lost", out);
+                out.push(Record::Event(Event::Lost { ts_ns, count }));
+            }
+            Event::Process(p) => {
+                let why = match &p.kind {
+                    ProcessEventKind::Exit { .. } => "process exited",
+                    ProcessEventKind::Exec => "process exec'd",
+                };
+                self.summary.process_end = Some(match &p.kind {
+                    ProcessEventKind::Exit { code } => format!("exit (wait status {code})"),
+                    ProcessEventKind::Exec => "exec".to_string(),
+                });
+                self.abandon_all(why, out);
+                out.push(Record::Event(Event::Process(p)));
+            }
+        }
+    }
+
+    /// Flushes ops still open at the end (marked incomplete) and returns the
+    /// totals.
+    pub fn finish(&mut self, out: &mut Vec<Record>) -> Summary {
+        self.abandon_all("trace ended", out);
+        self.summary.clone()
+    }
+
+    fn on_syscall(&mut self, s: Syscall, out: &mut Vec<Record>) {
+        let thread = self.threads.entry(s.tid).or_default();
+        let fd = s.fd;
+        let is_close = s.name.op() == OpKind::Close && s.rv == 0;
+        let accepted = (s.name.op() == OpKind::Accept && s.rv >= 0).then_some(s.rv as i32);
+        // The newest open op on this fd owns the syscall; a syscall of
+        // another kind inside it is itself a disagreement.
+        if let Some(op) = thread.open.iter_mut().rev().find(|op| op.fd == fd) {
+            if s.name.op() != op.kind && op.mismatch.is_none() {
+                op.mismatch = Some(format!(
+                    "{} syscall inside {} op",
+                    s.name.as_str(),
+                    op.kind.as_str()
+                ));
+            }
+            if op.syscalls.len() < MAX_SYSCALLS_PER_OP {
+                op.syscalls.push(s.clone());
+            } else {
+                self.summary.syscalls_cut += 1;
+            }
+        } else if self.eventer_fds.contains(&fd) && s.name.op() != OpKind::Connect {
+            self.summary.orphan_syscalls += 1;
+            let mut op = Op::open(
+                s.name.op(),
+                s.tid,
+                fd,
+                s.ts_ns,
+                None,
+                thread.callbacks.last().and_then(|c| c.callback.clone()),
+            );
+            op.syscalls.push(s.clone());
+            op.kernel_ns = s.dur_ns;
+            op.mismatch = Some("syscall without eventer op".into());
+            self.emit_op(op, out);
+        }
+        if is_close {
+            self.eventer_fds.remove(&fd);
+            self.epoll.closed(fd);
+        }
+        if let Some(new_fd) = accepted {
+            // The number may be reused from a closed fd: nothing of the old
+            // one's life may stick to the new one.
+            self.epoll.closed(new_fd);
+        }
+        self.emit_event(Event::Syscall(s), out);
+    }
+
+    fn on_probe(&mut self, p: Probe, out: &mut Vec<Record>) {
+        let Some((kind, is_entry)) = p.name.op() else {
+            self.emit_event(Event::Probe(p), out);
+            return;
+        };
+        let thread = self.threads.entry(p.tid).or_default();
+        let mut done = Vec::new();
+        if kind == OpKind::Callback {
+            if is_entry {
+                let fd = p.fd().unwrap_or(-1);
+                let mut op = Op::open(
+                    kind,
+                    p.tid,
+                    fd,
+                    p.ts_ns,
+                    p.closure(),
+                    p.strings.first().cloned(),
+                );
+                op.user_rv = None;
+                thread.callbacks.push(op);
+            } else {
+                let pos = thread
+                    .callbacks
+                    .iter()
+                    .rposition(|c| c.closure == p.closure());
+                match pos {
+                    Some(i) => {
+                        // Callbacks nested inside this one that never returned.
+                        for mut inner in thread.callbacks.drain(i + 1..) {
+                            inner.abandon("callback returned without its inner callback's return");
+                            done.push(inner);
+                        }
+                        let mut op = thread.callbacks.pop().expect("index is valid");
+                        op.close(p.ts_ns, p.rv());
+                        done.push(op);
+                    }
+                    None => {
+                        let mut op = Op::open(
+                            kind,
+                            p.tid,
+                            -1,
+                            p.ts_ns,
+                            p.closure(),
+                            p.strings.first().cloned(),
+                        );
+                        op.close(p.ts_ns, p.rv());
+                        op.mismatch = Some("callback return without entry".into());
+                        done.push(op);
+                    }
+                }
+            }
+        } else {
+            let fd = p.fd().unwrap_or(-1);
+            let callback = thread.callbacks.last().and_then(|c| c.callback.clone());
+            if is_entry {
+                if let Some(i) = thread.open.iter().position(|op| op.fd == fd) {
+                    let mut stale = thread.open.remove(i);
+                    stale.abandon("entry without return");
+                    done.push(stale);
+                }
+                if thread.open.len() >= MAX_OPEN_OPS {
+                    let mut oldest = thread.open.remove(0);
+                    oldest.abandon("too many open ops on this thread");
+                    done.push(oldest);
+                }
+                thread
+                    .open
+                    .push(Op::open(kind, p.tid, fd, p.ts_ns, p.closure(), callback));
+                self.eventer_fds.insert(fd);
+            } else {
+                let rv = p.rv();
+                match thread
+                    .open
+                    .iter()
+                    .rposition(|op| op.fd == fd && op.kind == kind)
+                {
+                    Some(i) => {
+                        let mut op = thread.open.remove(i);
+                        op.close(p.ts_ns, rv);
+                        done.push(op);
+                    }
+                    None => {
+                        let mut op = Op::open(kind, p.tid, fd, p.ts_ns, p.closure(), callback);
+                        op.close(p.ts_ns, rv);
+                        op.mismatch = Some(format!("{} return without entry", kind.as_str()));
+                        done.push(op);
+                    }
+                }
+                match (kind, rv) {
+                    (OpKind::Close, _) => {
+                        self.eventer_fds.remove(&fd);
+                    }
+                    (OpKind::Accept, Some(new_fd)) if new_fd >= 0 => {
+                        self.eventer_fds.insert(new_fd as i32);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.emit_event(Event::Probe(p), out);
+        for op in done {
+            self.emit_op(op, out);
+        }
+    }
+
+    fn abandon_all(&mut self, why: &str, out: &mut Vec<Record>) {
+        let mut threads: Vec<u32> = self.threads.keys().copied().collect();
+        threads.sort_unstable();
+        for tid in threads {
+            let thread = self.threads.get_mut(&tid).expect("key listed above");
+            let mut ops: Vec<Op> = thread
+                .open
+                .drain(..)
+                .chain(thread.callbacks.drain(..).rev())
+                .collect();
+            for op in &mut ops {
+                op.abandon(why);
+            }
+            for op in ops {
+                self.emit_op(op, out);
+            }
+        }
+    }
+
+    fn keeps_fd(&self, fd: Option<i32>) -> bool {
+        self.filter.fd.is_none() || fd == self.filter.fd
+    }
+
+    fn keeps_tid(&self, tid: Option<u32>) -> bool {
+        self.filter.tid.is_none() || tid.is_none() || tid == self.filter.tid
+    }
+
+    fn keeps_wait(&self, w: &Wait) -> bool {
+        self.keeps_tid(Some(w.wait.tid))
+            && (self.filter.fd.is_none() || w.fds.iter().any(|fd| self.keeps_fd(*fd)))
+    }
+
+    fn emit_event(&self, ev: Event, out: &mut Vec<Record>) {
+        let fd = match &ev {
+            Event::Syscall(s) => Some(s.fd),
+            Event::EpollCtl(c) => Some(c.fd),
+            Event::Probe(p) if p.name == ProbeName::Log => None,
+            Event::Probe(p) => p.fd(),
+            Event::EpollWait(_) | Event::Lost { .. } | Event::Process(_) => None,
+        };
+        let global = matches!(ev, Event::Lost { .. } | Event::Process(_));
+        if global
+            || (self.keeps_tid(ev.tid())
+                && (fd.is_none() && self.filter.fd.is_none() || self.keeps_fd(fd)))
+        {
+            out.push(Record::Event(ev));
+        }
+    }
+
+    fn emit_op(&mut self, op: Op, out: &mut Vec<Record>) {
+        if self.keeps_tid(Some(op.tid)) && self.keeps_fd(Some(op.fd)) {
+            self.summary.add_op(&op);
+            out.push(Record::Op(op));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,196 @@
+//! End-of-run totals: per fd and per operation, with log2 latency
+//! histograms as DTrace's `quantize()` keeps them.
+
+use std::collections::BTreeMap;
+
+use crate::event::{errno_of, OpKind};
+
+use super::Op;
+
+/// A power-of-two histogram: bucket 0 holds 0, bucket i holds
+/// `[2^(i-1), 2^i)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Log2Hist {
+    counts: [u64; 65],
+}
+
+impl Default for Log2Hist {
+    fn default() -> Log2Hist {
+        Log2Hist { counts: [0; 65] }
+    }
+}
+
+impl Log2Hist {
+    /// Counts one value.
+    pub fn record(&mut self, v: u64) {
+        self.counts[Self::bucket(v)] += 1;
+    }
+
+    fn bucket(v: u64) -> usize {
+        (64 - v.leading_zeros()) as usize
+    }
+
+    /// The smallest value of bucket `i`.
+    pub fn lower_bound(i: usize) -> u64 {
+        if i == 0 {
+            0
+        } else {
+            1u64 << (i - 1)
+        }
+    }
+
+    /// `(lower bound, count)` for every bucket from the first to the last
+    /// non-empty one (empty ones between are kept, as quantize prints them).
+    pub fn buckets(&self) -> Vec<(u64, u64)> {
+        let first = self.counts.iter().position(|&c| c > 0);
+        let last = self.counts.iter().rposition(|&c| c > 0);
+        match (first, last) {
+            (Some(f), Some(l)) => (f..=l)
+                .map(|i| (Self::lower_bound(i), self.counts[i]))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// How many values were counted.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Adds another histogram's counts.
+    pub fn merge(&mut self, other: &Log2Hist) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+    }
+}
+
+/// Totals for one kind of operation (on one fd, or overall).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpStats {
+    /// Operations seen.
+    pub count: u64,
+    /// Bytes moved (reads and writes: the sum of positive user rv).
+    pub bytes: u64,
+    /// Failed operations by errno.
+    pub errors: BTreeMap<i32, u64>,
+    /// Operations where user and kernel disagreed (incomplete ones included).
+    pub mismatches: u64,
+    /// Time in userland around the syscalls, ns.
+    pub user_ns: Log2Hist,
+    /// Time in the kernel, ns.
+    pub kernel_ns: Log2Hist,
+}
+
+impl OpStats {
+    fn add(&mut self, op: &Op) {
+        self.count += 1;
+        let rv = op.user_rv.or_else(|| op.syscalls.last().map(|s| s.rv));
+        if let Some(rv) = rv {
+            match errno_of(rv) {
+                Some(errno) => *self.errors.entry(errno).or_default() += 1,
+                None if matches!(op.kind, OpKind::Read | OpKind::Write) && rv > 0 => {
+                    self.bytes += rv as u64
+                }
+                None => {}
+            }
+        }
+        if op.mismatch.is_some() {
+            self.mismatches += 1;
+        }
+        if op.return_ts_ns.is_some() {
+            self.user_ns.record(op.user_ns);
+        }
+        if !op.syscalls.is_empty() {
+            self.kernel_ns.record(op.kernel_ns);
+        }
+    }
+
+    /// Adds another's totals.
+    pub fn merge(&mut self, other: &OpStats) {
+        self.count += other.count;
+        self.bytes += other.bytes;
+        for (e, n) in &other.errors {
+            *self.errors.entry(*e).or_default() += n;
+        }
+        self.mismatches += other.mismatches;
+        self.user_ns.merge(&other.user_ns);
+        self.kernel_ns.merge(&other.kernel_ns);
+    }
+}
+
+/// Totals for the end of a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Events seen (before filtering).
+    pub events: u64,
+    /// Events the kernel side dropped.
+    pub lost_events: u64,
+    /// Ops emitted (after filtering).
+    pub ops: u64,
+    /// Ops with a mismatch (incomplete ones included).
+    pub mismatches: u64,
+    /// Ops cut short by lost events or the process's end.
+    pub incomplete: u64,
+    /// Syscalls on an eventer fd with no eventer op around them.
+    pub orphan_syscalls: u64,
+    /// Syscalls not kept because an op already held the maximum.
+    pub syscalls_cut: u64,
+    /// Epoll waits seen.
+    pub waits: u64,
+    /// Per fd, per kind of op.
+    pub per_fd: BTreeMap<i32, BTreeMap<OpKind, OpStats>>,
+    /// How the target ended, if it did (`"exit code 0"`, `"exec"`).
+    pub process_end: Option<String>,
+}
+
+impl Summary {
+    pub(crate) fn add_op(&mut self, op: &Op) {
+        self.ops += 1;
+        if op.mismatch.is_some() {
+            self.mismatches += 1;
+        }
+        if op.incomplete {
+            self.incomplete += 1;
+        }
+        self.per_fd
+            .entry(op.fd)
+            .or_default()
+            .entry(op.kind)
+            .or_default()
+            .add(op);
+    }
+
+    /// Totals per kind of op over all fds.
+    pub fn per_op(&self) -> BTreeMap<OpKind, OpStats> {
+        let mut out: BTreeMap<OpKind, OpStats> = BTreeMap::new();
+        for ops in self.per_fd.values() {
+            for (kind, stats) in ops {
+                out.entry(*kind).or_default().merge(stats);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log2_buckets_like_quantize() {
+        let mut h = Log2Hist::default();
+        for v in [0, 1, 2, 3, 4, 7, 8, 1000] {
+            h.record(v);
+        }
+        let b = h.buckets();
+        assert_eq!(b[0], (0, 1));
+        assert_eq!(b[1], (1, 1));
+        assert_eq!(b[2], (2, 2));
+        assert_eq!(b[3], (4, 2));
+        assert_eq!(b[4], (8, 1));
+        assert_eq!(*b.last().unwrap(), (512, 1));
+        assert_eq!(h.total(), 8);
+        assert_eq!(h.buckets().len(), 11);
+    }
+}

@@ -1,0 +1,383 @@
+//! The ring buffer's records as Rust sees them (mirrors `bpf/event.h`) and
+//! their decoding into [`Event`]s. Pure, so it is tested without a kernel.
+
+use crate::event::{
+    EpollCtl, EpollWait, Event, Probe, ProbeName, ProcessEvent, ProcessEventKind, ReadyEvent,
+    Syscall, SyscallName,
+};
+
+const EV_SYSCALL: u32 = 1;
+const EV_EPOLL_CTL: u32 = 2;
+const EV_EPOLL_WAIT: u32 = 3;
+const EV_PROBE: u32 = 4;
+const EV_LOG: u32 = 5;
+const EV_EXEC: u32 = 6;
+
+const SC_EPOLL_WAIT: u32 = 14;
+const SC_EPOLL_PWAIT: u32 = 15;
+const SC_EPOLL_PWAIT2: u32 = 16;
+
+const WAIT_MAX_EVENTS: usize = 30;
+const NAME_LEN: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Header {
+    kind: u32,
+    tid: u32,
+    ts_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawSyscall {
+    h: Header,
+    kind: u32,
+    fd: i32,
+    rv: i64,
+    dur_ns: u64,
+    arg: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawEpollCtl {
+    h: Header,
+    epfd: i32,
+    op: i32,
+    fd: i32,
+    events: u32,
+    data: u64,
+    rv: i64,
+    dur_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawReady {
+    events: u32,
+    pad: u32,
+    data: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawEpollWait {
+    h: Header,
+    kind: u32,
+    epfd: i32,
+    rv: i64,
+    dur_ns: u64,
+    nready: u32,
+    pad: u32,
+    ready: [RawReady; WAIT_MAX_EVENTS],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawProbe {
+    h: Header,
+    probe: u32,
+    pad: u32,
+    args: [u64; 6],
+    name: [u8; NAME_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawLog {
+    h: Header,
+    args: [u64; 4],
+    facility: [u8; 32],
+    file: [u8; 64],
+    msg: [u8; 128],
+}
+
+// The C compiler lays these out; a mismatch would decode garbage, so make
+// it a build failure instead.
+const _: () = assert!(std::mem::size_of::<Header>() == 16);
+const _: () = assert!(std::mem::size_of::<RawSyscall>() == 48);
+const _: () = assert!(std::mem::size_of::<RawEpollCtl>() == 56);
+const _: () = assert!(std::mem::size_of::<RawEpollWait>() == 48 + 16 * WAIT_MAX_EVENTS);
+const _: () = assert!(std::mem::size_of::<RawProbe>() == 24 + 48 + NAME_LEN);
+const _: () = assert!(std::mem::size_of::<RawLog>() == 16 + 32 + 32 + 64 + 128);
+
+/// Why a record could not be decoded. Counted by the engine, never fatal:
+/// a kernel/userland version skew must not kill a trace.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than its type's layout.
+    Short { kind: u32, len: usize },
+    /// A type, syscall or probe id this build does not know.
+    Unknown { kind: u32, id: u32 },
+}
+
+fn read<T: Copy>(data: &[u8]) -> Option<T> {
+    if data.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length is checked and T is a plain-old-data repr(C)
+    // struct for which every bit pattern is valid; read_unaligned copes
+    // with the ring buffer's 8-byte alignment.
+    Some(unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<T>()) })
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
+    let h: Header = read(data).ok_or(DecodeError::Short {
+        kind: 0,
+        len: data.len(),
+    })?;
+    let short = || DecodeError::Short {
+        kind: h.kind,
+        len: data.len(),
+    };
+    match h.kind {
+        EV_SYSCALL => {
+            let r: RawSyscall = read(data).ok_or_else(short)?;
+            let name = *SyscallName::ALL
+                .get(r.kind as usize)
+                .ok_or(DecodeError::Unknown {
+                    kind: h.kind,
+                    id: r.kind,
+                })?;
+            Ok(Event::Syscall(Syscall {
+                ts_ns: h.ts_ns,
+                tid: h.tid,
+                name,
+                fd: r.fd,
+                rv: r.rv,
+                dur_ns: r.dur_ns,
+                arg: r.arg,
+            }))
+        }
+        EV_EPOLL_CTL => {
+            let r: RawEpollCtl = read(data).ok_or_else(short)?;
+            Ok(Event::EpollCtl(EpollCtl {
+                ts_ns: h.ts_ns,
+                tid: h.tid,
+                epfd: r.epfd,
+                op: r.op,
+                fd: r.fd,
+                events: r.events,
+                data: r.data,
+                rv: r.rv,
+                dur_ns: r.dur_ns,
+            }))
+        }
+        EV_EPOLL_WAIT => {
+            let r: RawEpollWait = read(data).ok_or_else(short)?;
+            let name = match r.kind {
+                SC_EPOLL_WAIT => "epoll_wait",
+                SC_EPOLL_PWAIT => "epoll_pwait",
+                SC_EPOLL_PWAIT2 => "epoll_pwait2",
+                id => return Err(DecodeError::Unknown { kind: h.kind, id }),
+            };
+            let n = (r.nready as usize).min(WAIT_MAX_EVENTS);
+            Ok(Event::EpollWait(EpollWait {
+                ts_ns: h.ts_ns,
+                tid: h.tid,
+                name,
+                epfd: r.epfd,
+                rv: r.rv,
+                dur_ns: r.dur_ns,
+                events: r.ready[..n]
+                    .iter()
+                    .map(|e| ReadyEvent {
+                        events: e.events,
+                        data: e.data,
+                    })
+                    .collect(),
+            }))
+        }
+        EV_PROBE => {
+            let r: RawProbe = read(data).ok_or_else(short)?;
+            let name = *ProbeName::ALL
+                .get(r.probe as usize)
+                .ok_or(DecodeError::Unknown {
+                    kind: h.kind,
+                    id: r.probe,
+                })?;
+            let strings = match name {
+                ProbeName::CallbackEntry | ProbeName::CallbackReturn => vec![c_string(&r.name)],
+                _ => Vec::new(),
+            };
+            Ok(Event::Probe(Probe {
+                ts_ns: h.ts_ns,
+                tid: h.tid,
+                name,
+                args: r.args,
+                strings,
+            }))
+        }
+        EV_LOG => {
+            let r: RawLog = read(data).ok_or_else(short)?;
+            let mut args = [0u64; 6];
+            args[..4].copy_from_slice(&r.args);
+            Ok(Event::Probe(Probe {
+                ts_ns: h.ts_ns,
+                tid: h.tid,
+                name: ProbeName::Log,
+                args,
+                strings: vec![c_string(&r.facility), c_string(&r.file), c_string(&r.msg)],
+            }))
+        }
+        EV_EXEC => Ok(Event::Process(ProcessEvent {
+            ts_ns: h.ts_ns,
+            tid: h.tid,
+            kind: ProcessEventKind::Exec,
+        })),
+        id => Err(DecodeError::Unknown { kind: 0, id }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: reading a plain repr(C) value's bytes.
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_a_syscall() {
+        let r = RawSyscall {
+            h: Header {
+                kind: EV_SYSCALL,
+                tid: 42,
+                ts_ns: 1000,
+            },
+            kind: 2,
+            fd: 7,
+            rv: -11,
+            dur_ns: 500,
+            arg: 4096,
+        };
+        let Event::Syscall(s) = decode(&bytes(&r)).unwrap() else {
+            panic!("not a syscall")
+        };
+        assert_eq!(
+            (s.name, s.fd, s.rv, s.errno(), s.tid, s.arg),
+            (SyscallName::Recvfrom, 7, -11, Some(11), 42, 4096)
+        );
+    }
+
+    #[test]
+    fn decodes_a_wait_with_only_the_filled_events() {
+        let mut r = RawEpollWait {
+            h: Header {
+                kind: EV_EPOLL_WAIT,
+                tid: 1,
+                ts_ns: 5,
+            },
+            kind: SC_EPOLL_PWAIT,
+            epfd: 3,
+            rv: 45,
+            dur_ns: 9,
+            nready: 2,
+            pad: 0,
+            ready: [RawReady {
+                events: 0xdead,
+                pad: 0,
+                data: 0xbeef,
+            }; WAIT_MAX_EVENTS],
+        };
+        r.ready[0] = RawReady {
+            events: 1,
+            pad: 0,
+            data: 10,
+        };
+        r.ready[1] = RawReady {
+            events: 4,
+            pad: 0,
+            data: 11,
+        };
+        let Event::EpollWait(w) = decode(&bytes(&r)).unwrap() else {
+            panic!("not a wait")
+        };
+        assert_eq!(w.name, "epoll_pwait");
+        assert_eq!(w.rv, 45);
+        assert_eq!(
+            w.events,
+            vec![
+                ReadyEvent {
+                    events: 1,
+                    data: 10
+                },
+                ReadyEvent {
+                    events: 4,
+                    data: 11
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn decodes_probe_strings_up_to_the_nul() {
+        let mut name = [0u8; NAME_LEN];
+        name[..5].copy_from_slice(b"echo\0");
+        name[5] = b'x';
+        let r = RawProbe {
+            h: Header {
+                kind: EV_PROBE,
+                tid: 1,
+                ts_ns: 5,
+            },
+            probe: 8,
+            pad: 0,
+            args: [1, 2, 3, 9, 1, 1],
+            name,
+        };
+        let Event::Probe(p) = decode(&bytes(&r)).unwrap() else {
+            panic!("not a probe")
+        };
+        assert_eq!(p.name, ProbeName::CallbackEntry);
+        assert_eq!(p.strings, vec!["echo".to_string()]);
+        assert_eq!(p.fd(), Some(9));
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::Short { .. })));
+        let h = Header {
+            kind: EV_SYSCALL,
+            tid: 1,
+            ts_ns: 1,
+        };
+        assert!(matches!(decode(&bytes(&h)), Err(DecodeError::Short { .. })));
+        let h = Header {
+            kind: 99,
+            tid: 1,
+            ts_ns: 1,
+        };
+        assert!(matches!(
+            decode(&bytes(&h)),
+            Err(DecodeError::Unknown { .. })
+        ));
+        let r = RawSyscall {
+            h: Header {
+                kind: EV_SYSCALL,
+                tid: 1,
+                ts_ns: 1,
+            },
+            kind: 99,
+            fd: 0,
+            rv: 0,
+            dur_ns: 0,
+            arg: 0,
+        };
+        assert!(matches!(
+            decode(&bytes(&r)),
+            Err(DecodeError::Unknown { .. })
+        ));
+    }
+}

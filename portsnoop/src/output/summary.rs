@@ -1,0 +1,112 @@
+//! The end-of-run report: per fd and per operation, counts, bytes, errors
+//! and latency distributions printed the way DTrace's `quantize()` does.
+
+use std::io::{self, Write};
+
+use crate::correlate::{Log2Hist, OpStats, Summary};
+
+/// Renders a [`Summary`] as text.
+pub struct SummaryReport<'a> {
+    summary: &'a Summary,
+}
+
+impl<'a> SummaryReport<'a> {
+    /// A report of `summary`.
+    pub fn new(summary: &'a Summary) -> SummaryReport<'a> {
+        SummaryReport { summary }
+    }
+
+    /// Writes the report.
+    pub fn write(&self, out: &mut dyn Write) -> io::Result<()> {
+        let s = self.summary;
+        writeln!(out, "\n=== summary")?;
+        writeln!(
+            out,
+            "events {}  lost {}  ops {}  mismatches {}  incomplete {}  orphan syscalls {}  waits {}",
+            s.events, s.lost_events, s.ops, s.mismatches, s.incomplete, s.orphan_syscalls, s.waits
+        )?;
+        if s.lost_events > 0 {
+            writeln!(
+                out,
+                "WARNING: {} events were lost; ops around them are marked incomplete",
+                s.lost_events
+            )?;
+        }
+        if let Some(end) = &s.process_end {
+            writeln!(out, "process: {end}")?;
+        }
+        writeln!(
+            out,
+            "\n{:>6} {:<9} {:>9} {:>12} {:>10} {:>10}  ERRORS",
+            "FD", "OP", "COUNT", "BYTES", "MISMATCH", ""
+        )?;
+        for (fd, ops) in &s.per_fd {
+            for (kind, st) in ops {
+                writeln!(
+                    out,
+                    "{:>6} {:<9} {:>9} {:>12} {:>10} {:>10}  {}",
+                    fd,
+                    kind.as_str(),
+                    st.count,
+                    st.bytes,
+                    st.mismatches,
+                    "",
+                    errors(st)
+                )?;
+            }
+        }
+        for (kind, st) in s.per_op() {
+            writeln!(
+                out,
+                "\n{} ops: {} (bytes {}, errors: {})",
+                kind.as_str(),
+                st.count,
+                st.bytes,
+                errors(&st)
+            )?;
+            quantize(out, "  user time (ns)", &st.user_ns)?;
+            quantize(out, "  kernel time (ns)", &st.kernel_ns)?;
+        }
+        Ok(())
+    }
+}
+
+fn errors(st: &OpStats) -> String {
+    if st.errors.is_empty() {
+        return "-".into();
+    }
+    st.errors
+        .iter()
+        .map(|(e, n)| {
+            format!(
+                "{}x{n}",
+                crate::event::errno_name(*e).map_or(e.to_string(), str::to_string)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Prints a histogram as `quantize()` does: value, a 40-column bar of `@`,
+/// count; with the empty bucket after the last one, as DTrace shows it.
+pub fn quantize(out: &mut dyn Write, title: &str, h: &Log2Hist) -> io::Result<()> {
+    let buckets = h.buckets();
+    if buckets.is_empty() {
+        return Ok(());
+    }
+    let total = h.total().max(1);
+    writeln!(out, "{title}")?;
+    writeln!(
+        out,
+        "{:>16}  ------------- Distribution ------------- count",
+        "value"
+    )?;
+    for (lo, n) in &buckets {
+        let width = ((n * 40 + total / 2) / total) as usize;
+        writeln!(out, "{:>16} |{:<40} {}", lo, "@".repeat(width), n)?;
+    }
+    let next = buckets
+        .last()
+        .map_or(0, |(lo, _)| if *lo == 0 { 1 } else { lo * 2 });
+    writeln!(out, "{:>16} |{:<40} {}", next, "", 0)
+}

@@ -1,0 +1,258 @@
+//! The seed's table: `TIME TID SYSCALL FD DETAILS ERROR`, with the
+//! userland probe rows interleaved with the kernel's rows in time order.
+//!
+//! Records reach us in ring-buffer order, which across CPUs is only nearly
+//! time order, so rows wait in a short window and leave sorted by time.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use super::{epoll_mask_names, errno_text, Output};
+use crate::correlate::{EpollMap, Record, Summary};
+use crate::event::{errno_of, Event, ProbeName, ProcessEventKind};
+
+/// Rows are held this long (in trace time) for late arrivals to sort in.
+const REORDER_WINDOW_NS: u64 = 50_000_000;
+
+/// Writes the table to `W`.
+pub struct Table<W: Write> {
+    out: W,
+    /// Trace time of the first row: TIME counts from here.
+    t0: Option<u64>,
+    /// `(ts, arrival) -> row`, so equal times keep arrival order.
+    pending: BTreeMap<(u64, u64), Row>,
+    arrivals: u64,
+    newest: u64,
+    header_done: bool,
+}
+
+struct Row {
+    tid: String,
+    what: String,
+    fd: String,
+    details: String,
+    error: String,
+}
+
+impl<W: Write> Table<W> {
+    /// A writer to `out`.
+    pub fn new(out: W) -> Table<W> {
+        Table {
+            out,
+            t0: None,
+            pending: BTreeMap::new(),
+            arrivals: 0,
+            newest: 0,
+            header_done: false,
+        }
+    }
+
+    fn push(&mut self, ts: u64, row: Row) -> io::Result<()> {
+        self.t0 = Some(self.t0.map_or(ts, |t| t.min(ts)));
+        self.arrivals += 1;
+        self.pending.insert((ts, self.arrivals), row);
+        self.newest = self.newest.max(ts);
+        let watermark = self.newest.saturating_sub(REORDER_WINDOW_NS);
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.key().0 > watermark {
+                break;
+            }
+            let ((ts, _), row) = entry.remove_entry();
+            self.write_row(ts, &row)?;
+        }
+        Ok(())
+    }
+
+    fn write_row(&mut self, ts: u64, row: &Row) -> io::Result<()> {
+        if !self.header_done {
+            writeln!(
+                self.out,
+                "{:>12} {:>7} {:<18} {:>5} {:<40} ERROR",
+                "TIME", "TID", "SYSCALL", "FD", "DETAILS"
+            )?;
+            self.header_done = true;
+        }
+        let t = ts.saturating_sub(self.t0.unwrap_or(ts));
+        writeln!(
+            self.out,
+            "{:>5}.{:06} {:>7} {:<18} {:>5} {:<40} {}",
+            t / 1_000_000_000,
+            (t % 1_000_000_000) / 1000,
+            row.tid,
+            row.what,
+            row.fd,
+            row.details,
+            row.error
+        )
+    }
+}
+
+fn rv_text(rv: i64) -> (String, String) {
+    match errno_of(rv) {
+        Some(e) => ("= -1".into(), errno_text(e)),
+        None => (format!("= {rv}"), String::new()),
+    }
+}
+
+fn row(
+    tid: u32,
+    what: impl Into<String>,
+    fd: impl ToString,
+    details: String,
+    error: String,
+) -> Row {
+    Row {
+        tid: tid.to_string(),
+        what: what.into(),
+        fd: fd.to_string(),
+        details,
+        error,
+    }
+}
+
+impl<W: Write> Output for Table<W> {
+    fn record(&mut self, record: &Record) -> io::Result<()> {
+        match record {
+            Record::Event(Event::Syscall(s)) => {
+                let (mut details, error) = rv_text(s.rv);
+                if s.arg != 0 {
+                    details.push_str(&format!(" (arg {})", s.arg));
+                }
+                details.push_str(&format!(" {}us", s.dur_ns / 1000));
+                self.push(s.ts_ns, row(s.tid, s.name.as_str(), s.fd, details, error))
+            }
+            Record::Event(Event::EpollCtl(c)) => {
+                let (_, error) = rv_text(c.rv);
+                let details = format!(
+                    "{} 0x{:02x} {} data {}",
+                    EpollMap::op_name(c.op),
+                    c.events,
+                    epoll_mask_names(c.events),
+                    c.data
+                );
+                self.push(c.ts_ns, row(c.tid, "epoll_ctl", c.fd, details, error))
+            }
+            Record::Event(Event::EpollWait(w)) => {
+                let (_, error) = rv_text(w.rv);
+                self.push(
+                    w.ts_ns,
+                    row(w.tid, w.name, "-", format!("{} events", w.rv.max(0)), error),
+                )
+            }
+            Record::Wait(w) => {
+                let (_, error) = rv_text(w.wait.rv);
+                let ts = w.wait.ts_ns;
+                // The events are returned at the wait's end; they sort after it.
+                let end = ts + w.wait.dur_ns;
+                self.push(
+                    ts,
+                    row(
+                        w.wait.tid,
+                        w.wait.name,
+                        "-",
+                        format!("{} events {}us", w.wait.rv.max(0), w.wait.dur_ns / 1000),
+                        error,
+                    ),
+                )?;
+                for (e, fd) in w.wait.events.iter().zip(&w.fds) {
+                    let fd = fd.map_or("?".to_string(), |f| f.to_string());
+                    let details =
+                        format!("fdevents 0x{:02x} {}", e.events, epoll_mask_names(e.events));
+                    self.push(
+                        end,
+                        row(w.wait.tid, "EPOLL_EVENT", fd, details, String::new()),
+                    )?;
+                }
+                Ok(())
+            }
+            Record::Event(Event::Probe(p)) => {
+                let short = p.name.as_str().trim_start_matches("eventer-");
+                let fd = p.fd().map_or("-".to_string(), |f| f.to_string());
+                let (details, error) = match p.name {
+                    ProbeName::ReadEntry | ProbeName::WriteEntry => (
+                        format!("len {} closure {}", p.args[2], p.args[4]),
+                        String::new(),
+                    ),
+                    ProbeName::AcceptEntry => (format!("closure {}", p.args[4]), String::new()),
+                    ProbeName::CloseEntry => (format!("closure {}", p.args[2]), String::new()),
+                    ProbeName::CallbackEntry => (
+                        format!(
+                            "{} mask 0x{:02x} closure {}",
+                            p.strings.first().map_or("", String::as_str),
+                            p.args[4] as i32,
+                            p.args[0]
+                        ),
+                        String::new(),
+                    ),
+                    ProbeName::CallbackReturn => (
+                        format!(
+                            "{} = 0x{:02x}",
+                            p.strings.first().map_or("", String::as_str),
+                            p.args[3] as i32
+                        ),
+                        String::new(),
+                    ),
+                    ProbeName::Log => (
+                        format!(
+                            "{}: {} ({}:{})",
+                            p.strings.first().map_or("", String::as_str),
+                            p.strings.get(2).map_or("", String::as_str),
+                            p.strings.get(1).map_or("", String::as_str),
+                            p.args[2] as i32
+                        ),
+                        String::new(),
+                    ),
+                    _ => rv_text(p.rv().unwrap_or(0)),
+                };
+                self.push(p.ts_ns, row(p.tid, short, fd, details, error))
+            }
+            Record::Event(Event::Lost { ts_ns, count }) => self.push(
+                *ts_ns,
+                row(
+                    0,
+                    "LOST",
+                    "-",
+                    format!("{count} events dropped by the kernel side"),
+                    String::new(),
+                ),
+            ),
+            Record::Event(Event::Process(p)) => {
+                let details = match &p.kind {
+                    ProcessEventKind::Exit { code } => format!("exited (wait status {code})"),
+                    ProcessEventKind::Exec => "exec: its probes are gone".into(),
+                };
+                self.push(p.ts_ns, row(p.tid, "PROCESS", "-", details, String::new()))
+            }
+            Record::Op(op) => match &op.mismatch {
+                // Agreeing ops are already visible as their rows; only
+                // disagreements get a row of their own.
+                None => Ok(()),
+                Some(why) => {
+                    let ts = op.return_ts_ns.unwrap_or(op.entry_ts_ns);
+                    let label = if op.incomplete {
+                        "INCOMPLETE"
+                    } else {
+                        "MISMATCH"
+                    };
+                    self.push(
+                        ts,
+                        row(
+                            op.tid,
+                            format!("{label} {}", op.kind.as_str()),
+                            op.fd,
+                            why.clone(),
+                            String::new(),
+                        ),
+                    )
+                }
+            },
+        }
+    }
+
+    fn finish(&mut self, _summary: &Summary) -> io::Result<()> {
+        for ((ts, _), row) in std::mem::take(&mut self.pending) {
+            self.write_row(ts, &row)?;
+        }
+        self.out.flush()
+    }
+}

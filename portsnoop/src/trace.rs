@@ -1,0 +1,210 @@
+//! A tracing session: start or find the target, attach, then pump events
+//! from the engine through the correlator to the output until told to stop,
+//! the time is up, or the target is gone.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::correlate::{Correlator, Filter, Summary};
+use crate::engine::{self, Engine, Options, Target};
+use crate::event::{Event, ProcessEvent, ProcessEventKind};
+use crate::output::{json::Json, summary::SummaryReport, table::Table, Output};
+
+/// How often the ring buffer is drained when nothing forces a wakeup.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The seed's columns.
+    Table,
+    /// JSON Lines.
+    Json,
+}
+
+/// Everything a session needs to know.
+#[derive(Debug)]
+pub struct TraceConfig {
+    /// Attach to this process...
+    pub pid: Option<u32>,
+    /// ...or start this command.
+    pub command: Vec<OsString>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Output format.
+    pub format: Format,
+    /// Print the summary at the end.
+    pub summary: bool,
+    /// Write here instead of stdout.
+    pub output: Option<PathBuf>,
+    /// Which fds/threads to keep.
+    pub filter: Filter,
+    /// Ring buffer size.
+    pub buffer_bytes: usize,
+}
+
+/// Runs a session to its end and returns its summary.
+pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    let mut target = match config.pid {
+        Some(pid) => Target::existing(pid)?,
+        None => Target::spawn_held(&config.command)?,
+    };
+    let sink: Box<dyn Write> = match &config.output {
+        Some(path) => Box::new(
+            File::create(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+        ),
+        None => Box::new(io::stdout().lock()),
+    };
+    let sink = BufWriter::new(sink);
+    let mut output: Box<dyn Output> = match config.format {
+        Format::Table => Box::new(Table::new(sink)),
+        Format::Json => Box::new(Json::new(sink)),
+    };
+    let mut engine = Engine::attach(
+        &target,
+        &Options {
+            buffer_bytes: config.buffer_bytes,
+        },
+    )?;
+    let attached = engine.attached().clone();
+    if attached.probes == 0 {
+        eprintln!(
+            "portsnoop: {} has no {} probes: tracing the kernel side only",
+            attached.exe.display(),
+            engine::PROVIDER
+        );
+    }
+    eprintln!(
+        "portsnoop: tracing pid {} ({}): {} {} probes, {} tracepoints; ready",
+        attached.pid,
+        attached.exe.display(),
+        attached.probes,
+        engine::PROVIDER,
+        attached.tracepoints
+    );
+    target.release();
+
+    let mut correlator = Correlator::new(config.filter.clone());
+    let mut records = Vec::new();
+    let deadline = config.duration.map(|d| Instant::now() + d);
+    let mut ended: Option<ProcessEventKind> = None;
+    loop {
+        let events = engine.poll(POLL_INTERVAL)?;
+        feed(&mut correlator, &mut *output, events, &mut records)?;
+        if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if let Some(code) = exit_status(&target) {
+            ended = Some(ProcessEventKind::Exit { code });
+            break;
+        }
+    }
+    // What the target did just before the end is still in the buffer.
+    let mut last = engine.poll(Duration::ZERO)?;
+    if let Some(kind) = ended.clone() {
+        last.push(Event::Process(ProcessEvent {
+            ts_ns: engine::monotonic_ns(),
+            tid: target.pid,
+            kind,
+        }));
+    }
+    feed(&mut correlator, &mut *output, last, &mut records)?;
+    let mut summary = correlator.finish(&mut records);
+    for r in records.drain(..) {
+        output.record(&r)?;
+    }
+    summary.lost_events = summary.lost_events.max(engine.lost_total());
+    output.finish(&summary)?;
+    if config.summary {
+        let mut out: Box<dyn Write> = match &config.output {
+            Some(path) => Box::new(std::fs::OpenOptions::new().append(true).open(path)?),
+            None => Box::new(io::stdout().lock()),
+        };
+        SummaryReport::new(&summary).write(&mut out)?;
+        out.flush()?;
+    }
+    if let Some(ProcessEventKind::Exit { code }) = ended {
+        eprintln!(
+            "portsnoop: pid {} exited ({})",
+            target.pid,
+            describe_exit(code)
+        );
+    }
+    eprintln!(
+        "portsnoop: {} events, {} lost, {} ops, {} mismatches",
+        summary.events, summary.lost_events, summary.ops, summary.mismatches
+    );
+    if config.pid.is_none() && ended.is_none() {
+        // We started it; don't leave it running unsupervised.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(target.pid as i32, libc::SIGTERM) };
+        let _ = wait_child(target.pid, true);
+    }
+    Ok(summary)
+}
+
+fn feed(
+    correlator: &mut Correlator,
+    output: &mut dyn Output,
+    events: Vec<Event>,
+    records: &mut Vec<crate::correlate::Record>,
+) -> io::Result<()> {
+    for ev in events {
+        correlator.push(ev, records);
+    }
+    for r in records.drain(..) {
+        output.record(&r)?;
+    }
+    Ok(())
+}
+
+/// The target's wait status if it is gone; `-1` when it is not our child
+/// and its status cannot be known.
+fn exit_status(target: &Target) -> Option<i32> {
+    if target.is_child() {
+        return wait_child(target.pid, false);
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", target.pid));
+    match stat {
+        Err(_) => Some(-1),
+        // A zombie has exited; its parent has not reaped it yet.
+        Ok(s)
+            if s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                == Some("Z") =>
+        {
+            Some(-1)
+        }
+        Ok(_) => None,
+    }
+}
+
+fn wait_child(pid: u32, block: bool) -> Option<i32> {
+    let mut status = 0;
+    let flags = if block { 0 } else { libc::WNOHANG };
+    // SAFETY: waitpid on our own child, writing into a local.
+    let r = unsafe { libc::waitpid(pid as i32, &mut status, flags) };
+    (r == pid as i32).then_some(status)
+}
+
+fn describe_exit(status: i32) -> String {
+    if status < 0 {
+        "status unknown: not our child".into()
+    } else if libc::WIFEXITED(status) {
+        format!("exit code {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        format!("killed by signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("wait status {status}")
+    }
+}
