@@ -215,24 +215,34 @@ impl Server {
     }
 }
 
+/// The line [`Bpftrace::start`] waits for.
+pub const ATTACHED: &str = "__bpftrace_attached__";
+
 /// A running bpftrace, attached before [`Bpftrace::start`] returns.
 pub struct Bpftrace {
     proc: Proc,
 }
 
 impl Bpftrace {
-    /// Runs `script` against process `pid` and waits until bpftrace says it
+    /// Runs `script` against process `pid` and waits until every probe is
     /// attached. In the script, `$BIN` stands for the full path of the
     /// process's executable (bpftrace 0.17 needs it in `usdt:` probes).
+    ///
+    /// bpftrace prints `Attaching N probes...` before it attaches, but runs
+    /// `BEGIN` only after, so a `BEGIN` printing [`ATTACHED`] goes first in
+    /// the script and is what this waits for.
     pub fn start(script: &str, pid: u32) -> Bpftrace {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("reading /proc/PID/exe");
-        let script = script.replace("$BIN", &exe.to_string_lossy());
+        let script = format!(
+            "BEGIN {{ printf(\"{ATTACHED}\\n\"); }}\n{}",
+            script.replace("$BIN", &exe.to_string_lossy())
+        );
         let mut cmd = Command::new("bpftrace");
         // `-B line`: a pipe is not a terminal, and the wait below needs the
         // attach line as soon as it is printed.
         cmd.args(["-B", "line", "-p", &pid.to_string(), "-e", &script]);
         let proc = Proc::spawn(cmd);
-        if let Err(e) = proc.stdout.wait_for(WAIT, |l| l.starts_with("Attaching ")) {
+        if let Err(e) = proc.stdout.wait_for(WAIT, |l| l == ATTACHED) {
             panic!(
                 "bpftrace did not attach: {e}\nstderr:\n{}",
                 proc.stderr.all().join("\n")
@@ -272,4 +282,79 @@ pub fn require_bpftrace() {
         ok,
         "bpftrace is not installed; run scripts/setup.sh (./test.sh does)"
     );
+}
+
+/// A running portsnoop, attached before [`Portsnoop::start`] returns.
+pub struct Portsnoop {
+    /// The process; its stdout carries the trace unless `-o` was given.
+    pub proc: Proc,
+}
+
+impl Portsnoop {
+    /// Runs `portsnoop ARGS` and waits for its ready line on stderr.
+    pub fn start(args: &[&str]) -> Portsnoop {
+        let mut cmd = Command::new(bin("portsnoop"));
+        cmd.args(args);
+        let proc = Proc::spawn(cmd);
+        if let Err(e) = proc.stderr.wait_for(WAIT, |l| l.ends_with("; ready")) {
+            panic!("portsnoop did not get ready: {e}");
+        }
+        Portsnoop { proc }
+    }
+
+    /// Stops it with SIGINT and returns (status, stdout, stderr).
+    pub fn finish(self) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
+        self.proc.stop(libc::SIGINT)
+    }
+}
+
+/// What `echo-load` reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Load {
+    /// Connections that finished without an error.
+    pub ok_conns: u64,
+    /// Messages echoed and checked.
+    pub messages: u64,
+    /// Bytes sent (and received back, checked).
+    pub bytes: u64,
+    /// Messages per second.
+    pub msgs_per_sec: f64,
+}
+
+/// Runs `echo-load` against `addr` and returns its figures; panics (with
+/// its stderr) if any echoed byte was wrong or a connection failed.
+pub fn run_load(addr: SocketAddr, conns: u32, msgs: u32, size: u32) -> Load {
+    let out = Command::new(bin("echo-load"))
+        .args(["--addr", &addr.to_string()])
+        .args([
+            "--conns",
+            &conns.to_string(),
+            "--msgs",
+            &msgs.to_string(),
+            "--size",
+            &size.to_string(),
+        ])
+        .args(["--timeout", "60"])
+        .output()
+        .expect("running echo-load");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "echo-load failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or("");
+    let field = |k: &str| -> f64 {
+        last.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("echo-load printed no {k}: {last}"))
+    };
+    Load {
+        ok_conns: (field("conns") - field("failed")) as u64,
+        messages: field("messages") as u64,
+        bytes: field("bytes") as u64,
+        msgs_per_sec: field("msgs_per_sec"),
+    }
 }
