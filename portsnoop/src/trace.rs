@@ -94,6 +94,10 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
     target.release();
 
     let mut correlator = Correlator::new(config.filter.clone());
+    // Attached to a running loop: its fds were registered before we looked.
+    for (epfd, fd, data) in crate::correlate::registrations_of(attached.pid) {
+        correlator.known_registration(epfd, fd, data);
+    }
     let mut records = Vec::new();
     let deadline = config.duration.map(|d| Instant::now() + d);
     let mut ended: Option<ProcessEventKind> = None;

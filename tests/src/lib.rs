@@ -215,6 +215,19 @@ impl Server {
     }
 }
 
+/// `script` with a `BEGIN` that prints [`ATTACHED`] first: added to the
+/// script's own `BEGIN` if it has one (bpftrace 0.17 allows only one).
+fn with_attached_line(script: &str) -> String {
+    let print = format!("printf(\"{ATTACHED}\\n\"); ");
+    match script
+        .find("BEGIN")
+        .and_then(|b| script[b..].find('{').map(|o| b + o + 1))
+    {
+        Some(at) => format!("{}{print}{}", &script[..at], &script[at..]),
+        None => format!("BEGIN {{ {print}}}\n{script}"),
+    }
+}
+
 /// The line [`Bpftrace::start`] waits for.
 pub const ATTACHED: &str = "__bpftrace_attached__";
 
@@ -229,14 +242,11 @@ impl Bpftrace {
     /// process's executable (bpftrace 0.17 needs it in `usdt:` probes).
     ///
     /// bpftrace prints `Attaching N probes...` before it attaches, but runs
-    /// `BEGIN` only after, so a `BEGIN` printing [`ATTACHED`] goes first in
-    /// the script and is what this waits for.
+    /// `BEGIN` only after, so `BEGIN` prints [`ATTACHED`] first thing and
+    /// that is what this waits for.
     pub fn start(script: &str, pid: u32) -> Bpftrace {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("reading /proc/PID/exe");
-        let script = format!(
-            "BEGIN {{ printf(\"{ATTACHED}\\n\"); }}\n{}",
-            script.replace("$BIN", &exe.to_string_lossy())
-        );
+        let script = with_attached_line(&script.replace("$BIN", &exe.to_string_lossy()));
         let mut cmd = Command::new("bpftrace");
         // `-B line`: a pipe is not a terminal, and the wait below needs the
         // attach line as soon as it is printed.

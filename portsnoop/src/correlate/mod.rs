@@ -26,7 +26,7 @@ mod summary;
 
 use std::collections::{HashMap, HashSet};
 
-pub use epoll::EpollMap;
+pub use epoll::{parse_fdinfo, registrations_of, EpollMap};
 pub use summary::{Log2Hist, OpStats, Summary};
 
 use crate::event::{EpollWait, Event, OpKind, Probe, ProbeName, ProcessEventKind, Syscall};
@@ -36,6 +36,11 @@ use crate::event::{EpollWait, Event, OpKind, Probe, ProbeName, ProcessEventKind,
 const MAX_OPEN_OPS: usize = 64;
 /// At most this many syscalls kept per op (a retry loop could be endless).
 const MAX_SYSCALLS_PER_OP: usize = 64;
+/// How many events a wait with an unresolved fd waits for its `epoll_ctl`.
+/// Another thread's registration takes effect inside its `epoll_ctl`,
+/// before the exit that submits its record, so a wait returning the new fd
+/// can be submitted first.
+const WAIT_RESOLVE_HORIZON: u64 = 256;
 
 /// Which events to keep.
 #[derive(Clone, Debug, Default)]
@@ -174,6 +179,9 @@ pub struct Correlator {
     /// Fds the eventer has touched since their last close: a syscall on one
     /// of these outside any op is an orphan worth showing.
     eventer_fds: HashSet<i32>,
+    /// Waits with unresolved events, and the event count by which they go
+    /// out resolved or not.
+    pending_waits: std::collections::VecDeque<(Wait, u64)>,
     summary: Summary,
 }
 
@@ -184,6 +192,12 @@ impl Correlator {
             filter,
             ..Correlator::default()
         }
+    }
+
+    /// Learns an epoll registration made before tracing began, so events
+    /// for it resolve to its fd (see [`registrations_of`]).
+    pub fn known_registration(&mut self, epfd: i32, fd: i32, data: u64) {
+        self.epoll.known(epfd, fd, data);
     }
 
     /// Feeds one event (per thread, in the order the kernel submitted them);
@@ -198,18 +212,16 @@ impl Correlator {
             }
             Event::EpollWait(w) => {
                 self.summary.waits += 1;
-                let fds = w
-                    .events
-                    .iter()
-                    .map(|e| self.epoll.resolve(w.epfd, e.data))
-                    .collect();
-                let rec = Wait { wait: w, fds };
-                if self.keeps_wait(&rec) {
-                    out.push(Record::Wait(rec));
-                }
+                let rec = Wait {
+                    fds: vec![None; w.events.len()],
+                    wait: w,
+                };
+                self.pending_waits
+                    .push_back((rec, self.summary.events + WAIT_RESOLVE_HORIZON));
             }
             Event::Probe(p) => self.on_probe(p, out),
             Event::Lost { ts_ns, count } => {
+                self.flush_waits(true, out);
                 self.summary.lost_events += count;
                 self.abandon_all("events lost", out);
                 out.push(Record::Event(Event::Lost { ts_ns, count }));
@@ -223,8 +235,29 @@ impl Correlator {
                     ProcessEventKind::Exit { code } => format!("exit (wait status {code})"),
                     ProcessEventKind::Exec => "exec".to_string(),
                 });
+                self.flush_waits(true, out);
                 self.abandon_all(why, out);
                 out.push(Record::Event(Event::Process(p)));
+            }
+        }
+        self.flush_waits(false, out);
+    }
+
+    /// Emits the waits whose events all resolve now, or whose time is up
+    /// (`all`: every one), resolving what can be.
+    fn flush_waits(&mut self, all: bool, out: &mut Vec<Record>) {
+        while let Some((rec, deadline)) = self.pending_waits.front_mut() {
+            for (fd, e) in rec.fds.iter_mut().zip(&rec.wait.events) {
+                if fd.is_none() {
+                    *fd = self.epoll.resolve(rec.wait.epfd, e.data);
+                }
+            }
+            if !(all || *deadline <= self.summary.events || rec.fds.iter().all(Option::is_some)) {
+                break;
+            }
+            let (rec, _) = self.pending_waits.pop_front().expect("front exists");
+            if self.keeps_wait(&rec) {
+                out.push(Record::Wait(rec));
             }
         }
     }
@@ -232,6 +265,7 @@ impl Correlator {
     /// Flushes ops still open at the end (marked incomplete) and returns the
     /// totals.
     pub fn finish(&mut self, out: &mut Vec<Record>) -> Summary {
+        self.flush_waits(true, out);
         self.abandon_all("trace ended", out);
         self.summary.clone()
     }
@@ -240,7 +274,6 @@ impl Correlator {
         let thread = self.threads.entry(s.tid).or_default();
         let fd = s.fd;
         let is_close = s.name.op() == OpKind::Close && s.rv == 0;
-        let accepted = (s.name.op() == OpKind::Accept && s.rv >= 0).then_some(s.rv as i32);
         // The newest open op on this fd owns the syscall; a syscall of
         // another kind inside it is itself a disagreement.
         if let Some(op) = thread.open.iter_mut().rev().find(|op| op.fd == fd) {
@@ -274,11 +307,6 @@ impl Correlator {
         if is_close {
             self.eventer_fds.remove(&fd);
             self.epoll.closed(fd);
-        }
-        if let Some(new_fd) = accepted {
-            // The number may be reused from a closed fd: nothing of the old
-            // one's life may stick to the new one.
-            self.epoll.closed(new_fd);
         }
         self.emit_event(Event::Syscall(s), out);
     }

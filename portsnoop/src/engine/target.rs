@@ -1,5 +1,5 @@
-//! The process to trace: an existing pid, or a command started held just
-//! before `exec` so nothing it does escapes the trace.
+//! The process to trace: an existing pid, or a command started held at its
+//! first instruction so nothing it does escapes the trace.
 
 use std::ffi::{CString, OsString};
 use std::io;
@@ -15,9 +15,8 @@ pub struct Target {
     pub pid: u32,
     /// The executable whose USDT notes are attached.
     pub exe: PathBuf,
-    /// Set when we started it: the write end of the pipe the child waits on
-    /// before `exec`.
-    release: Option<i32>,
+    /// A child we started, stopped by ptrace after its `exec`.
+    held: bool,
     spawned: bool,
 }
 
@@ -39,12 +38,17 @@ impl Target {
         Ok(Target {
             pid,
             exe,
-            release: None,
+            held: false,
             spawned: false,
         })
     }
 
-    /// Forks `argv`, holding the child before `exec` until [`Target::release`].
+    /// Starts `argv` held at its first instruction until [`Target::release`].
+    ///
+    /// The child asks to be ptraced and execs; the kernel stops it right
+    /// after `exec`. We then run it to the binary's entry point, so the
+    /// dynamic loader has finished (see [`run_to_entry`] for why that
+    /// matters) but none of the program's own code has run.
     pub fn spawn_held(argv: &[OsString]) -> Result<Target, Error> {
         let program = argv
             .first()
@@ -61,49 +65,46 @@ impl Target {
         let mut argp: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
         argp.push(std::ptr::null());
 
-        let mut fds = [0i32; 2];
-        // SAFETY: pipe2 writes two fds into the array.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(Error::Io("pipe".into(), io::Error::last_os_error()));
-        }
-        let (read_end, write_end) = (fds[0], fds[1]);
         // SAFETY: between fork and exec the child only calls async-signal-safe
-        // functions (read, close, execv, _exit) on memory prepared above.
+        // functions (ptrace, execv, _exit) on memory prepared above.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(Error::Io("fork".into(), io::Error::last_os_error()));
         }
         if pid == 0 {
             unsafe {
-                libc::close(write_end);
-                let mut byte = 0u8;
-                let n = libc::read(read_end, (&mut byte as *mut u8).cast(), 1);
-                // EOF without the byte: portsnoop failed to attach and is gone.
-                if n != 1 {
-                    libc::_exit(127);
-                }
+                libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
                 libc::execv(c_exe.as_ptr(), argp.as_ptr());
                 libc::_exit(127);
             }
         }
-        // SAFETY: closing our copy of the child's end.
-        unsafe { libc::close(read_end) };
-        Ok(Target {
+        let mut status = 0;
+        // SAFETY: waiting for our own child, writing into a local.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r != pid || !libc::WIFSTOPPED(status) {
+            return Err(Error::Io(
+                format!("starting {}", exe.display()),
+                io::Error::other(format!(
+                    "it did not reach its first instruction (wait status {status})"
+                )),
+            ));
+        }
+        let target = Target {
             pid: pid as u32,
             exe,
-            release: Some(write_end),
+            held: true,
             spawned: true,
-        })
+        };
+        run_to_entry(target.pid, &target.exe)?;
+        Ok(target)
     }
 
-    /// Lets a held child `exec`. Does nothing for an existing process.
+    /// Lets a held child run. Does nothing for an existing process.
     pub fn release(&mut self) {
-        if let Some(fd) = self.release.take() {
-            // SAFETY: writing one byte to and closing our own pipe end.
-            unsafe {
-                libc::write(fd, b"g".as_ptr().cast(), 1);
-                libc::close(fd);
-            }
+        if std::mem::take(&mut self.held) {
+            // SAFETY: detaching from our own stopped tracee; signal 0 drops
+            // the exec's SIGTRAP.
+            unsafe { libc::ptrace(libc::PTRACE_DETACH, self.pid as i32, 0, 0) };
         }
     }
 
@@ -115,13 +116,122 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
-        // Closing without the byte makes a held child exit instead of
-        // running untraced.
-        if let Some(fd) = self.release.take() {
-            // SAFETY: closing our own pipe end.
-            unsafe { libc::close(fd) };
+        // Never let a child run untraced: if attaching failed, end it.
+        if self.held {
+            // SAFETY: killing and reaping our own child.
+            unsafe {
+                libc::kill(self.pid as i32, libc::SIGKILL);
+                libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0);
+            }
         }
     }
+}
+
+/// Runs a ptrace-stopped, just-exec'd child to its ELF entry point.
+///
+/// Why not attach right after `exec`: the kernel finds a probe's semaphore
+/// by file offset, and in a PIE binary the RELRO segment before `.probes`
+/// maps the same file page. Until the loader makes RELRO read-only, that
+/// segment is writable too, and the kernel increments its copy: the
+/// semaphore stays 0 (probes silent) and two bytes of the RELRO padding
+/// change. At the entry point the loader is done, RELRO is read-only, and
+/// only the real semaphore matches.
+#[cfg(target_arch = "x86_64")]
+fn run_to_entry(pid: u32, exe: &Path) -> Result<(), Error> {
+    let fail = |what: &str| {
+        Error::Io(
+            format!("running {} to its entry point: {what}", exe.display()),
+            io::Error::last_os_error(),
+        )
+    };
+    let header =
+        std::fs::read(exe).map_err(|e| Error::Io(format!("reading {}", exe.display()), e))?;
+    let (Some(e_type), Some(e_entry)) = (header.get(16..18), header.get(24..32)) else {
+        return Err(fail("not an ELF file"));
+    };
+    let is_pie = u16::from_le_bytes([e_type[0], e_type[1]]) == 3; // ET_DYN
+    let mut entry = u64::from_le_bytes(e_entry.try_into().expect("8 bytes"));
+    if is_pie {
+        entry += load_base(pid, exe).ok_or_else(|| fail("no mapping of the binary"))?;
+    }
+    let pid = pid as i32;
+    // SAFETY: ptrace on our own stopped tracee; addresses are in its memory.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let orig = libc::ptrace(libc::PTRACE_PEEKTEXT, pid, entry as *mut libc::c_void, 0);
+        if orig == -1 && *libc::__errno_location() != 0 {
+            return Err(fail("reading the entry point"));
+        }
+        let trap = (orig & !0xff) | 0xcc;
+        if libc::ptrace(
+            libc::PTRACE_POKETEXT,
+            pid,
+            entry as *mut libc::c_void,
+            trap as *mut libc::c_void,
+        ) != 0
+        {
+            return Err(fail("setting a breakpoint"));
+        }
+        if libc::ptrace(libc::PTRACE_CONT, pid, 0, 0) != 0 {
+            return Err(fail("continuing"));
+        }
+        let mut status = 0;
+        if libc::waitpid(pid, &mut status, 0) != pid
+            || !libc::WIFSTOPPED(status)
+            || libc::WSTOPSIG(status) != libc::SIGTRAP
+        {
+            return Err(fail(&format!(
+                "it did not reach its entry point (wait status {status})"
+            )));
+        }
+        let mut regs: libc::user_regs_struct = std::mem::zeroed();
+        if libc::ptrace(
+            libc::PTRACE_GETREGS,
+            pid,
+            0,
+            &mut regs as *mut _ as *mut libc::c_void,
+        ) != 0
+        {
+            return Err(fail("reading registers"));
+        }
+        regs.rip = entry;
+        if libc::ptrace(
+            libc::PTRACE_POKETEXT,
+            pid,
+            entry as *mut libc::c_void,
+            orig as *mut libc::c_void,
+        ) != 0
+            || libc::ptrace(
+                libc::PTRACE_SETREGS,
+                pid,
+                0,
+                &regs as *const _ as *mut libc::c_void,
+            ) != 0
+        {
+            return Err(fail("restoring the entry point"));
+        }
+    }
+    Ok(())
+}
+
+/// Elsewhere the child stays stopped right after `exec` (see the x86-64
+/// version for what that can miss).
+#[cfg(not(target_arch = "x86_64"))]
+fn run_to_entry(_pid: u32, _exe: &Path) -> Result<(), Error> {
+    Ok(())
+}
+
+/// Where the kernel mapped the start of `exe` in `pid`.
+fn load_base(pid: u32, exe: &Path) -> Option<u64> {
+    let exe = exe.canonicalize().ok()?;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (range, offset, path) = (f.first()?, f.get(2)?, f.get(5)?);
+        (Path::new(path) == exe && u64::from_str_radix(offset, 16).ok()? == 0)
+            .then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())
+            .flatten()
+    })
 }
 
 /// Finds `program` the way `execvp` would.

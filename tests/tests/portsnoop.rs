@@ -1,0 +1,476 @@
+//! portsnoop end to end: real servers on loopback, real load, portsnoop
+//! attached for real, its output checked against what the load did.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tests::{bin, run_load, Portsnoop, Server, WAIT};
+
+/// Sockets the server has open right now.
+fn socket_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits (bounded) until the server has closed every connection, so every
+/// syscall of the load is in portsnoop's buffer before it is stopped.
+fn wait_for_sockets(pid: u32, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while socket_count(pid) != n {
+        assert!(
+            Instant::now() < deadline,
+            "server {pid} still has {} sockets, want {n}",
+            socket_count(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn parse_json(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+        .collect()
+}
+
+fn of_type<'a>(records: &'a [Value], t: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["type"] == t).collect()
+}
+
+/// The checks every eventer trace must pass; returns the ops by kind.
+fn check_lined_up(
+    records: &[Value],
+    conns: u64,
+    bytes_per_conn: u64,
+) -> BTreeMap<String, Vec<Value>> {
+    let summary = records.last().expect("some output");
+    assert_eq!(summary["type"], "summary", "the summary is the last line");
+    assert_eq!(
+        summary["lost_events"], 0,
+        "nothing lost at this load: {summary}"
+    );
+
+    let mut ops: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for op in of_type(records, "op") {
+        ops.entry(op["op"].as_str().unwrap().to_string())
+            .or_default()
+            .push(op.clone());
+    }
+    for kind in ["accept", "read", "write", "close"] {
+        for op in ops.get(kind).map(Vec::as_slice).unwrap_or(&[]) {
+            if op["incomplete"] == true {
+                continue; // open when the trace started or ended
+            }
+            assert!(op["mismatch"].is_null(), "{kind} op disagrees: {op}");
+            let syscalls = op["syscalls"].as_array().unwrap();
+            let last = syscalls
+                .last()
+                .unwrap_or_else(|| panic!("{kind} op without syscall: {op}"));
+            assert_eq!(last["rv"], op["user_rv"], "user rv == kernel rv: {op}");
+            for s in syscalls {
+                assert_eq!(
+                    s["errno"].is_null(),
+                    s["rv"].as_i64().unwrap() >= 0,
+                    "errno iff negative rv: {s}"
+                );
+            }
+        }
+    }
+    // Walk the ops in time order, one fd life from accept to close: fd
+    // numbers are reused, and a life's bytes must not leak into the next.
+    let mut timeline: Vec<&Value> = ops
+        .values()
+        .flatten()
+        .filter(|o| o["op"] != "callback")
+        .collect();
+    timeline.sort_by_key(|o| o["entry_ts_ns"].as_u64());
+    let mut open: BTreeMap<i64, u64> = BTreeMap::new();
+    let mut lives = Vec::new();
+    for op in timeline {
+        let (fd, rv) = (
+            op["fd"].as_i64().unwrap(),
+            op["user_rv"].as_i64().unwrap_or(-1),
+        );
+        match op["op"].as_str().unwrap() {
+            "accept" if rv >= 0 => assert!(
+                open.insert(rv, 0).is_none(),
+                "fd {rv} accepted while still open"
+            ),
+            "read" if rv > 0 => {
+                *open
+                    .get_mut(&fd)
+                    .unwrap_or_else(|| panic!("read on fd {fd} outside its life")) += rv as u64
+            }
+            "close" if open.contains_key(&fd) => lives.push(open.remove(&fd).unwrap()),
+            _ => {}
+        }
+    }
+    assert!(open.is_empty(), "connections never closed: {open:?}");
+    assert_eq!(
+        lives.len() as u64,
+        conns,
+        "one accept and one close per connection"
+    );
+    assert!(
+        lives.iter().all(|b| *b == bytes_per_conn),
+        "bytes read per connection: {lives:?}"
+    );
+    let accepted: BTreeSet<i64> = ops["accept"]
+        .iter()
+        .filter_map(|o| o["user_rv"].as_i64())
+        .filter(|fd| *fd >= 0)
+        .collect();
+    let eagain = ops["read"]
+        .iter()
+        .any(|o| o["user_rv"] == -11 && o["syscalls"][0]["errno"] == 11);
+    assert!(eagain, "an EAGAIN read, paired with the kernel's EAGAIN");
+    // Every event an epoll wait returned names an fd the loop registered.
+    let mut named = BTreeSet::new();
+    for w in of_type(records, "wait") {
+        for e in w["events"].as_array().unwrap() {
+            let fd = e["fd"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("unresolved epoll event in {w}"));
+            named.insert(fd);
+        }
+    }
+    assert!(
+        accepted.is_subset(&named),
+        "epoll events name the connections: {named:?} vs {accepted:?}"
+    );
+    ops
+}
+
+/// One connection that pauses after each echo, so the server's read after
+/// it finds nothing: an EAGAIN on both sides, deterministically. (Under
+/// load the next message is often already there.)
+fn slow_client(addr: std::net::SocketAddr, msgs: u32, size: u32) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let msg = vec![7u8; size as usize];
+    let mut back = vec![0u8; size as usize];
+    for _ in 0..msgs {
+        s.write_all(&msg).unwrap();
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Traces `name` under `conns` loaded connections plus one slow one, each
+/// sending `msgs` messages of `size` bytes.
+fn trace_server(name: &str, conns: u32, msgs: u32, size: u32) -> Vec<Value> {
+    let server = Server::start(name, &[]);
+    let baseline = socket_count(server.pid());
+    let snoop = Portsnoop::start(&["-p", &server.pid().to_string(), "--json"]);
+    let load = run_load(server.addr, conns, msgs, size);
+    assert_eq!(load.bytes, u64::from(conns * msgs * size));
+    slow_client(server.addr, msgs, size);
+    wait_for_sockets(server.pid(), baseline);
+    let (status, out, err) = snoop.finish();
+    assert!(
+        status.success(),
+        "portsnoop failed: {status}\n{}",
+        err.join("\n")
+    );
+    parse_json(&out)
+}
+
+#[test]
+fn echo_mio_ops_line_up_with_their_syscalls() {
+    let records = trace_server("echo-mio", 3, 20, 100);
+    let ops = check_lined_up(&records, 3 + 1, 20 * 100);
+    let callbacks = &ops["callback"];
+    assert!(callbacks.iter().any(|c| c["callback"] == "accept"));
+    assert!(callbacks.iter().any(|c| c["callback"] == "echo"));
+    // Reads inside the echo callback carry its name.
+    assert!(ops["read"].iter().all(|r| r["callback"] == "echo"));
+}
+
+#[test]
+fn echo_tokio_ops_line_up_with_their_syscalls() {
+    let records = trace_server("echo-tokio", 4, 10, 64);
+    check_lined_up(&records, 4 + 1, 10 * 64);
+}
+
+#[test]
+fn json_lines_follow_the_contract() {
+    let records = trace_server("echo-mio", 1, 3, 10);
+    let has = |r: &Value, keys: &[&str]| {
+        for k in keys {
+            assert!(r.get(k).is_some(), "{} record without {k}: {r}", r["type"]);
+        }
+    };
+    for r in &records {
+        match r["type"].as_str().unwrap() {
+            "syscall" => has(r, &["ts_ns", "tid", "name", "fd", "rv", "errno", "dur_ns"]),
+            "probe" => has(r, &["ts_ns", "tid", "name", "fd", "args"]),
+            "wait" => {
+                has(r, &["ts_ns", "tid", "name", "rv", "errno", "events"]);
+                for e in r["events"].as_array().unwrap() {
+                    has(e, &["fd", "events"]);
+                }
+            }
+            "op" => {
+                has(
+                    r,
+                    &[
+                        "op",
+                        "tid",
+                        "fd",
+                        "entry_ts_ns",
+                        "return_ts_ns",
+                        "user_rv",
+                        "syscalls",
+                        "kernel_ns",
+                        "user_ns",
+                        "mismatch",
+                    ],
+                );
+                for s in r["syscalls"].as_array().unwrap() {
+                    has(s, &["name", "rv", "errno", "ts_ns", "dur_ns"]);
+                }
+            }
+            "summary" => has(r, &["events", "lost_events", "ops", "mismatches", "per_fd"]),
+            _ => {}
+        }
+    }
+    for t in ["syscall", "probe", "wait", "op", "summary"] {
+        assert!(!of_type(&records, t).is_empty(), "no {t} record");
+    }
+    let read_entry = of_type(&records, "probe")
+        .into_iter()
+        .find(|p| p["name"] == "eventer-read-entry")
+        .unwrap();
+    assert_eq!(
+        read_entry["args"].as_array().unwrap().len(),
+        5,
+        "read-entry has 5 arguments"
+    );
+}
+
+#[test]
+fn table_rows_are_in_time_order_with_both_sides() {
+    let server = Server::start("echo-mio", &[]);
+    let baseline = socket_count(server.pid());
+    let snoop = Portsnoop::start(&["-p", &server.pid().to_string()]);
+    run_load(server.addr, 2, 5, 16);
+    wait_for_sockets(server.pid(), baseline);
+    let (status, out, _) = snoop.finish();
+    assert!(status.success());
+    assert!(
+        out[0]
+            .split_whitespace()
+            .eq(["TIME", "TID", "SYSCALL", "FD", "DETAILS", "ERROR"]),
+        "header: {}",
+        out[0]
+    );
+    let times: Vec<f64> = out[1..]
+        .iter()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(times.len() > 20, "rows: {out:?}");
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "TIME goes forward:\n{}",
+        out.join("\n")
+    );
+    let text = out.join("\n");
+    for row in [
+        "read-entry",
+        "recvfrom",
+        "read-return",
+        "accept4",
+        "epoll_wait",
+        "EPOLL_EVENT",
+        "errno = 11 (EAGAIN)",
+    ] {
+        assert!(text.contains(row), "no {row} row:\n{text}");
+    }
+}
+
+#[test]
+fn traces_a_command_from_its_first_instruction() {
+    let dir = tempdir();
+    let json = dir.join("trace.json");
+    let echo = bin("echo-mio");
+    let snoop = Portsnoop::start(&[
+        "--json",
+        "-o",
+        json.to_str().unwrap(),
+        "--",
+        echo.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    // The child shares portsnoop's stdout.
+    let line = snoop
+        .proc
+        .stdout
+        .wait_for(WAIT, |l| l.starts_with("listening on "))
+        .expect("echo-mio started");
+    let addr = line["listening on ".len()..].parse().unwrap();
+    run_load(addr, 2, 5, 10);
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, _, err) = snoop.finish();
+    assert!(status.success(), "{}", err.join("\n"));
+    let records = parse_json(
+        &std::fs::read_to_string(&json)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect::<Vec<_>>(),
+    );
+    // The listener's registration happens before `listening on`: seeing it
+    // proves nothing before the trace was missed.
+    let first_ctl = of_type(&records, "epoll_ctl")
+        .into_iter()
+        .next()
+        .expect("an epoll_ctl");
+    assert_eq!(first_ctl["op"], "ADD");
+    let ops = of_type(&records, "op");
+    assert!(ops
+        .iter()
+        .any(|o| o["op"] == "accept" && o["user_rv"].as_i64() >= Some(0)));
+}
+
+#[test]
+fn target_exit_ends_the_trace_with_a_summary_and_exit_0() {
+    let server = Server::start("echo-mio", &[]);
+    let pid = server.pid();
+    let snoop = Portsnoop::start(&["-p", &pid.to_string(), "--summary"]);
+    run_load(server.addr, 1, 2, 8);
+    let (_, _, _) = server.proc.stop(libc::SIGTERM);
+    let mut snoop = snoop;
+    let status = snoop.proc.wait_exit(WAIT);
+    assert!(
+        status.success(),
+        "portsnoop exits 0 when the target exits: {status}"
+    );
+    let out = snoop.proc.stdout.all().join("\n");
+    assert!(out.contains("=== summary"), "summary printed:\n{out}");
+    let err = snoop.proc.stderr.all().join("\n");
+    assert!(
+        err.contains(&format!("pid {pid} exited")),
+        "says the target exited:\n{err}"
+    );
+}
+
+#[test]
+fn kernel_side_only_for_a_target_without_the_provider() {
+    let server = Server::start("echo-mio-plain", &[]);
+    let baseline = socket_count(server.pid());
+    let snoop = Portsnoop::start(&["-p", &server.pid().to_string(), "--json"]);
+    let err = snoop.proc.stderr.all().join("\n");
+    assert!(
+        err.contains("has no evloop probes: tracing the kernel side only"),
+        "{err}"
+    );
+    run_load(server.addr, 1, 3, 10);
+    wait_for_sockets(server.pid(), baseline);
+    let (status, out, _) = snoop.finish();
+    assert!(status.success());
+    let records = parse_json(&out);
+    let reads = of_type(&records, "syscall")
+        .into_iter()
+        .filter(|s| s["name"] == "recvfrom" && s["rv"] == 10)
+        .count();
+    assert_eq!(reads, 3, "the kernel side is traced");
+    assert!(of_type(&records, "probe").is_empty());
+}
+
+#[test]
+fn list_shows_every_evloop_probe() {
+    let server = Server::start("echo-mio", &[]);
+    let names = |args: &[&str]| -> BTreeSet<String> {
+        let out = Command::new(bin("portsnoop")).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(" evloop"))
+            .filter_map(|l| l.split_whitespace().nth(3).map(String::from))
+            .collect()
+    };
+    let pid = server.pid().to_string();
+    let by_pid = names(&["list", "-p", &pid]);
+    assert_eq!(by_pid.len(), 11, "{by_pid:?}");
+    assert!(by_pid.contains("eventer-callback-entry") && by_pid.contains("log"));
+    assert_eq!(names(&["list", bin("echo-mio").to_str().unwrap()]), by_pid);
+    let all = Command::new(bin("portsnoop")).arg("list").output().unwrap();
+    assert!(String::from_utf8_lossy(&all.stdout)
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(pid.as_str())));
+}
+
+#[test]
+fn bpftrace_script_runs_under_bpftrace() {
+    tests::require_bpftrace();
+    let server = Server::start("echo-mio", &[]);
+    let out = Command::new(bin("portsnoop"))
+        .args(["--bpftrace", "-p", &server.pid().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    let bt = tests::Bpftrace::start(&script, server.pid());
+    run_load(server.addr, 1, 4, 10);
+    bt.stdout()
+        .wait_for(WAIT, |l| l.contains("eventer-close-return"))
+        .expect("the script prints the close of the connection");
+    let lines = bt.finish();
+    let reads = lines
+        .iter()
+        .filter(|l| l.contains("eventer-read-return") && l.ends_with("= 10"))
+        .count();
+    assert_eq!(reads, 4, "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("sys_exit_recvfrom")));
+}
+
+#[test]
+fn misuse_and_missing_targets_are_clear_errors() {
+    let run = |args: &[&str]| Command::new(bin("portsnoop")).args(args).output().unwrap();
+    let out = run(&["--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-p PID"));
+    let out = run(&["-p", "999999999"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such process: 999999999"));
+    let out = run(&["--", "/no/such/command"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("command not found"));
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "portsnoop-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
