@@ -135,11 +135,14 @@ impl Proc {
         self.child.id()
     }
 
-    /// Sends `sig` (e.g. `libc::SIGINT`).
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid has no memory effects.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
+    /// Sends `sig` (e.g. `libc::SIGINT`), unless the child has already been
+    /// reaped (its pid could belong to someone else by now).
+    pub fn signal(&mut self, sig: i32) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on our own, still unreaped child.
+            unsafe {
+                libc::kill(self.child.id() as i32, sig);
+            }
         }
     }
 
@@ -269,7 +272,19 @@ impl Bpftrace {
     }
 
     /// Stops bpftrace (SIGINT, so it prints its maps) and returns its stdout.
-    pub fn finish(self) -> Vec<String> {
+    ///
+    /// bpftrace 0.17 sometimes takes a SIGINT and goes on sleeping in
+    /// epoll_wait until something else wakes it, so the signal is repeated
+    /// every second until it exits (bounded by [`WAIT`]).
+    pub fn finish(mut self) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        while self.proc.child.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
+            self.proc.signal(libc::SIGINT);
+            let tick = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < tick && self.proc.child.try_wait().expect("try_wait").is_none() {
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
         let (status, out, err) = self.proc.stop(libc::SIGINT);
         assert!(
             status.success() || status.code().is_none(),

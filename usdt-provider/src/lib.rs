@@ -37,6 +37,9 @@
 
 #![deny(missing_docs)]
 
+mod cstr;
+pub use cstr::MAX_STRING_BYTES;
+
 /// The event masks, with libmtev's values.
 pub mod mask {
     /// The fd is readable (`EVENTER_READ`).
@@ -63,17 +66,20 @@ mod evloop {
     fn eventer__write__return(fd: i32, buf: u64, len: u64, mask: i32, closure: u64, rv: i64) {}
     fn eventer__close__entry(fd: i32, mask: i32, closure: u64) {}
     fn eventer__close__return(fd: i32, mask: i32, closure: u64, rv: i64) {}
+    // String arguments are addresses of NUL-terminated copies staged by
+    // `cstr` (the spec is the same `8@` as a `&str` argument's; see there
+    // for why the usdt crate's own `&str` passing is not used).
     fn eventer__callback__entry(
         closure: u64,
         event: u64,
-        name: &str,
+        name: u64,
         fd: i32,
         mask: i32,
         newmask: i32,
     ) {
     }
-    fn eventer__callback__return(closure: u64, event: u64, name: &str, rv: i32) {}
-    fn log(facility: &str, file: &str, line: i32, msg: &str) {}
+    fn eventer__callback__return(closure: u64, event: u64, name: u64, rv: i32) {}
+    fn log(facility: u64, file: u64, line: i32, msg: u64) {}
 }
 
 /// Registers the probes with the tracer's kernel module.
@@ -221,8 +227,9 @@ pub fn close_return(args: impl FnOnce() -> (Close, i64)) {
 
 /// Fires `eventer-callback-entry` if enabled.
 ///
-/// The name is copied (NUL-terminated) only while the probe is enabled; a
-/// name with an interior NUL is seen by tracers up to that NUL.
+/// The name is copied (NUL-terminated, at most [`MAX_STRING_BYTES`]) only
+/// while the probe is enabled; a name with an interior NUL is seen by
+/// tracers up to that NUL.
 ///
 /// ```
 /// use usdt_provider::{callback_entry, callback_return, mask, Callback};
@@ -235,7 +242,14 @@ pub fn close_return(args: impl FnOnce() -> (Close, i64)) {
 pub fn callback_entry<'a>(args: impl FnOnce() -> Callback<'a>) {
     evloop::eventer__callback__entry!(|| {
         let a = args();
-        (a.closure, a.event, a.name, a.fd, a.mask, a.newmask)
+        (
+            a.closure,
+            a.event,
+            cstr::stage(0, a.name),
+            a.fd,
+            a.mask,
+            a.newmask,
+        )
     });
 }
 
@@ -246,7 +260,7 @@ pub fn callback_entry<'a>(args: impl FnOnce() -> Callback<'a>) {
 pub fn callback_return<'a>(args: impl FnOnce() -> (Callback<'a>, i32)) {
     evloop::eventer__callback__return!(|| {
         let (a, rv) = args();
-        (a.closure, a.event, a.name, rv)
+        (a.closure, a.event, cstr::stage(0, a.name), rv)
     });
 }
 
@@ -261,7 +275,13 @@ pub fn callback_return<'a>(args: impl FnOnce() -> (Callback<'a>, i32)) {
 pub fn log<M: AsRef<str>>(facility: &str, file: &str, line: u32, msg: impl FnOnce() -> M) {
     evloop::log!(|| {
         let line = i32::try_from(line).unwrap_or(i32::MAX);
-        (facility, file, line, msg())
+        let msg = msg();
+        (
+            cstr::stage(0, facility),
+            cstr::stage(1, file),
+            line,
+            cstr::stage(2, msg.as_ref()),
+        )
     });
 }
 

@@ -1,0 +1,115 @@
+//! Fires every `evloop` probe with known values, one round per SIGUSR1, so
+//! a test can attach a tracer first and then trigger. Prints `ready` once
+//! it waits for signals, `fired N` after round N, and `log-line L`: the
+//! source line its `log` probe reports.
+//!
+//! Each round ends with bad input: callback names with an interior NUL, of
+//! 64 KiB, and from invalid UTF-8, each followed by a normal probe whose
+//! values must arrive intact.
+
+use std::io::Write;
+
+use usdt_provider::{mask, Accept, Callback, Close, Io};
+
+/// The values every round fires; the tests assert these.
+const FD: i32 = 7;
+const LISTEN_FD: i32 = 3;
+const CLOSURE: u64 = 0xc0ffee;
+const EVENT: u64 = 42;
+
+fn fire_round(log_line: &mut u32) {
+    let accept = Accept {
+        fd: LISTEN_FD,
+        addr: 0x1000,
+        addrlen: 16,
+        mask: mask::READ,
+        closure: CLOSURE,
+    };
+    usdt_provider::accept_entry(|| accept);
+    usdt_provider::accept_return(|| (accept, i64::from(FD)));
+    let read = Io {
+        fd: FD,
+        buf: 0x2000,
+        len: 4096,
+        mask: mask::READ,
+        closure: CLOSURE,
+    };
+    usdt_provider::read_entry(|| read);
+    usdt_provider::read_return(|| (read, -11));
+    usdt_provider::read_entry(|| read);
+    usdt_provider::read_return(|| (read, 100));
+    let write = Io {
+        fd: FD,
+        buf: 0x3000,
+        len: 512,
+        mask: mask::WRITE,
+        closure: CLOSURE,
+    };
+    usdt_provider::write_entry(|| write);
+    usdt_provider::write_return(|| (write, 512));
+    let cb = Callback {
+        closure: CLOSURE,
+        event: EVENT,
+        name: "fixture-cb",
+        fd: FD,
+        mask: mask::READ,
+        newmask: 3,
+    };
+    usdt_provider::callback_entry(|| cb);
+    usdt_provider::callback_return(|| (cb, 2));
+    let close = Close {
+        fd: FD,
+        mask: mask::EXCEPTION,
+        closure: CLOSURE,
+    };
+    usdt_provider::close_entry(|| close);
+    usdt_provider::close_return(|| (close, 0));
+    *log_line = line!() + 1;
+    usdt_provider::log("fixture", file!(), line!(), || format!("hello {}", 123));
+
+    // Bad input, each followed by a probe that must be intact.
+    let huge = "x".repeat(64 * 1024);
+    let lossy = String::from_utf8_lossy(&[b'b', 0xff, 0xfe, b'd']).into_owned();
+    for (i, name) in ["bad\0name", huge.as_str(), lossy.as_str()]
+        .into_iter()
+        .enumerate()
+    {
+        let bad = Callback { name, ..cb };
+        usdt_provider::callback_entry(|| bad);
+        let after = Io {
+            fd: 100 + i as i32,
+            buf: 0x4000,
+            len: 99,
+            mask: mask::READ,
+            closure: CLOSURE,
+        };
+        usdt_provider::read_entry(|| after);
+    }
+}
+
+fn main() {
+    // Block SIGUSR1 so it queues for sigwait instead of killing us.
+    // SAFETY: plain signal-mask calls on a local set.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let mut out = std::io::stdout();
+    let mut log_line = 0;
+    let _ = writeln!(out, "ready");
+    let _ = out.flush();
+    for round in 1.. {
+        let mut sig = 0;
+        // SAFETY: waiting on the set built above.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            std::process::exit(1);
+        }
+        fire_round(&mut log_line);
+        let _ = writeln!(out, "log-line {log_line}");
+        let _ = writeln!(out, "fired {round}");
+        let _ = out.flush();
+    }
+}
