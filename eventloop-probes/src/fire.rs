@@ -9,6 +9,7 @@ use usdt_provider::{Accept, Callback, Close, Io};
 
 /// The probe `rv` of an I/O result: the count on success, `-errno` on
 /// failure (`WouldBlock` is `-EAGAIN`, as the kernel said).
+#[cfg(any(feature = "probes", test))]
 #[inline]
 pub(crate) fn rv_of<T>(res: &io::Result<T>, ok: impl FnOnce(&T) -> i64) -> i64 {
     match res {

@@ -32,13 +32,17 @@ fn main() {
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
         .unwrap_or_else(|e| die("echo-mio-plain: register", e));
+    // Shared, not moved into the handler: dropping the last Waker closes its
+    // eventfd, which takes a pending wake-up out of epoll with it.
     let waker =
         Waker::new(poll.registry(), WAKER).unwrap_or_else(|e| die("echo-mio-plain: waker", e));
+    let waker = std::sync::Arc::new(waker);
+    let wake = std::sync::Arc::clone(&waker);
     let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stopping.clone();
     on_shutdown_signal(move || {
         flag.store(true, std::sync::atomic::Ordering::Release);
-        let _ = waker.wake();
+        let _ = wake.wake();
     })
     .unwrap_or_else(|e| die("echo-mio-plain: signals", e));
     announce(local);
