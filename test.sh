@@ -6,4 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup.sh
 cargo build --release --workspace --bins
+# The same servers with every probe compiled out: a test checks they carry
+# no probes, and the benchmarks compare against them.
+cargo build --release -p examples --no-default-features --target-dir target/noprobes
 cargo test --release --workspace "$@"
