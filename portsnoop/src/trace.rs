@@ -54,6 +54,8 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
+    // Before looking at the target: without the rights, nothing else matters.
+    engine::check_privileges()?;
     let mut target = match config.pid {
         Some(pid) => Target::existing(pid)?,
         None => Target::spawn_held(&config.command)?,
@@ -114,6 +116,7 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
     }
     // What the target did just before the end is still in the buffer.
     let mut last = engine.poll(Duration::ZERO)?;
+    last.extend(engine.unreported_losses());
     if let Some(kind) = ended.clone() {
         last.push(Event::Process(ProcessEvent {
             ts_ns: engine::monotonic_ns(),

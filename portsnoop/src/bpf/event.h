@@ -10,6 +10,7 @@
 #define EV_PROBE 4
 #define EV_LOG 5
 #define EV_EXEC 6
+#define EV_LOST 7
 
 /* Syscall kinds, in the order of event.rs's SyscallName::ALL, then epoll. */
 #define SC_READ 0
@@ -106,6 +107,13 @@ struct ev_log {
 	char facility[LOG_FACILITY_LEN];
 	char file[LOG_FILE_LEN];
 	char msg[LOG_MSG_LEN];
+};
+
+/* Records this CPU could not submit since its last record: placed in the
+ * stream where the gap is, so the consumer knows which ops it cuts. */
+struct ev_lost {
+	struct ev_header h;
+	__u64 count;
 };
 
 struct ev_exec {

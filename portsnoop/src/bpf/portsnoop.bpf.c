@@ -28,9 +28,11 @@ struct {
 	__uint(max_entries, 4 << 20); /* resized by the engine before load */
 } events SEC(".maps");
 
+/* Per CPU: [0] records dropped in all, [1] dropped and not yet reported
+ * in-band with an EV_LOST record. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
 } dropped SEC(".maps");
@@ -91,11 +93,33 @@ static __always_inline bool is_target(__u32 *tid)
 
 static __always_inline void count_drop(void)
 {
-	__u32 zero = 0;
-	__u64 *n = bpf_map_lookup_elem(&dropped, &zero);
+	__u32 total = 0, pending = 1;
+	__u64 *n = bpf_map_lookup_elem(&dropped, &total);
+	__u64 *p = bpf_map_lookup_elem(&dropped, &pending);
 
 	if (n)
 		*n += 1;
+	if (p)
+		*p += 1;
+}
+
+/* Before this CPU's next record, say how many it lost. */
+static __always_inline void report_drops(__u32 tid, __u64 ts)
+{
+	__u32 pending = 1;
+	__u64 *p = bpf_map_lookup_elem(&dropped, &pending);
+
+	if (!p || !*p)
+		return;
+	struct ev_lost *l = bpf_ringbuf_reserve(&events, sizeof(*l), 0);
+	if (!l)
+		return; /* still full: stays pending */
+	l->h.type = EV_LOST;
+	l->h.tid = tid;
+	l->h.ts_ns = ts;
+	l->count = *p;
+	*p = 0;
+	bpf_ringbuf_submit(l, 0);
 }
 
 static __always_inline __u64 submit_flags(void)
@@ -106,6 +130,7 @@ static __always_inline __u64 submit_flags(void)
 
 static __always_inline void *reserve(__u64 size, __u32 type, __u32 tid, __u64 ts)
 {
+	report_drops(tid, ts);
 	struct ev_header *h = bpf_ringbuf_reserve(&events, size, 0);
 
 	if (!h) {

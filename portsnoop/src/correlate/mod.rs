@@ -168,6 +168,9 @@ struct Thread {
     open: Vec<Op>,
     /// Open callbacks, outermost first.
     callbacks: Vec<Op>,
+    /// The loss generation as of this thread's last entry probe: below the
+    /// correlator's, the thread may be missing an entry it made.
+    synced_gen: u64,
 }
 
 /// The correlation state machine.
@@ -182,6 +185,8 @@ pub struct Correlator {
     /// Waits with unresolved events, and the event count by which they go
     /// out resolved or not.
     pending_waits: std::collections::VecDeque<(Wait, u64)>,
+    /// How many `Lost` events have been seen.
+    loss_gen: u64,
     summary: Summary,
 }
 
@@ -223,6 +228,7 @@ impl Correlator {
             Event::Lost { ts_ns, count } => {
                 self.flush_waits(true, out);
                 self.summary.lost_events += count;
+                self.loss_gen += 1;
                 self.abandon_all("events lost", out);
                 out.push(Record::Event(Event::Lost { ts_ns, count }));
             }
@@ -301,7 +307,11 @@ impl Correlator {
             );
             op.syscalls.push(s.clone());
             op.kernel_ns = s.dur_ns;
-            op.mismatch = Some("syscall without eventer op".into());
+            if thread.synced_gen < self.loss_gen {
+                op.abandon("events lost");
+            } else {
+                op.mismatch = Some("syscall without eventer op".into());
+            }
             self.emit_op(op, out);
         }
         if is_close {
@@ -357,7 +367,11 @@ impl Correlator {
                             p.strings.first().cloned(),
                         );
                         op.close(p.ts_ns, p.rv());
-                        op.mismatch = Some("callback return without entry".into());
+                        if thread.synced_gen < self.loss_gen {
+                            op.abandon("events lost");
+                        } else {
+                            op.mismatch = Some("callback return without entry".into());
+                        }
                         done.push(op);
                     }
                 }
@@ -379,6 +393,7 @@ impl Correlator {
                 thread
                     .open
                     .push(Op::open(kind, p.tid, fd, p.ts_ns, p.closure(), callback));
+                thread.synced_gen = self.loss_gen;
                 self.eventer_fds.insert(fd);
             } else {
                 let rv = p.rv();
@@ -395,7 +410,12 @@ impl Correlator {
                     None => {
                         let mut op = Op::open(kind, p.tid, fd, p.ts_ns, p.closure(), callback);
                         op.close(p.ts_ns, rv);
-                        op.mismatch = Some(format!("{} return without entry", kind.as_str()));
+                        if thread.synced_gen < self.loss_gen {
+                            op.mismatch = None;
+                            op.abandon("events lost");
+                        } else {
+                            op.mismatch = Some(format!("{} return without entry", kind.as_str()));
+                        }
                         done.push(op);
                     }
                 }

@@ -3,7 +3,8 @@
 //! The kernel side (`bpf/portsnoop.bpf.c`) filters by the target's tgid,
 //! joins each syscall's enter and exit, and submits records to a ring buffer
 //! without waking us; we drain it on a short timer. Records that did not fit
-//! are counted in the kernel and surface here as [`Event::Lost`].
+//! are counted in the kernel and reported in the stream where they are
+//! missing, as [`Event::Lost`].
 
 mod raw;
 mod sites;
@@ -237,8 +238,8 @@ impl Engine {
     }
 
     /// Waits up to `timeout` (less if the buffer fills) and returns every
-    /// event submitted since the last call, followed by an [`Event::Lost`]
-    /// if the kernel dropped any in between.
+    /// event submitted since the last call. Losses come in-band, as
+    /// [`Event::Lost`] where they happened; see [`Engine::unreported_losses`].
     pub fn poll(&mut self, timeout: Duration) -> Result<Vec<Event>, Error> {
         // poll() returns early only on a forced wakeup; consume() then takes
         // whatever was submitted without one.
@@ -252,16 +253,30 @@ impl Engine {
             Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
             Err(e) => return Err(Error::Bpf("reading the ring buffer".into(), e)),
         }
-        let mut events = std::mem::take(&mut *self.decoded.borrow_mut());
-        let lost = self.lost_total();
-        if lost > self.lost_reported {
-            events.push(Event::Lost {
-                ts_ns: monotonic_ns(),
-                count: lost - self.lost_reported,
-            });
-            self.lost_reported = lost;
-        }
+        let events = std::mem::take(&mut *self.decoded.borrow_mut());
+        self.lost_reported += events
+            .iter()
+            .map(|e| {
+                if let Event::Lost { count, .. } = e {
+                    *count
+                } else {
+                    0
+                }
+            })
+            .sum::<u64>();
         Ok(events)
+    }
+
+    /// At the end: losses the kernel counted but could not report in-band
+    /// (no later record on that CPU), plus undecodable records, as one
+    /// [`Event::Lost`] if there are any.
+    pub fn unreported_losses(&mut self) -> Option<Event> {
+        let missing = self.lost_total().saturating_sub(self.lost_reported);
+        self.lost_reported += missing;
+        (missing > 0).then(|| Event::Lost {
+            ts_ns: monotonic_ns(),
+            count: missing,
+        })
     }
 
     /// Events the kernel side could not submit, plus records that could not
@@ -271,7 +286,7 @@ impl Engine {
             .skel
             .maps
             .dropped
-            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY) // [0]: the total
             .ok()
             .flatten()
             .map(|per_cpu| {

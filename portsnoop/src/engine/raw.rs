@@ -12,6 +12,7 @@ const EV_EPOLL_WAIT: u32 = 3;
 const EV_PROBE: u32 = 4;
 const EV_LOG: u32 = 5;
 const EV_EXEC: u32 = 6;
+const EV_LOST: u32 = 7;
 
 const SC_EPOLL_WAIT: u32 = 14;
 const SC_EPOLL_PWAIT: u32 = 15;
@@ -81,6 +82,13 @@ struct RawProbe {
     pad: u32,
     args: [u64; 6],
     name: [u8; NAME_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawLost {
+    h: Header,
+    count: u64,
 }
 
 #[repr(C)]
@@ -226,6 +234,13 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                 args,
                 strings: vec![c_string(&r.facility), c_string(&r.file), c_string(&r.msg)],
             }))
+        }
+        EV_LOST => {
+            let r: RawLost = read(data).ok_or_else(short)?;
+            Ok(Event::Lost {
+                ts_ns: h.ts_ns,
+                count: r.count,
+            })
         }
         EV_EXEC => Ok(Event::Process(ProcessEvent {
             ts_ns: h.ts_ns,

@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmarks on one machine in one run: echo throughput of the
+four servers with no tracer, then the cost per traced event of portsnoop,
+strace and bpftrace on the same workload, then portsnoop's capacity and its
+own footprint. Rounds alternate between contenders so drift hits all alike;
+medians and ratios are printed and written as JSON.
+
+Run through bench/run.sh, which builds everything first.
+"""
+
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+NOPROBES = os.path.join(ROOT, "target", "noprobes", "release")
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+WAIT = 30
+
+
+class Proc:
+    """A child whose stdout and stderr lines are collected by threads."""
+
+    def __init__(self, argv, stdout=True):
+        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, errors="replace")
+        self.out, self.err, self.out_count = [], [], 0
+        self.cv = threading.Condition()
+        if stdout:
+            threading.Thread(target=self._pump, args=(self.p.stdout, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.p.stderr, False), daemon=True).start()
+
+    def _pump(self, pipe, is_out):
+        for line in pipe:
+            with self.cv:
+                if is_out:
+                    self.out_count += 1
+                    if len(self.out) < 64:
+                        self.out.append(line.rstrip("\n"))
+                else:
+                    self.err.append(line.rstrip("\n"))
+                self.cv.notify_all()
+
+    def wait_line(self, pred, where="out", timeout=WAIT):
+        deadline = time.time() + timeout
+        with self.cv:
+            while True:
+                lines = self.out if where == "out" else self.err
+                for l in lines:
+                    if pred(l):
+                        return l
+                left = deadline - time.time()
+                if left <= 0 or self.p.poll() is not None and not self.cv.wait(0.2):
+                    raise RuntimeError(f"{self.p.args[0]}: no expected line; stderr: {self.err[-5:]}")
+                self.cv.wait(min(left, 0.2))
+
+    def stop(self, sig=signal.SIGINT, timeout=WAIT):
+        deadline = time.time() + timeout
+        while self.p.poll() is None and time.time() < deadline:
+            self.p.send_signal(sig)
+            try:
+                self.p.wait(1)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait()
+        time.sleep(0.05)
+
+
+def server(path):
+    s = Proc([path, "--listen", "127.0.0.1:0"])
+    addr = s.wait_line(lambda l: l.startswith("listening on ")).split()[-1]
+    return s, addr
+
+
+def load(addr, conns, msgs, size):
+    t0 = time.time()
+    r = subprocess.run([os.path.join(REL, "echo-load"), "--addr", addr, "--conns", str(conns), "--msgs", str(msgs),
+                        "--size", str(size), "--timeout", "120"], capture_output=True, text=True)
+    wall = time.time() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"echo-load failed: {r.stderr}")
+    kv = dict(x.split("=") for x in r.stdout.strip().splitlines()[-1].split())
+    return float(kv["msgs_per_sec"]), float(kv["secs"]), wall
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        m = re.search(r"VmHWM:\s+(\d+)", f.read())
+    return int(m.group(1)) if m else 0
+
+
+def echo_throughput(results):
+    servers = {
+        "echo-mio-plain": os.path.join(REL, "echo-mio-plain"),
+        "echo-mio": os.path.join(REL, "echo-mio"),
+        "echo-mio (probes compiled out)": os.path.join(NOPROBES, "echo-mio"),
+        "echo-tokio": os.path.join(REL, "echo-tokio"),
+    }
+    rates = {k: [] for k in servers}
+    for _ in range(ROUNDS):
+        for name, path in servers.items():
+            s, addr = server(path)
+            rate, _, _ = load(addr, 8, 10000, 64)
+            rates[name].append(rate)
+            s.stop(signal.SIGTERM)
+    base = statistics.median(rates["echo-mio-plain"])
+    rows = []
+    for name, r in rates.items():
+        med = statistics.median(r)
+        rows.append({"server": name, "median_msgs_per_sec": round(med), "ratio_to_plain_mio": round(med / base, 3),
+                     "runs": [round(x) for x in r]})
+    results["echo_throughput"] = {"load": "8 conns x 10000 msgs x 64 B, no tracer", "rows": rows}
+    print("\n== echo throughput, no tracer attached (8 conns x 10000 msgs x 64 B; median of %d) ==" % ROUNDS)
+    print("%-34s %14s %10s" % ("server", "msgs/s", "vs plain"))
+    for row in rows:
+        print("%-34s %14d %10.3f" % (row["server"], row["median_msgs_per_sec"], row["ratio_to_plain_mio"]))
+
+
+STRACE_CALLS = "read,readv,recvfrom,recvmsg,write,writev,sendto,sendmsg,accept,accept4,connect,shutdown,close," \
+               "epoll_ctl,epoll_wait,epoll_pwait,epoll_pwait2"
+
+
+def traced_run(mode, conns, msgs, size):
+    """One load against a fresh echo-mio under `mode`; returns (wall s, events or None)."""
+    s, addr = server(os.path.join(REL, "echo-mio"))
+    pid = s.p.pid
+    tracer, events = None, None
+    if mode == "portsnoop":
+        tracer = Proc([os.path.join(REL, "portsnoop"), "-p", str(pid), "-o", "/dev/null"], stdout=False)
+        tracer.wait_line(lambda l: l.endswith("; ready"), where="err")
+    elif mode == "strace":
+        tracer = Proc(["strace", "-f", "-qq", "-e", "trace=" + STRACE_CALLS, "-o", "/dev/null", "-p", str(pid)],
+                      stdout=False)
+        # strace says nothing once attached; wait until the target is traced.
+        deadline = time.time() + WAIT
+        while time.time() < deadline:
+            with open(f"/proc/{pid}/status") as f:
+                if re.search(r"TracerPid:\s+[1-9]", f.read()):
+                    break
+            time.sleep(0.02)
+        time.sleep(0.2)  # the other threads are attached right after
+    elif mode == "bpftrace":
+        script = subprocess.run([os.path.join(REL, "portsnoop"), "--bpftrace", "-p", str(pid)], capture_output=True,
+                                text=True, check=True).stdout
+        tracer = Proc(["bpftrace", "-B", "line", "-p", str(pid), "-e", script])
+        tracer.wait_line(lambda l: l.startswith("TIME(ns)"))  # printed by BEGIN, after attaching
+    _, secs, wall = load(addr, conns, msgs, size)
+    if tracer is not None:
+        cpu = cpu_seconds(tracer.p.pid)
+        rss = peak_rss_kb(tracer.p.pid)
+        tracer.stop()
+        if mode == "portsnoop":
+            line = next((l for l in tracer.err if re.search(r"\d+ events, \d+ lost", l)), "")
+            m = re.search(r"(\d+) events, (\d+) lost", line)
+            events = (int(m.group(1)), int(m.group(2))) if m else None
+    else:
+        cpu, rss = 0.0, 0
+    s.stop(signal.SIGTERM)
+    return secs, events, cpu, rss
+
+
+def trace_cost(results):
+    conns, msgs, size = 4, 5000, 64
+    modes = ["untraced", "portsnoop", "bpftrace", "strace"]
+    secs = {m: [] for m in modes}
+    events, lost, cpu, rss = [], [], [], []
+    for _ in range(max(3, ROUNDS - 2)):
+        for m in modes:
+            s, ev, c, r = traced_run(m, conns, msgs, size)
+            secs[m].append(s)
+            if m == "portsnoop" and ev:
+                events.append(ev[0])
+                lost.append(ev[1])
+                cpu.append(c)
+                rss.append(r)
+    n_events = statistics.median(events)
+    base = statistics.median(secs["untraced"])
+    rows = []
+    for m in modes:
+        med = statistics.median(secs[m])
+        per_event_us = (med - base) / n_events * 1e6
+        rows.append({"mode": m, "median_secs": round(med, 4), "us_per_event": round(per_event_us, 3)})
+    strace_cost = next(r["us_per_event"] for r in rows if r["mode"] == "strace")
+    for r in rows:
+        r["cost_vs_strace"] = round(r["us_per_event"] / strace_cost, 4) if strace_cost > 0 else None
+    results["trace_cost"] = {
+        "load": f"echo-mio, {conns} conns x {msgs} msgs x {size} B",
+        "events_per_run": int(n_events), "lost_per_run": lost, "rows": rows,
+        "portsnoop_cpu_secs": round(statistics.median(cpu), 3), "portsnoop_peak_rss_kb": max(rss),
+    }
+    print(f"\n== cost per traced event (echo-mio, {conns} conns x {msgs} msgs x {size} B; "
+          f"{int(n_events)} events per run by portsnoop's count; median of {len(secs['untraced'])}) ==")
+    print("%-12s %12s %14s %14s" % ("tracer", "load secs", "us/event", "vs strace"))
+    for r in rows:
+        print("%-12s %12.4f %14.3f %14s" % (r["mode"], r["median_secs"], r["us_per_event"], r["cost_vs_strace"]))
+    print(f"portsnoop: lost {lost}, own CPU {statistics.median(cpu):.3f} s per run, peak RSS {max(rss)} KiB")
+
+
+def capacity(results):
+    out = {}
+    # Closed-loop load on 2 cores: the client and the server bound the rate;
+    # what matters is whether portsnoop keeps up for 10 s without losing any.
+    s, addr = server(os.path.join(REL, "echo-mio"))
+    t0 = time.time()
+    snoop = Proc([os.path.join(REL, "portsnoop"), "-p", str(s.p.pid), "-o", "/dev/null"], stdout=False)
+    snoop.wait_line(lambda l: l.endswith("; ready"), where="err")
+    ready = time.time() - t0
+    conns, size, msgs = 16, 16, 1000
+    deadline, done, t1 = time.time() + 10, 0, time.time()
+    while time.time() < deadline:
+        load(addr, conns, msgs, size)
+        done += conns * msgs
+    dur = time.time() - t1
+    cpu, rss = cpu_seconds(snoop.p.pid), peak_rss_kb(snoop.p.pid)
+    snoop.stop()
+    m = re.search(r"(\d+) events, (\d+) lost", " ".join(snoop.err))
+    ev, lost = (int(m.group(1)), int(m.group(2))) if m else (0, -1)
+    s.stop(signal.SIGTERM)
+    out["sustained"] = {"secs": round(dur, 1), "events": ev, "events_per_sec": round(ev / dur), "lost": lost,
+                        "portsnoop_cpu_share": round(cpu / dur, 3), "portsnoop_peak_rss_kb": rss,
+                        "secs_to_ready": round(ready, 3)}
+    # Above capacity: a 16 KiB ring buffer cannot hold a 10 ms burst.
+    s, addr = server(os.path.join(REL, "echo-mio"))
+    snoop = Proc([os.path.join(REL, "portsnoop"), "-p", str(s.p.pid), "--buffer-kb", "16", "-o", "/dev/null"],
+                 stdout=False)
+    snoop.wait_line(lambda l: l.endswith("; ready"), where="err")
+    load(addr, 16, 2000, 16)  # raises if any echoed byte is wrong
+    snoop.stop()
+    m = re.search(r"(\d+) events, (\d+) lost", " ".join(snoop.err))
+    ev2, lost2 = (int(m.group(1)), int(m.group(2))) if m else (0, -1)
+    s.stop(signal.SIGTERM)
+    out["overflow_16k_buffer"] = {"events": ev2, "lost": lost2, "target_echoes_correct": True}
+    results["capacity"] = out
+    print("\n== capacity ==")
+    su = out["sustained"]
+    print(f"sustained {su['secs']} s of closed-loop load: {su['events_per_sec']} events/s, lost {su['lost']}, "
+          f"portsnoop CPU {su['portsnoop_cpu_share'] * 100:.1f}% of one core, peak RSS {su['portsnoop_peak_rss_kb']} KiB, "
+          f"ready {su['secs_to_ready']} s after start")
+    print(f"16 KiB buffer: {ev2} events delivered, {lost2} lost (counted and reported); echoes still correct")
+
+
+def main():
+    results = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} cores, {os.uname().release}"}
+    which = sys.argv[1:] or ["echo", "trace", "capacity"]
+    if "echo" in which:
+        echo_throughput(results)
+    if "trace" in which:
+        trace_cost(results)
+    if "capacity" in which:
+        capacity(results)
+    out = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench", "results", "latest.json"))
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nwritten: {out}")
+
+
+if __name__ == "__main__":
+    main()
