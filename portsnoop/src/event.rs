@@ -491,6 +491,17 @@ mod tests {
     }
 
     #[test]
+    fn probe_ids_are_positions_in_all() {
+        // The BPF side's PR_* ids and the uprobe cookies are these numbers.
+        for (i, p) in ProbeName::ALL.into_iter().enumerate() {
+            assert_eq!(p as usize, i);
+        }
+        for (i, s) in SyscallName::ALL.into_iter().enumerate() {
+            assert_eq!(s as usize, i);
+        }
+    }
+
+    #[test]
     fn probe_names_round_trip() {
         for p in ProbeName::ALL {
             assert_eq!(ProbeName::from_name(p.as_str()), Some(p));

@@ -1,1 +1,535 @@
+//! The correlation rules, one small event stream each, and properties over
+//! arbitrary streams. No kernel involved.
 
+use proptest::prelude::*;
+
+use super::*;
+use crate::event::{EpollCtl, EpollWait, ProcessEvent, ReadyEvent, SyscallName};
+
+const T: u32 = 100;
+
+fn probe(ts: u64, tid: u32, name: ProbeName, args: [u64; 6]) -> Event {
+    let strings = match name {
+        ProbeName::CallbackEntry | ProbeName::CallbackReturn => vec!["echo".to_string()],
+        _ => vec![],
+    };
+    Event::Probe(Probe {
+        ts_ns: ts,
+        tid,
+        name,
+        args,
+        strings,
+    })
+}
+
+fn io(ts: u64, name: ProbeName, fd: i32, rv: i64) -> Event {
+    probe(ts, T, name, [fd as u64, 0x1000, 64, 1, 7, rv as u64])
+}
+
+fn sys(ts: u64, name: SyscallName, fd: i32, rv: i64) -> Event {
+    Event::Syscall(Syscall {
+        ts_ns: ts,
+        tid: T,
+        name,
+        fd,
+        rv,
+        dur_ns: 3,
+        arg: 64,
+    })
+}
+
+fn close_probe(ts: u64, entry: bool, fd: i32) -> Event {
+    let name = if entry {
+        ProbeName::CloseEntry
+    } else {
+        ProbeName::CloseReturn
+    };
+    probe(ts, T, name, [fd as u64, 1, 7, 0, 0, 0])
+}
+
+fn run(events: Vec<Event>) -> (Vec<Record>, Summary) {
+    run_filtered(events, Filter::default())
+}
+
+fn run_filtered(events: Vec<Event>, filter: Filter) -> (Vec<Record>, Summary) {
+    let mut c = Correlator::new(filter);
+    let mut out = Vec::new();
+    for e in events {
+        c.push(e, &mut out);
+    }
+    let summary = c.finish(&mut out);
+    (out, summary)
+}
+
+fn ops(records: &[Record]) -> Vec<&Op> {
+    records
+        .iter()
+        .filter_map(|r| {
+            if let Record::Op(op) = r {
+                Some(op)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_read_lines_up_with_its_syscall() {
+    let (out, s) = run(vec![
+        io(10, ProbeName::ReadEntry, 9, 0),
+        sys(11, SyscallName::Recvfrom, 9, 5),
+        io(20, ProbeName::ReadReturn, 9, 5),
+    ]);
+    let ops = ops(&out);
+    assert_eq!(ops.len(), 1);
+    let op = ops[0];
+    assert_eq!(
+        (op.kind, op.fd, op.user_rv, op.syscalls.len()),
+        (OpKind::Read, 9, Some(5), 1)
+    );
+    assert_eq!(
+        (op.kernel_ns, op.user_ns, op.mismatch.clone()),
+        (3, 7, None)
+    );
+    assert_eq!(s.per_fd[&9][&OpKind::Read].bytes, 5);
+}
+
+#[test]
+fn eagain_pairs_with_the_kernels_eagain() {
+    let (out, s) = run(vec![
+        io(10, ProbeName::ReadEntry, 9, 0),
+        sys(11, SyscallName::Recvfrom, 9, -11),
+        io(20, ProbeName::ReadReturn, 9, -11),
+    ]);
+    assert_eq!(ops(&out)[0].mismatch, None);
+    assert_eq!(s.per_fd[&9][&OpKind::Read].errors[&11], 1);
+}
+
+#[test]
+fn disagreements_are_named() {
+    let cases: Vec<(Vec<Event>, &str)> = vec![
+        (
+            vec![
+                io(1, ProbeName::ReadEntry, 9, 0),
+                sys(2, SyscallName::Recvfrom, 9, 4),
+                io(3, ProbeName::ReadReturn, 9, 5),
+            ],
+            "user rv 5 != kernel rv 4",
+        ),
+        (
+            vec![
+                io(1, ProbeName::WriteEntry, 9, 0),
+                io(3, ProbeName::WriteReturn, 9, 5),
+            ],
+            "write op with no syscall",
+        ),
+        (
+            vec![
+                io(1, ProbeName::ReadEntry, 9, 0),
+                sys(2, SyscallName::Sendto, 9, 4),
+                io(3, ProbeName::ReadReturn, 9, 4),
+            ],
+            "sendto syscall inside read op",
+        ),
+        (
+            vec![io(3, ProbeName::ReadReturn, 9, 4)],
+            "read return without entry",
+        ),
+    ];
+    for (events, want) in cases {
+        let (out, s) = run(events);
+        let op = ops(&out)[0].clone();
+        assert!(
+            op.mismatch.as_deref().is_some_and(|m| m.contains(want)),
+            "{:?} vs {want}",
+            op.mismatch
+        );
+        assert_eq!(s.mismatches, 1);
+    }
+}
+
+#[test]
+fn a_second_entry_gives_up_the_first() {
+    let (out, _) = run(vec![
+        io(1, ProbeName::ReadEntry, 9, 0),
+        io(2, ProbeName::ReadEntry, 9, 0),
+        sys(3, SyscallName::Recvfrom, 9, 4),
+        io(4, ProbeName::ReadReturn, 9, 4),
+    ]);
+    let ops = ops(&out);
+    assert!(
+        ops[0].incomplete && ops[0].mismatch.as_deref() == Some("incomplete: entry without return")
+    );
+    assert_eq!((ops[1].mismatch.clone(), ops[1].syscalls.len()), (None, 1));
+}
+
+#[test]
+fn orphan_syscalls_only_on_fds_the_eventer_uses() {
+    let (out, s) = run(vec![
+        sys(1, SyscallName::Write, 4, 8), // an eventfd the loop never names: not ours to judge
+        io(2, ProbeName::ReadEntry, 9, 0),
+        sys(3, SyscallName::Recvfrom, 9, 4),
+        io(4, ProbeName::ReadReturn, 9, 4),
+        sys(5, SyscallName::Recvfrom, 9, 4), // on an eventer fd, outside any op
+    ]);
+    let ops = ops(&out);
+    assert_eq!(ops.len(), 2);
+    assert_eq!(
+        ops[1].mismatch.as_deref(),
+        Some("syscall without eventer op")
+    );
+    assert_eq!(s.orphan_syscalls, 1);
+}
+
+#[test]
+fn callbacks_frame_the_ops_inside_them() {
+    let (out, _) = run(vec![
+        probe(1, T, ProbeName::CallbackEntry, [5, 5, 0, 9, 1, 1]),
+        io(2, ProbeName::ReadEntry, 9, 0),
+        sys(3, SyscallName::Recvfrom, 9, 4),
+        io(4, ProbeName::ReadReturn, 9, 4),
+        probe(5, T, ProbeName::CallbackReturn, [5, 5, 0, 1, 0, 0]),
+    ]);
+    let ops = ops(&out);
+    assert_eq!(ops[0].callback.as_deref(), Some("echo"));
+    assert_eq!(
+        (
+            ops[1].kind,
+            ops[1].fd,
+            ops[1].user_rv,
+            ops[1].mismatch.clone()
+        ),
+        (OpKind::Callback, 9, Some(1), None)
+    );
+}
+
+#[test]
+fn accepts_close_and_fd_reuse_never_merge() {
+    let accept = |ts, rv| {
+        vec![
+            probe(ts, T, ProbeName::AcceptEntry, [3, 0, 0, 1, 1, 0]),
+            sys(ts + 1, SyscallName::Accept4, 3, rv),
+            probe(
+                ts + 2,
+                T,
+                ProbeName::AcceptReturn,
+                [3, 0, 0, 1, 1, rv as u64],
+            ),
+        ]
+    };
+    let mut events = accept(10, 9);
+    events.extend([
+        io(20, ProbeName::ReadEntry, 9, 0),
+        sys(21, SyscallName::Recvfrom, 9, 3),
+        io(22, ProbeName::ReadReturn, 9, 3),
+    ]);
+    events.extend([
+        close_probe(30, true, 9),
+        sys(31, SyscallName::Close, 9, 0),
+        close_probe(32, false, 9),
+    ]);
+    events.extend(accept(40, 9)); // the same number again
+    events.extend([
+        io(50, ProbeName::ReadEntry, 9, 0),
+        sys(51, SyscallName::Recvfrom, 9, 7),
+        io(52, ProbeName::ReadReturn, 9, 7),
+    ]);
+    let (out, s) = run(events);
+    let reads: Vec<_> = ops(&out)
+        .into_iter()
+        .filter(|o| o.kind == OpKind::Read)
+        .collect();
+    assert_eq!(reads.len(), 2);
+    assert_eq!(
+        reads[0].syscalls.iter().map(|s| s.rv).collect::<Vec<_>>(),
+        vec![3]
+    );
+    assert_eq!(
+        reads[1].syscalls.iter().map(|s| s.rv).collect::<Vec<_>>(),
+        vec![7]
+    );
+    assert_eq!(s.mismatches, 0);
+}
+
+#[test]
+fn waits_resolve_through_epoll_ctl_and_dup_fds() {
+    let ctl = |ts, epfd, op, fd, data| {
+        Event::EpollCtl(EpollCtl {
+            ts_ns: ts,
+            tid: T,
+            epfd,
+            op,
+            fd,
+            events: 1,
+            data,
+            rv: 0,
+            dur_ns: 1,
+        })
+    };
+    let wait = |ts, epfd, datas: &[u64]| {
+        Event::EpollWait(EpollWait {
+            ts_ns: ts,
+            tid: T,
+            name: "epoll_wait",
+            epfd,
+            rv: datas.len() as i64,
+            dur_ns: 5,
+            events: datas
+                .iter()
+                .map(|d| ReadyEvent {
+                    events: 1,
+                    data: *d,
+                })
+                .collect(),
+        })
+    };
+    let (out, _) = run(vec![
+        ctl(1, 4, 1, 9, 100),
+        wait(2, 4, &[100]),
+        ctl(3, 5, 1, 10, 200),
+        wait(4, 3, &[200]),
+        wait(5, 4, &[300]),
+    ]);
+    let waits: Vec<&Wait> = out
+        .iter()
+        .filter_map(|r| {
+            if let Record::Wait(w) = r {
+                Some(w)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(waits[0].fds, vec![Some(9)]);
+    assert_eq!(
+        waits[1].fds,
+        vec![Some(10)],
+        "registered through a dup of the epoll fd"
+    );
+    assert_eq!(
+        waits[2].fds,
+        vec![None],
+        "never registered: unknown, not guessed"
+    );
+}
+
+#[test]
+fn a_wait_waits_briefly_for_another_threads_epoll_ctl() {
+    // Thread 2's ADD takes effect inside its epoll_ctl; thread 1's wait can
+    // return the new fd and be submitted before the ADD's record.
+    let w = Event::EpollWait(EpollWait {
+        ts_ns: 5,
+        tid: 1,
+        name: "epoll_wait",
+        epfd: 4,
+        rv: 1,
+        dur_ns: 5,
+        events: vec![ReadyEvent {
+            events: 1,
+            data: 77,
+        }],
+    });
+    let c = Event::EpollCtl(EpollCtl {
+        ts_ns: 4,
+        tid: 2,
+        epfd: 4,
+        op: 1,
+        fd: 12,
+        events: 1,
+        data: 77,
+        rv: 0,
+        dur_ns: 3,
+    });
+    let (out, _) = run(vec![w, c]);
+    let fds = out.iter().find_map(|r| {
+        if let Record::Wait(w) = r {
+            Some(w.fds.clone())
+        } else {
+            None
+        }
+    });
+    assert_eq!(fds, Some(vec![Some(12)]));
+}
+
+#[test]
+fn lost_events_make_open_ops_incomplete_and_are_counted() {
+    let (out, s) = run(vec![
+        io(1, ProbeName::ReadEntry, 9, 0),
+        sys(2, SyscallName::Recvfrom, 9, 4),
+        Event::Lost {
+            ts_ns: 3,
+            count: 17,
+        },
+        io(4, ProbeName::WriteReturn, 9, 4), // its entry was in the gap
+    ]);
+    let ops = ops(&out);
+    assert!(ops.iter().all(|o| o.incomplete), "{ops:?}");
+    assert!(ops.iter().all(|o| o
+        .mismatch
+        .as_deref()
+        .unwrap()
+        .starts_with("incomplete: events lost")));
+    assert_eq!((s.lost_events, s.incomplete), (17, 2));
+}
+
+#[test]
+fn process_end_flushes_open_ops() {
+    let (out, s) = run(vec![
+        io(1, ProbeName::ReadEntry, 9, 0),
+        Event::Process(ProcessEvent {
+            ts_ns: 2,
+            tid: T,
+            kind: ProcessEventKind::Exit { code: 9 },
+        }),
+    ]);
+    assert!(ops(&out)[0].incomplete);
+    assert_eq!(s.process_end.as_deref(), Some("exit (wait status 9)"));
+}
+
+#[test]
+fn filters_keep_only_the_fd_and_thread_asked_for() {
+    let events = vec![
+        io(1, ProbeName::ReadEntry, 9, 0),
+        sys(2, SyscallName::Recvfrom, 9, 1),
+        io(3, ProbeName::ReadReturn, 9, 1),
+        io(4, ProbeName::ReadEntry, 10, 0),
+        sys(5, SyscallName::Recvfrom, 10, 1),
+        io(6, ProbeName::ReadReturn, 10, 1),
+    ];
+    let (out, s) = run_filtered(
+        events.clone(),
+        Filter {
+            fd: Some(10),
+            tid: None,
+        },
+    );
+    assert!(ops(&out).iter().all(|o| o.fd == 10));
+    assert_eq!(s.ops, 1);
+    let (out, _) = run_filtered(
+        events,
+        Filter {
+            fd: None,
+            tid: Some(T + 1),
+        },
+    );
+    assert!(ops(&out).is_empty());
+}
+
+#[test]
+fn per_thread_state_is_bounded() {
+    let mut events = Vec::new();
+    for fd in 0..(MAX_OPEN_OPS as i32 + 10) {
+        events.push(io(fd as u64, ProbeName::ReadEntry, fd + 20, 0));
+    }
+    events.push(io(1000, ProbeName::ReadEntry, 5, 0));
+    for i in 0..(MAX_SYSCALLS_PER_OP as u64 + 5) {
+        events.push(sys(1001 + i, SyscallName::Recvfrom, 5, -4));
+    }
+    let (out, s) = run(events);
+    assert!(
+        ops(&out)
+            .iter()
+            .filter(
+                |o| o.mismatch.as_deref() == Some("incomplete: too many open ops on this thread")
+            )
+            .count()
+            >= 10
+    );
+    assert_eq!(s.syscalls_cut, 5);
+}
+
+/// Arbitrary events over a few threads and fds.
+fn any_event() -> impl Strategy<Value = Event> {
+    let tid = 1u32..4;
+    let fd = 3i32..7;
+    let rv = prop_oneof![Just(-11i64), Just(0i64), 1i64..100];
+    prop_oneof![
+        (0u64..1000, tid.clone(), 0usize..13, fd.clone(), rv.clone()).prop_map(
+            |(ts, tid, n, fd, rv)| {
+                Event::Syscall(Syscall {
+                    ts_ns: ts,
+                    tid,
+                    name: SyscallName::ALL[n],
+                    fd,
+                    rv,
+                    dur_ns: 1,
+                    arg: 0,
+                })
+            }
+        ),
+        (
+            0u64..1000,
+            tid.clone(),
+            0usize..11,
+            fd.clone(),
+            rv.clone(),
+            0u64..3
+        )
+            .prop_map(|(ts, tid, n, fd, rv, cl)| {
+                let name = ProbeName::ALL[n];
+                let args = match name {
+                    ProbeName::CallbackEntry => [cl, cl, 0, fd as u64, 1, 1],
+                    ProbeName::CallbackReturn => [cl, cl, 0, 1, 0, 0],
+                    ProbeName::CloseEntry | ProbeName::CloseReturn => {
+                        [fd as u64, 1, cl, rv as u64, 0, 0]
+                    }
+                    _ => [fd as u64, 0, 64, 1, cl, rv as u64],
+                };
+                probe(ts, tid, name, args)
+            }),
+        (0u64..1000, tid.clone(), fd.clone(), 0u64..5, 1i32..4).prop_map(
+            |(ts, tid, fd, data, op)| {
+                Event::EpollCtl(EpollCtl {
+                    ts_ns: ts,
+                    tid,
+                    epfd: 2,
+                    op,
+                    fd,
+                    events: 1,
+                    data,
+                    rv: 0,
+                    dur_ns: 1,
+                })
+            }
+        ),
+        (0u64..1000, tid, proptest::collection::vec(0u64..6, 0..4)).prop_map(|(ts, tid, datas)| {
+            Event::EpollWait(EpollWait {
+                ts_ns: ts,
+                tid,
+                name: "epoll_wait",
+                epfd: 2,
+                rv: datas.len() as i64,
+                dur_ns: 1,
+                events: datas
+                    .into_iter()
+                    .map(|d| ReadyEvent { events: 1, data: d })
+                    .collect(),
+            })
+        }),
+        (0u64..1000, 1u64..10).prop_map(|(ts, count)| Event::Lost { ts_ns: ts, count }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever the stream (random, hence reordered, truncated and
+    /// duplicated), nothing panics and no op holds another fd's or thread's
+    /// syscalls.
+    #[test]
+    fn ops_never_mix_fds_or_threads(events in proptest::collection::vec(any_event(), 0..200), dup in 0usize..20) {
+        let mut stream = events.clone();
+        stream.extend(events.iter().take(dup).cloned());
+        let (out, s) = run(stream);
+        let ops = ops(&out);
+        for op in &ops {
+            for sc in &op.syscalls {
+                prop_assert_eq!(sc.fd, op.fd);
+                prop_assert_eq!(sc.tid, op.tid);
+            }
+            prop_assert!(op.syscalls.len() <= MAX_SYSCALLS_PER_OP);
+        }
+        prop_assert_eq!(s.ops as usize, ops.len());
+    }
+}
