@@ -222,3 +222,60 @@ usdt:$BIN:evloop:eventer-callback-entry { printf("cb %s\n", str(arg2)); }"#,
         "evloop fires too: {out:?}"
     );
 }
+
+#[test]
+fn mio_wrappers_fire_the_probes_around_their_syscalls() {
+    use eventloop_probes::mio::TcpListener;
+    use std::io::Read;
+    tests::require_bpftrace();
+    // The wrappers' probe sites are compiled into this test binary: trace it.
+    let bt = Bpftrace::start(
+        r#"usdt:$BIN:evloop:eventer-accept-return /pid == $PID/ { printf("accept %d %ld\n", arg0, (int64)arg5); }
+usdt:$BIN:evloop:eventer-read-return /pid == $PID/ { printf("read %d %ld\n", arg0, (int64)arg5); }
+usdt:$BIN:evloop:eventer-write-return /pid == $PID/ { printf("write %d %ld\n", arg0, (int64)arg5); }
+usdt:$BIN:evloop:eventer-close-return /pid == $PID/ { printf("close %d %ld\n", arg0, (int64)arg3); }"#
+            .replace("$PID", &std::process::id().to_string())
+            .as_str(),
+        std::process::id(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let (mut conn, _) = loop {
+        match listener.accept() {
+            Ok(pair) => break pair,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&conn);
+    client.write_all(b"12345").unwrap();
+    let mut buf = [0u8; 16];
+    let n = loop {
+        match conn.read(&mut buf) {
+            Ok(n) => break n,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(n, 5);
+    conn.write_all(&buf[..n]).unwrap();
+    drop(conn);
+    bt.stdout()
+        .wait_for(WAIT, |l| l == format!("close {fd} 0"))
+        .expect("close traced");
+    let out = bt.finish();
+    assert!(
+        out.contains(&format!(
+            "accept {} {fd}",
+            std::os::fd::AsRawFd::as_raw_fd(&listener)
+        )),
+        "{out:?}"
+    );
+    assert!(out.contains(&format!("read {fd} 5")), "{out:?}");
+    assert!(out.contains(&format!("write {fd} 5")), "{out:?}");
+}

@@ -467,17 +467,22 @@ mod tests {
             },
         )
         .unwrap();
+        // The client stays connected until told, so the server's read after
+        // the echo finds nothing (EAGAIN) rather than the hang-up.
+        let (hang_up, may_hang_up) = std::sync::mpsc::channel::<()>();
         let client = std::thread::spawn(move || {
             let mut s = std::net::TcpStream::connect(addr).unwrap();
             s.write_all(b"hello").unwrap();
             let mut back = [0u8; 5];
             s.read_exact(&mut back).unwrap();
+            let _ = may_hang_up.recv_timeout(Duration::from_secs(10));
             back
         });
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !client.is_finished() && Instant::now() < deadline {
+        while !*saw_eagain.borrow() && Instant::now() < deadline {
             ev.run_once(Some(Duration::from_millis(20))).unwrap();
         }
+        hang_up.send(()).unwrap();
         assert_eq!(&client.join().unwrap(), b"hello");
         assert!(
             *saw_eagain.borrow(),
