@@ -4,7 +4,9 @@
 //! Records reach us in ring-buffer order, which across CPUs is only nearly
 //! time order, so rows wait in a short window and leave sorted by time.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io::{self, Write};
 
 use super::{epoll_mask_names, errno_text, Output};
@@ -26,12 +28,32 @@ pub struct Table<W: Write> {
     header_done: bool,
 }
 
+/// A row waiting in the window. Only what must be formatted is a `String`:
+/// rows are the writer's hot path, and allocation was most of its cost.
 struct Row {
-    tid: String,
-    what: String,
-    fd: String,
+    tid: u32,
+    what: Cow<'static, str>,
+    fd: FdCol,
     details: String,
     error: String,
+}
+
+/// The FD column: a number, `-` (no fd), or `?` (not resolved).
+#[derive(Clone, Copy)]
+enum FdCol {
+    Num(i32),
+    Dash,
+    Unknown,
+}
+
+impl fmt::Display for FdCol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FdCol::Num(n) => fmt::Display::fmt(n, f),
+            FdCol::Dash => f.pad("-"),
+            FdCol::Unknown => f.pad("?"),
+        }
+    }
 }
 
 impl<W: Write> Table<W> {
@@ -96,15 +118,15 @@ fn rv_text(rv: i64) -> (String, String) {
 
 fn row(
     tid: u32,
-    what: impl Into<String>,
-    fd: impl ToString,
+    what: impl Into<Cow<'static, str>>,
+    fd: FdCol,
     details: String,
     error: String,
 ) -> Row {
     Row {
-        tid: tid.to_string(),
+        tid,
         what: what.into(),
-        fd: fd.to_string(),
+        fd,
         details,
         error,
     }
@@ -119,7 +141,10 @@ impl<W: Write> Output for Table<W> {
                     details.push_str(&format!(" (arg {})", s.arg));
                 }
                 details.push_str(&format!(" {}us", s.dur_ns / 1000));
-                self.push(s.ts_ns, row(s.tid, s.name.as_str(), s.fd, details, error))
+                self.push(
+                    s.ts_ns,
+                    row(s.tid, s.name.as_str(), FdCol::Num(s.fd), details, error),
+                )
             }
             Record::Event(Event::EpollCtl(c)) => {
                 let (_, error) = rv_text(c.rv);
@@ -130,13 +155,22 @@ impl<W: Write> Output for Table<W> {
                     epoll_mask_names(c.events),
                     c.data
                 );
-                self.push(c.ts_ns, row(c.tid, "epoll_ctl", c.fd, details, error))
+                self.push(
+                    c.ts_ns,
+                    row(c.tid, "epoll_ctl", FdCol::Num(c.fd), details, error),
+                )
             }
             Record::Event(Event::EpollWait(w)) => {
                 let (_, error) = rv_text(w.rv);
                 self.push(
                     w.ts_ns,
-                    row(w.tid, w.name, "-", format!("{} events", w.rv.max(0)), error),
+                    row(
+                        w.tid,
+                        w.name,
+                        FdCol::Dash,
+                        format!("{} events", w.rv.max(0)),
+                        error,
+                    ),
                 )
             }
             Record::Wait(w) => {
@@ -149,13 +183,13 @@ impl<W: Write> Output for Table<W> {
                     row(
                         w.wait.tid,
                         w.wait.name,
-                        "-",
+                        FdCol::Dash,
                         format!("{} events {}us", w.wait.rv.max(0), w.wait.dur_ns / 1000),
                         error,
                     ),
                 )?;
                 for (e, fd) in w.wait.events.iter().zip(&w.fds) {
-                    let fd = fd.map_or("?".to_string(), |f| f.to_string());
+                    let fd = fd.map_or(FdCol::Unknown, FdCol::Num);
                     let details =
                         format!("fdevents 0x{:02x} {}", e.events, epoll_mask_names(e.events));
                     self.push(
@@ -166,8 +200,9 @@ impl<W: Write> Output for Table<W> {
                 Ok(())
             }
             Record::Event(Event::Probe(p)) => {
-                let short = p.name.as_str().trim_start_matches("eventer-");
-                let fd = p.fd().map_or("-".to_string(), |f| f.to_string());
+                let short = p.name.as_str();
+                let short = short.strip_prefix("eventer-").unwrap_or(short);
+                let fd = p.fd().map_or(FdCol::Dash, FdCol::Num);
                 let (details, error) = match p.name {
                     ProbeName::ReadEntry | ProbeName::WriteEntry => (
                         format!("len {} closure {}", p.args[2], p.args[4]),
@@ -211,7 +246,7 @@ impl<W: Write> Output for Table<W> {
                 row(
                     0,
                     "LOST",
-                    "-",
+                    FdCol::Dash,
                     format!("{count} events dropped by the kernel side"),
                     String::new(),
                 ),
@@ -221,7 +256,10 @@ impl<W: Write> Output for Table<W> {
                     ProcessEventKind::Exit { code } => format!("exited (wait status {code})"),
                     ProcessEventKind::Exec => "exec: its probes are gone".into(),
                 };
-                self.push(p.ts_ns, row(p.tid, "PROCESS", "-", details, String::new()))
+                self.push(
+                    p.ts_ns,
+                    row(p.tid, "PROCESS", FdCol::Dash, details, String::new()),
+                )
             }
             Record::Op(op) => match &op.mismatch {
                 // Agreeing ops are already visible as their rows; only
@@ -239,7 +277,7 @@ impl<W: Write> Output for Table<W> {
                         row(
                             op.tid,
                             format!("{label} {}", op.kind.as_str()),
-                            op.fd,
+                            FdCol::Num(op.fd),
                             why.clone(),
                             String::new(),
                         ),
