@@ -383,3 +383,31 @@ pub fn run_load(addr: SocketAddr, conns: u32, msgs: u32, size: u32) -> Load {
         msgs_per_sec: field("msgs_per_sec"),
     }
 }
+
+/// How many sockets `pid` has open right now.
+pub fn socket_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits (bounded) until `pid` has exactly `n` sockets, e.g. until a server
+/// has closed every connection, so all of a load's syscalls have happened.
+pub fn wait_for_sockets(pid: u32, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while socket_count(pid) != n {
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} still has {} sockets, want {n}",
+            socket_count(pid)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -3,38 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-use tests::{bin, run_load, Portsnoop, Server, WAIT};
-
-/// Sockets the server has open right now.
-fn socket_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| {
-                    std::fs::read_link(e.path())
-                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
-/// Waits (bounded) until the server has closed every connection, so every
-/// syscall of the load is in portsnoop's buffer before it is stopped.
-fn wait_for_sockets(pid: u32, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while socket_count(pid) != n {
-        assert!(
-            Instant::now() < deadline,
-            "server {pid} still has {} sockets, want {n}",
-            socket_count(pid)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use tests::{bin, run_load, socket_count, wait_for_sockets, Portsnoop, Server, WAIT};
 
 fn parse_json(lines: &[String]) -> Vec<Value> {
     lines

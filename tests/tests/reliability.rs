@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::{bin, run_load, Portsnoop, Server, WAIT};
+use tests::{bin, run_load, socket_count, wait_for_sockets, Portsnoop, Server, WAIT};
 
 /// The values of every `evloop` semaphore in `pid`'s memory.
 fn semaphores(pid: u32) -> Vec<u16> {
@@ -37,31 +37,6 @@ fn semaphores(pid: u32) -> Vec<u16> {
             u16::from_ne_bytes(buf)
         })
         .collect()
-}
-
-fn socket_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| {
-                    std::fs::read_link(e.path())
-                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
-fn wait_for_sockets(pid: u32, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while socket_count(pid) != n {
-        assert!(
-            Instant::now() < deadline,
-            "server still has {} sockets, want {n}",
-            socket_count(pid)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn json(lines: &[String]) -> Vec<Value> {
