@@ -11,11 +11,12 @@
 
 use std::io::{self, Write};
 
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::Output;
 use crate::correlate::{Log2Hist, OpStats, Record, Summary};
-use crate::event::{errno_of, Event, ProcessEventKind, Syscall};
+use crate::event::{errno_of, Event, ProcessEventKind};
 
 /// Writes JSON Lines to `W`.
 pub struct Json<W: Write> {
@@ -34,69 +35,233 @@ impl<W: Write> Json<W> {
     }
 }
 
-fn syscall_json(s: &Syscall) -> Value {
-    json!({"name": s.name.as_str(), "rv": s.rv, "errno": s.errno(), "ts_ns": s.ts_ns, "dur_ns": s.dur_ns})
+/// Each line type as a struct borrowing from the record: serialized
+/// straight to the writer, with no intermediate `serde_json::Value`
+/// (building those was most of this writer's cost).
+#[derive(Serialize)]
+struct SyscallLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    ts_ns: u64,
+    tid: u32,
+    name: &'a str,
+    fd: i32,
+    rv: i64,
+    errno: Option<i32>,
+    dur_ns: u64,
+    arg: u64,
 }
 
-/// The JSON object for one record.
-pub fn record_json(record: &Record) -> Value {
-    match record {
-        Record::Event(Event::Syscall(s)) => json!({
-            "type": "syscall", "ts_ns": s.ts_ns, "tid": s.tid, "name": s.name.as_str(), "fd": s.fd,
-            "rv": s.rv, "errno": s.errno(), "dur_ns": s.dur_ns, "arg": s.arg,
-        }),
-        Record::Event(Event::EpollCtl(c)) => json!({
-            "type": "epoll_ctl", "ts_ns": c.ts_ns, "tid": c.tid, "name": "epoll_ctl", "epfd": c.epfd,
-            "op": crate::correlate::EpollMap::op_name(c.op), "fd": c.fd, "events": c.events, "data": c.data,
-            "rv": c.rv, "errno": errno_of(c.rv), "dur_ns": c.dur_ns,
-        }),
-        Record::Event(Event::EpollWait(w)) => json!({
-            "type": "wait", "ts_ns": w.ts_ns, "tid": w.tid, "name": w.name, "epfd": w.epfd, "rv": w.rv,
-            "errno": w.errno(), "dur_ns": w.dur_ns,
-            "events": w.events.iter().map(|e| json!({"fd": null, "events": e.events, "data": e.data})).collect::<Vec<_>>(),
-        }),
-        Record::Wait(w) => {
-            let events: Vec<Value> = w
-                .wait
-                .events
-                .iter()
-                .zip(&w.fds)
-                .map(|(e, fd)| json!({"fd": fd, "events": e.events, "data": e.data}))
-                .collect();
-            json!({
-                "type": "wait", "ts_ns": w.wait.ts_ns, "tid": w.wait.tid, "name": w.wait.name, "epfd": w.wait.epfd,
-                "rv": w.wait.rv, "errno": w.wait.errno(), "dur_ns": w.wait.dur_ns, "events": events,
+#[derive(Serialize)]
+struct OpSyscall<'a> {
+    name: &'a str,
+    rv: i64,
+    errno: Option<i32>,
+    ts_ns: u64,
+    dur_ns: u64,
+}
+
+#[derive(Serialize)]
+struct CtlLine {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    ts_ns: u64,
+    tid: u32,
+    name: &'static str,
+    epfd: i32,
+    op: &'static str,
+    fd: i32,
+    events: u32,
+    data: u64,
+    rv: i64,
+    errno: Option<i32>,
+    dur_ns: u64,
+}
+
+#[derive(Serialize)]
+struct ReadyLine {
+    fd: Option<i32>,
+    events: u32,
+    data: u64,
+}
+
+#[derive(Serialize)]
+struct WaitLine {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    ts_ns: u64,
+    tid: u32,
+    name: &'static str,
+    epfd: i32,
+    rv: i64,
+    errno: Option<i32>,
+    dur_ns: u64,
+    events: Vec<ReadyLine>,
+}
+
+#[derive(Serialize)]
+struct ProbeLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    ts_ns: u64,
+    tid: u32,
+    name: &'static str,
+    fd: Option<i32>,
+    args: Vec<ProbeArg>,
+    strings: &'a [String],
+}
+
+/// A probe argument with its C signedness.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ProbeArg {
+    Signed(i64),
+    Unsigned(u64),
+}
+
+#[derive(Serialize)]
+struct OpLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    op: &'static str,
+    tid: u32,
+    fd: i32,
+    entry_ts_ns: u64,
+    return_ts_ns: Option<u64>,
+    user_rv: Option<i64>,
+    syscalls: Vec<OpSyscall<'a>>,
+    kernel_ns: u64,
+    user_ns: u64,
+    mismatch: Option<&'a str>,
+    incomplete: bool,
+    closure: Option<u64>,
+    callback: Option<&'a str>,
+}
+
+fn wait_line(w: &crate::event::EpollWait, fds: Option<&[Option<i32>]>) -> WaitLine {
+    WaitLine {
+        kind: "wait",
+        ts_ns: w.ts_ns,
+        tid: w.tid,
+        name: w.name,
+        epfd: w.epfd,
+        rv: w.rv,
+        errno: w.errno(),
+        dur_ns: w.dur_ns,
+        events: w
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| ReadyLine {
+                fd: fds.and_then(|f| f.get(i).copied().flatten()),
+                events: e.events,
+                data: e.data,
             })
+            .collect(),
+    }
+}
+
+/// Writes one record as a JSON object (no newline).
+pub fn write_record<W: Write>(out: &mut W, record: &Record) -> serde_json::Result<()> {
+    match record {
+        Record::Event(Event::Syscall(s)) => serde_json::to_writer(
+            out,
+            &SyscallLine {
+                kind: "syscall",
+                ts_ns: s.ts_ns,
+                tid: s.tid,
+                name: s.name.as_str(),
+                fd: s.fd,
+                rv: s.rv,
+                errno: s.errno(),
+                dur_ns: s.dur_ns,
+                arg: s.arg,
+            },
+        ),
+        Record::Event(Event::EpollCtl(c)) => serde_json::to_writer(
+            out,
+            &CtlLine {
+                kind: "epoll_ctl",
+                ts_ns: c.ts_ns,
+                tid: c.tid,
+                name: "epoll_ctl",
+                epfd: c.epfd,
+                op: crate::correlate::EpollMap::op_name(c.op),
+                fd: c.fd,
+                events: c.events,
+                data: c.data,
+                rv: c.rv,
+                errno: errno_of(c.rv),
+                dur_ns: c.dur_ns,
+            },
+        ),
+        Record::Event(Event::EpollWait(w)) => serde_json::to_writer(out, &wait_line(w, None)),
+        Record::Wait(w) => serde_json::to_writer(out, &wait_line(&w.wait, Some(&w.fds))),
+        Record::Event(Event::Probe(p)) => serde_json::to_writer(
+            out,
+            &ProbeLine {
+                kind: "probe",
+                ts_ns: p.ts_ns,
+                tid: p.tid,
+                name: p.name.as_str(),
+                fd: p.fd(),
+                args: p.args[..p.name.arg_count()]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| probe_arg(p.name, i, *a))
+                    .collect(),
+                strings: &p.strings,
+            },
+        ),
+        Record::Event(Event::Lost { ts_ns, count }) => serde_json::to_writer(
+            out,
+            &json!({"type": "lost", "ts_ns": ts_ns, "count": count}),
+        ),
+        Record::Event(Event::Process(p)) => {
+            let (event, status) = match &p.kind {
+                ProcessEventKind::Exit { code } => ("exit", Some(*code)),
+                ProcessEventKind::Exec => ("exec", None),
+            };
+            serde_json::to_writer(
+                out,
+                &json!({"type": "process", "ts_ns": p.ts_ns, "tid": p.tid, "event": event, "status": status}),
+            )
         }
-        Record::Event(Event::Probe(p)) => json!({
-            "type": "probe", "ts_ns": p.ts_ns, "tid": p.tid, "name": p.name.as_str(), "fd": p.fd(),
-            "args": p.args[..p.name.arg_count()].iter().enumerate().map(|(i, a)| probe_arg(p.name, i, *a)).collect::<Vec<_>>(),
-            "strings": p.strings,
-        }),
-        Record::Event(Event::Lost { ts_ns, count }) => {
-            json!({"type": "lost", "ts_ns": ts_ns, "count": count})
-        }
-        Record::Event(Event::Process(p)) => match &p.kind {
-            ProcessEventKind::Exit { code } => {
-                json!({"type": "process", "ts_ns": p.ts_ns, "tid": p.tid, "event": "exit", "status": code})
-            }
-            ProcessEventKind::Exec => {
-                json!({"type": "process", "ts_ns": p.ts_ns, "tid": p.tid, "event": "exec", "status": null})
-            }
-        },
-        Record::Op(op) => json!({
-            "type": "op", "op": op.kind.as_str(), "tid": op.tid, "fd": op.fd,
-            "entry_ts_ns": op.entry_ts_ns, "return_ts_ns": op.return_ts_ns, "user_rv": op.user_rv,
-            "syscalls": op.syscalls.iter().map(syscall_json).collect::<Vec<_>>(),
-            "kernel_ns": op.kernel_ns, "user_ns": op.user_ns, "mismatch": op.mismatch,
-            "incomplete": op.incomplete, "closure": op.closure, "callback": op.callback,
-        }),
+        Record::Op(op) => serde_json::to_writer(
+            out,
+            &OpLine {
+                kind: "op",
+                op: op.kind.as_str(),
+                tid: op.tid,
+                fd: op.fd,
+                entry_ts_ns: op.entry_ts_ns,
+                return_ts_ns: op.return_ts_ns,
+                user_rv: op.user_rv,
+                syscalls: op
+                    .syscalls
+                    .iter()
+                    .map(|s| OpSyscall {
+                        name: s.name.as_str(),
+                        rv: s.rv,
+                        errno: s.errno(),
+                        ts_ns: s.ts_ns,
+                        dur_ns: s.dur_ns,
+                    })
+                    .collect(),
+                kernel_ns: op.kernel_ns,
+                user_ns: op.user_ns,
+                mismatch: op.mismatch.as_deref(),
+                incomplete: op.incomplete,
+                closure: op.closure,
+                callback: op.callback.as_deref(),
+            },
+        ),
     }
 }
 
 /// Probe arguments as numbers with their C signedness: `int` arguments
 /// (fds, masks, rv) signed, addresses and lengths unsigned.
-fn probe_arg(probe: crate::event::ProbeName, i: usize, raw: u64) -> Value {
+fn probe_arg(probe: crate::event::ProbeName, i: usize, raw: u64) -> ProbeArg {
     use crate::event::ProbeName::*;
     let signed = match probe {
         AcceptEntry | AcceptReturn => matches!(i, 0 | 2 | 3 | 5),
@@ -107,9 +272,9 @@ fn probe_arg(probe: crate::event::ProbeName, i: usize, raw: u64) -> Value {
         Log => i == 2,
     };
     if signed {
-        json!(raw as i64)
+        ProbeArg::Signed(raw as i64)
     } else {
-        json!(raw)
+        ProbeArg::Unsigned(raw)
     }
 }
 
@@ -158,7 +323,8 @@ pub fn summary_json(s: &Summary) -> Value {
 
 impl<W: Write> Output for Json<W> {
     fn record(&mut self, record: &Record) -> io::Result<()> {
-        self.line(record_json(record))
+        write_record(&mut self.out, record)?;
+        self.out.write_all(b"\n")
     }
 
     fn finish(&mut self, summary: &Summary) -> io::Result<()> {
