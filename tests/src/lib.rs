@@ -327,6 +327,21 @@ impl Portsnoop {
         Portsnoop { proc }
     }
 
+    /// For `portsnoop ... -- SERVER --listen 127.0.0.1:0`: waits for the
+    /// server's `listening on` line (the child shares portsnoop's stdout)
+    /// and returns the address.
+    pub fn child_listen_addr(&self) -> SocketAddr {
+        let line = self
+            .proc
+            .stdout
+            .wait_for(WAIT, |l| l.starts_with("listening on "))
+            .unwrap_or_else(|e| panic!("the traced server did not start: {e}"));
+        line["listening on ".len()..]
+            .trim()
+            .parse()
+            .expect("listening on IP:PORT")
+    }
+
     /// Stops it with SIGINT and returns (status, stdout, stderr).
     pub fn finish(self) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
         self.proc.stop(libc::SIGINT)

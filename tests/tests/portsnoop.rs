@@ -287,13 +287,7 @@ fn traces_a_command_from_its_first_instruction() {
         "--listen",
         "127.0.0.1:0",
     ]);
-    // The child shares portsnoop's stdout.
-    let line = snoop
-        .proc
-        .stdout
-        .wait_for(WAIT, |l| l.starts_with("listening on "))
-        .expect("echo-mio started");
-    let addr = line["listening on ".len()..].parse().unwrap();
+    let addr = snoop.child_listen_addr();
     run_load(addr, 2, 5, 10);
     std::thread::sleep(Duration::from_millis(200));
     let (status, _, err) = snoop.finish();

@@ -106,12 +106,7 @@ fn a_target_that_crashes_or_execs_ends_the_trace_cleanly() {
             "--listen",
             "127.0.0.1:0",
         ]);
-        let line = snoop
-            .proc
-            .stdout
-            .wait_for(WAIT, |l| l.starts_with("listening on "))
-            .unwrap();
-        run_load(line["listening on ".len()..].parse().unwrap(), 1, 5, 8);
+        run_load(snoop.child_listen_addr(), 1, 5, 8);
         let child = snoop.proc.stderr.all().iter().find_map(|l| {
             l.strip_prefix("portsnoop: tracing pid ")
                 .and_then(|r| r.split_whitespace().next())
