@@ -97,17 +97,22 @@ impl<W: Write> Table<W> {
             self.header_done = true;
         }
         let t = ts.saturating_sub(self.t0.unwrap_or(ts));
-        writeln!(
+        write!(
             self.out,
-            "{:>5}.{:06} {:>7} {:<18} {:>5} {:<40} {}",
+            "{:>5}.{:06} {:>7} {:<18} {:>5} ",
             t / 1_000_000_000,
             (t % 1_000_000_000) / 1000,
             row.tid,
             row.what,
             row.fd,
-            row.details,
-            row.error
-        )
+        )?;
+        // Padding only where an ERROR follows: no trailing blanks for
+        // diff, grep and golden files.
+        if row.error.is_empty() {
+            writeln!(self.out, "{}", row.details)
+        } else {
+            writeln!(self.out, "{:<40} {}", row.details, row.error)
+        }
     }
 }
 
@@ -268,7 +273,14 @@ impl<W: Write> Output for Table<W> {
                 // disagreements get a row of their own.
                 None => Ok(()),
                 Some(why) => {
-                    let ts = op.return_ts_ns.unwrap_or(op.entry_ts_ns);
+                    // An op that never returned is shown where it was last
+                    // seen: after the syscalls it holds, not before them.
+                    let ts = op.return_ts_ns.unwrap_or_else(|| {
+                        op.syscalls
+                            .iter()
+                            .map(|s| s.ts_ns.saturating_add(s.dur_ns))
+                            .fold(op.entry_ts_ns, u64::max)
+                    });
                     let label = if op.incomplete {
                         "INCOMPLETE"
                     } else {
