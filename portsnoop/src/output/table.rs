@@ -27,6 +27,8 @@ pub struct Table<W: Write> {
     /// cheap, where a tree paid a rebalance per row.
     pending: VecDeque<(u64, Row)>,
     newest: u64,
+    /// Time of the last row written: nothing may go out before it.
+    last_written: Option<u64>,
     header_done: bool,
 }
 
@@ -66,19 +68,42 @@ impl<W: Write> Table<W> {
             t0: None,
             pending: VecDeque::new(),
             newest: 0,
+            last_written: None,
             header_done: false,
         }
     }
 
     fn push(&mut self, ts: u64, row: Row) -> io::Result<()> {
-        self.t0 = Some(self.t0.map_or(ts, |t| t.min(ts)));
+        self.push_spanning(ts, ts, row)
+    }
+
+    /// Queues a row for something that began at `ts` and ended at `end`.
+    /// If rows after `ts` are already out (a syscall blocked for longer
+    /// than the window, or a CPU fell far behind), the row goes where it can
+    /// still go in order, at `end` or later, and says when it began: TIME
+    /// never goes backwards.
+    fn push_spanning(&mut self, ts: u64, end: u64, mut row: Row) -> io::Result<()> {
+        let key = match self.last_written {
+            Some(last) if ts < last => {
+                let began = self.clock(ts);
+                row.details.push_str(" (began ");
+                row.details.push_str(&began);
+                row.details.push(')');
+                end.max(last)
+            }
+            Some(_) => ts,
+            None => {
+                self.t0 = Some(self.t0.map_or(ts, |t| t.min(ts)));
+                ts
+            }
+        };
         let at = self
             .pending
             .iter()
-            .rposition(|(t, _)| *t <= ts)
+            .rposition(|(t, _)| *t <= key)
             .map_or(0, |i| i + 1);
-        self.pending.insert(at, (ts, row));
-        self.newest = self.newest.max(ts);
+        self.pending.insert(at, (key, row));
+        self.newest = self.newest.max(key);
         let watermark = self.newest.saturating_sub(REORDER_WINDOW_NS);
         while self.pending.front().is_some_and(|(t, _)| *t <= watermark) {
             let (ts, row) = self.pending.pop_front().expect("front exists");
@@ -87,7 +112,24 @@ impl<W: Write> Table<W> {
         Ok(())
     }
 
+    /// `ts` as TIME shows it, signed: a late row may have begun before the
+    /// first row.
+    fn clock(&self, ts: u64) -> String {
+        let t0 = self.t0.unwrap_or(ts);
+        let (sign, t) = if ts >= t0 {
+            ("", ts - t0)
+        } else {
+            ("-", t0 - ts)
+        };
+        format!(
+            "{sign}{}.{:06}",
+            t / 1_000_000_000,
+            (t % 1_000_000_000) / 1000
+        )
+    }
+
     fn write_row(&mut self, ts: u64, row: &Row) -> io::Result<()> {
+        self.last_written = Some(ts);
         if !self.header_done {
             writeln!(
                 self.out,
@@ -148,8 +190,9 @@ impl<W: Write> Output for Table<W> {
                     details.push_str(&format!(" (arg {})", s.arg));
                 }
                 details.push_str(&format!(" {}us", s.dur_ns / 1000));
-                self.push(
+                self.push_spanning(
                     s.ts_ns,
+                    s.ts_ns.saturating_add(s.dur_ns),
                     row(s.tid, s.name.as_str(), FdCol::Num(s.fd), details, error),
                 )
             }
@@ -162,15 +205,17 @@ impl<W: Write> Output for Table<W> {
                     epoll_mask_names(c.events),
                     c.data
                 );
-                self.push(
+                self.push_spanning(
                     c.ts_ns,
+                    c.ts_ns.saturating_add(c.dur_ns),
                     row(c.tid, "epoll_ctl", FdCol::Num(c.fd), details, error),
                 )
             }
             Record::Event(Event::EpollWait(w)) => {
                 let (_, error) = rv_text(w.rv);
-                self.push(
+                self.push_spanning(
                     w.ts_ns,
+                    w.ts_ns.saturating_add(w.dur_ns),
                     row(
                         w.tid,
                         w.name,
@@ -184,9 +229,10 @@ impl<W: Write> Output for Table<W> {
                 let (_, error) = rv_text(w.wait.rv);
                 let ts = w.wait.ts_ns;
                 // The events are returned at the wait's end; they sort after it.
-                let end = ts + w.wait.dur_ns;
-                self.push(
+                let end = ts.saturating_add(w.wait.dur_ns);
+                self.push_spanning(
                     ts,
+                    end,
                     row(
                         w.wait.tid,
                         w.wait.name,
