@@ -110,3 +110,40 @@ pub fn quantize(out: &mut dyn Write, title: &str, h: &Log2Hist) -> io::Result<()
         .map_or(0, |(lo, _)| if *lo == 0 { 1 } else { lo * 2 });
     writeln!(out, "{:>16} |{:<40} {}", next, "", 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantize_prints_like_dtrace() {
+        let mut h = Log2Hist::default();
+        for v in [1000, 1500, 3000, 3000, 70_000] {
+            h.record(v);
+        }
+        let mut out = Vec::new();
+        quantize(&mut out, "read latency", &h).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let want = "\
+read latency
+           value  ------------- Distribution ------------- count
+             512 |@@@@@@@@                                 1
+            1024 |@@@@@@@@                                 1
+            2048 |@@@@@@@@@@@@@@@@                         2
+            4096 |                                         0
+            8192 |                                         0
+           16384 |                                         0
+           32768 |                                         0
+           65536 |@@@@@@@@                                 1
+          131072 |                                         0
+";
+        assert_eq!(text, want);
+    }
+
+    #[test]
+    fn an_empty_histogram_prints_nothing() {
+        let mut out = Vec::new();
+        quantize(&mut out, "nothing", &Log2Hist::default()).unwrap();
+        assert!(out.is_empty());
+    }
+}
