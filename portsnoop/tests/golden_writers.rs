@@ -268,7 +268,8 @@ fn json_lines_follow_the_contract() {
     assert_eq!(
         last["per_fd"]["9"]["read"],
         json!({"count": 1, "bytes": 5, "mismatches": 1, "errors": {},
-               "user_ns_log2": [[1024, 1]], "kernel_ns_log2": [[512, 1]]}),
+               "user_ns_log2": [[1024, 1]], "kernel_ns_log2": [[512, 1]],
+               "user_ns_total": 2000, "kernel_ns_total": 1000}),
         "the user side's rv counts bytes and errors"
     );
     assert_eq!(of_type("summary").len(), 1);
@@ -360,4 +361,45 @@ fn json_output_replays_to_the_same_stream() {
     a.sort();
     b.sort();
     assert_eq!(a, b);
+}
+
+#[test]
+fn the_summary_report_names_losses_and_disagreements() {
+    let mut events = small_stream();
+    events.push(probe(
+        40_000,
+        7,
+        ProbeName::WriteEntry,
+        [9, 0x1000, 64, 1, 2, 0],
+        &[],
+    ));
+    events.push(Event::Lost {
+        ts_ns: T0 + 41_000,
+        count: 3,
+    });
+    let (_, summary) = correlate(events);
+    let text = summary_of(&summary);
+    let head: Vec<&str> = text.lines().take(5).collect();
+    assert_eq!(
+        head,
+        [
+            "",
+            "=== summary",
+            "events 10  lost 3  ops 3  mismatches 2  incomplete 1  orphan syscalls 0  waits 1",
+            "WARNING: 3 events were lost; ops around them are marked incomplete",
+            "",
+        ]
+    );
+    assert!(
+        text.contains(
+            "     9 read              1            5         1         2000         1000  -\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "     9 write             1            0         1            -            -  -\n"
+        ),
+        "an op cut by the loss has no times: {text}"
+    );
 }

@@ -80,6 +80,10 @@ pub struct OpStats {
     pub user_ns: Log2Hist,
     /// Time in the kernel, ns.
     pub kernel_ns: Log2Hist,
+    /// Sum of the user times in `user_ns`, ns.
+    pub user_ns_total: u64,
+    /// Sum of the kernel times in `kernel_ns`, ns.
+    pub kernel_ns_total: u64,
 }
 
 impl OpStats {
@@ -100,9 +104,11 @@ impl OpStats {
         }
         if op.return_ts_ns.is_some() {
             self.user_ns.record(op.user_ns);
+            self.user_ns_total = self.user_ns_total.saturating_add(op.user_ns);
         }
         if !op.syscalls.is_empty() {
             self.kernel_ns.record(op.kernel_ns);
+            self.kernel_ns_total = self.kernel_ns_total.saturating_add(op.kernel_ns);
         }
     }
 
@@ -116,6 +122,18 @@ impl OpStats {
         self.mismatches += other.mismatches;
         self.user_ns.merge(&other.user_ns);
         self.kernel_ns.merge(&other.kernel_ns);
+        self.user_ns_total = self.user_ns_total.saturating_add(other.user_ns_total);
+        self.kernel_ns_total = self.kernel_ns_total.saturating_add(other.kernel_ns_total);
+    }
+
+    /// Mean user time of the ops that returned, ns.
+    pub fn user_ns_mean(&self) -> Option<u64> {
+        self.user_ns_total.checked_div(self.user_ns.total())
+    }
+
+    /// Mean kernel time of the ops that made syscalls, ns.
+    pub fn kernel_ns_mean(&self) -> Option<u64> {
+        self.kernel_ns_total.checked_div(self.kernel_ns.total())
     }
 }
 

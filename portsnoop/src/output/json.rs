@@ -292,6 +292,7 @@ fn stats_json(s: &OpStats) -> Value {
         "count": s.count, "bytes": s.bytes, "mismatches": s.mismatches,
         "errors": s.errors.iter().map(|(e, n)| (e.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "user_ns_log2": hist_json(&s.user_ns), "kernel_ns_log2": hist_json(&s.kernel_ns),
+        "user_ns_total": s.user_ns_total, "kernel_ns_total": s.kernel_ns_total,
     })
 }
 

@@ -37,20 +37,21 @@ impl<'a> SummaryReport<'a> {
         }
         writeln!(
             out,
-            "\n{:>6} {:<9} {:>9} {:>12} {:>10} {:>10}  ERRORS",
-            "FD", "OP", "COUNT", "BYTES", "MISMATCH", ""
+            "\n{:>6} {:<9} {:>9} {:>12} {:>9} {:>12} {:>12}  ERRORS",
+            "FD", "OP", "COUNT", "BYTES", "MISMATCH", "USER ns/op", "KERNEL ns/op"
         )?;
         for (fd, ops) in &s.per_fd {
             for (kind, st) in ops {
                 writeln!(
                     out,
-                    "{:>6} {:<9} {:>9} {:>12} {:>10} {:>10}  {}",
+                    "{:>6} {:<9} {:>9} {:>12} {:>9} {:>12} {:>12}  {}",
                     fd,
                     kind.as_str(),
                     st.count,
                     st.bytes,
                     st.mismatches,
-                    "",
+                    mean(st.user_ns_mean()),
+                    mean(st.kernel_ns_mean()),
                     errors(st)
                 )?;
             }
@@ -69,6 +70,10 @@ impl<'a> SummaryReport<'a> {
         }
         Ok(())
     }
+}
+
+fn mean(ns: Option<u64>) -> String {
+    ns.map_or_else(|| "-".to_string(), |n| n.to_string())
 }
 
 fn errors(st: &OpStats) -> String {
