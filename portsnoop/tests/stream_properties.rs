@@ -11,7 +11,7 @@ mod support;
 use std::sync::OnceLock;
 
 use portsnoop::correlate::{Op, Record, Summary};
-use portsnoop::event::{Event, ProcessEvent, ProcessEventKind, Syscall};
+use portsnoop::event::{Event, OpKind, ProcessEvent, ProcessEventKind, Syscall, SyscallName};
 use portsnoop::output::json::Json;
 use portsnoop::output::table::Table;
 use portsnoop::output::Output;
@@ -190,6 +190,40 @@ fn invariants(input: &[Event], records: &[Record], summary: &Summary) -> Result<
     Ok(())
 }
 
+/// No op holds syscalls from two lives of its fd: between its first and
+/// last syscall (in input order) the fd is neither closed nor handed out
+/// again by accept. Meaningful only for streams without duplicates.
+fn no_op_spans_two_lives(input: &[Event], records: &[Record]) -> Result<(), TestCaseError> {
+    for op in ops(records) {
+        let at: Vec<usize> = op
+            .syscalls
+            .iter()
+            .filter_map(|s| {
+                input
+                    .iter()
+                    .position(|e| matches!(e, Event::Syscall(x) if x == s))
+            })
+            .collect();
+        let (Some(&first), Some(&last)) = (at.iter().min(), at.iter().max()) else {
+            continue;
+        };
+        for e in input.get(first + 1..last).unwrap_or(&[]) {
+            if let Event::Syscall(x) = e {
+                let closed = x.name == SyscallName::Close && x.fd == op.fd && x.rv == 0;
+                let reused = x.name.op() == OpKind::Accept && x.rv == i64::from(op.fd);
+                prop_assert!(
+                    !(closed || reused),
+                    "op spans two lives of fd {}: {:?} inside {:?}",
+                    op.fd,
+                    x,
+                    op
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Rows the table must print for `records`: one per event, a wait's own row
 /// plus one per returned event, one per disagreeing op.
 fn expected_rows(records: &[Record]) -> usize {
@@ -265,6 +299,9 @@ proptest! {
         }
         let (records, summary) = correlate(stream.clone());
         invariants(&stream, &records, &summary)?;
+        if !damages.iter().any(|d| matches!(d, Damage::Duplicate(_))) {
+            no_op_spans_two_lives(&stream, &records)?;
+        }
         writers_hold(&records, &summary)?;
     }
 
@@ -281,6 +318,7 @@ proptest! {
         let cut = all[start..end].to_vec();
         let (records, summary) = correlate(cut.clone());
         invariants(&cut, &records, &summary)?;
+        no_op_spans_two_lives(&cut, &records)?;
         agreeing_ops_are_real(&records)?;
     }
 
@@ -301,6 +339,7 @@ proptest! {
             .sum();
         let (records, summary) = correlate(stream.clone());
         invariants(&stream, &records, &summary)?;
+        no_op_spans_two_lives(&stream, &records)?;
         agreeing_ops_are_real(&records)?;
         prop_assert_eq!(summary.lost_events, lost);
         writers_hold(&records, &summary)?;

@@ -154,6 +154,14 @@ impl Op {
         };
     }
 
+    /// Whether the fd was closed inside this op: its life is over, later
+    /// syscalls on the number are someone else's.
+    fn saw_fd_closed(&self) -> bool {
+        self.syscalls
+            .iter()
+            .any(|s| s.name.op() == OpKind::Close && s.rv == 0)
+    }
+
     fn abandon(&mut self, why: &str) {
         self.kernel_ns = self.syscalls.iter().map(|s| s.dur_ns).sum();
         self.incomplete = true;
@@ -282,7 +290,12 @@ impl Correlator {
         let is_close = s.name.op() == OpKind::Close && s.rv == 0;
         // The newest open op on this fd owns the syscall; a syscall of
         // another kind inside it is itself a disagreement.
-        if let Some(op) = thread.open.iter_mut().rev().find(|op| op.fd == fd) {
+        if let Some(op) = thread
+            .open
+            .iter_mut()
+            .rev()
+            .find(|op| op.fd == fd && !op.saw_fd_closed())
+        {
             if s.name.op() != op.kind && op.mismatch.is_none() {
                 op.mismatch = Some(format!(
                     "{} syscall inside {} op",
@@ -318,7 +331,46 @@ impl Correlator {
             self.eventer_fds.remove(&fd);
             self.epoll.closed(fd);
         }
+        // The fd's life ended (close) or a new one began (accept returned
+        // its number): an op still open on it must not take the next
+        // life's syscalls.
+        let life_over = match s.name.op() {
+            OpKind::Close if is_close => Some((fd, "fd closed")),
+            OpKind::Accept if s.rv >= 0 => {
+                i32::try_from(s.rv).ok().map(|n| (n, "fd reused by accept"))
+            }
+            _ => None,
+        };
+        if let Some((fd, why)) = life_over {
+            self.end_fd_life(fd, why, out);
+        }
         self.emit_event(Event::Syscall(s), out);
+    }
+
+    /// Ends every op still open on `fd` (on any thread) that did not itself
+    /// close it: it never returned within the fd's life, which is a
+    /// disagreement. The op that closed it waits for its return (another
+    /// thread's accept may get the number first) but takes no more syscalls.
+    fn end_fd_life(&mut self, fd: i32, why: &str, out: &mut Vec<Record>) {
+        let mut ended = Vec::new();
+        for thread in self.threads.values_mut() {
+            let mut i = 0;
+            while i < thread.open.len() {
+                if thread.open[i].fd == fd && !thread.open[i].saw_fd_closed() {
+                    ended.push(thread.open.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        // Threads live in a HashMap: sort for a stable output order.
+        ended.sort_by_key(|op| (op.entry_ts_ns, op.tid));
+        for mut op in ended {
+            op.kernel_ns = op.syscalls.iter().map(|s| s.dur_ns).sum();
+            op.mismatch
+                .get_or_insert_with(|| format!("{why} during {} op", op.kind.as_str()));
+            self.emit_op(op, out);
+        }
     }
 
     fn on_probe(&mut self, p: Probe, out: &mut Vec<Record>) {

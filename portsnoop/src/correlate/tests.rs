@@ -253,6 +253,89 @@ fn accepts_close_and_fd_reuse_never_merge() {
 }
 
 #[test]
+fn an_op_left_open_across_a_close_and_reuse_ends_at_the_close() {
+    const T2: u32 = T + 1;
+    let on = |tid, ts, name, fd, rv| {
+        Event::Syscall(Syscall {
+            ts_ns: ts,
+            tid,
+            name,
+            fd,
+            rv,
+            dur_ns: 3,
+            arg: 0,
+        })
+    };
+    let (out, s) = run(vec![
+        io(10, ProbeName::ReadEntry, 9, 0),
+        on(T, 11, SyscallName::Recvfrom, 9, 3),
+        // The read's return never comes (and no loss is reported); another
+        // thread closes fd 9 and accepts a new connection on the number.
+        on(T2, 20, SyscallName::Close, 9, 0),
+        on(T2, 30, SyscallName::Accept4, 3, 9),
+        on(T, 40, SyscallName::Recvfrom, 9, 7),
+    ]);
+    let reads: Vec<_> = ops(&out)
+        .into_iter()
+        .filter(|o| o.kind == OpKind::Read)
+        .collect();
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(
+        reads[0].syscalls.iter().map(|s| s.rv).collect::<Vec<_>>(),
+        vec![3],
+        "the new life's recvfrom stays out of the old read"
+    );
+    assert_eq!(
+        reads[0].mismatch.as_deref(),
+        Some("fd closed during read op")
+    );
+    assert!(
+        !reads[0].incomplete,
+        "nothing is missing: it never returned"
+    );
+    let closes: Vec<_> = ops(&out)
+        .into_iter()
+        .filter(|o| o.kind == OpKind::Close)
+        .map(|o| (o.tid, o.mismatch.as_deref()))
+        .collect();
+    assert_eq!(
+        closes,
+        [(T2, Some("syscall without eventer op"))],
+        "closing the eventer's fd behind its back is shown too"
+    );
+    assert_eq!(s.mismatches, 2);
+
+    // Reuse by accept alone ends it too (the close was not traced).
+    let (out, _) = run(vec![
+        io(10, ProbeName::WriteEntry, 9, 0),
+        on(T2, 30, SyscallName::Accept4, 3, 9),
+        on(T, 40, SyscallName::Sendto, 9, 7),
+    ]);
+    let ops = ops(&out);
+    assert_eq!(
+        ops[0].mismatch.as_deref(),
+        Some("fd reused by accept during write op")
+    );
+    assert!(ops[0].syscalls.is_empty());
+}
+
+#[test]
+fn a_close_op_survives_its_own_close_syscall() {
+    let (out, s) = run(vec![
+        close_probe(1, true, 9),
+        sys(2, SyscallName::Close, 9, 0),
+        close_probe(3, false, 9),
+    ]);
+    let ops = ops(&out);
+    assert_eq!(ops.len(), 1);
+    assert_eq!(
+        (ops[0].kind, ops[0].mismatch.clone()),
+        (OpKind::Close, None)
+    );
+    assert_eq!(s.mismatches, 0);
+}
+
+#[test]
 fn waits_resolve_through_epoll_ctl_and_dup_fds() {
     let ctl = |ts, epfd, op, fd, data| {
         Event::EpollCtl(EpollCtl {
@@ -531,5 +614,49 @@ proptest! {
             prop_assert!(op.syscalls.len() <= MAX_SYSCALLS_PER_OP);
         }
         prop_assert_eq!(s.ops as usize, ops.len());
+    }
+}
+
+/// `e` stamped `ts`: a stream stamped with positions has unique, ordered
+/// syscalls, so an op's syscalls map back to where they were.
+fn at(mut e: Event, ts: u64) -> Event {
+    match &mut e {
+        Event::Syscall(x) => x.ts_ns = ts,
+        Event::EpollCtl(x) => x.ts_ns = ts,
+        Event::EpollWait(x) => x.ts_ns = ts,
+        Event::Probe(x) => x.ts_ns = ts,
+        Event::Lost { ts_ns, .. } => *ts_ns = ts,
+        Event::Process(x) => x.ts_ns = ts,
+    }
+    e
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// A close ends an fd's life and an accept returning its number starts
+    /// the next: no op holds syscalls from both sides of either.
+    #[test]
+    fn ops_never_span_two_lives_of_an_fd(events in proptest::collection::vec(any_event(), 0..200)) {
+        let events: Vec<Event> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| at(e, i as u64))
+            .collect();
+        let (out, _) = run(events.clone());
+        for op in ops(&out) {
+            let first = op.syscalls.iter().map(|s| s.ts_ns).min();
+            let last = op.syscalls.iter().map(|s| s.ts_ns).max();
+            let (Some(first), Some(last)) = (first, last) else {
+                continue;
+            };
+            for e in events.get(first as usize + 1..last as usize).unwrap_or(&[]) {
+                if let Event::Syscall(x) = e {
+                    let closed = x.name.op() == OpKind::Close && x.fd == op.fd && x.rv == 0;
+                    let reused = x.name.op() == OpKind::Accept && x.rv == i64::from(op.fd);
+                    prop_assert!(!(closed || reused), "{:?} inside {:?}", x, op);
+                }
+            }
+        }
     }
 }
