@@ -1,13 +1,23 @@
 //! JSON Lines: one object per record, each with a `"type"`.
 //!
-//! The contract: `syscall` {ts_ns, tid, name, fd, rv, errno, dur_ns};
-//! `probe` {ts_ns, tid, name, fd, args, strings}; `wait` {ts_ns, tid, name,
-//! rv, errno, events: [{fd, events, data}]}; `op` {op, tid, fd, entry_ts_ns,
-//! return_ts_ns, user_rv, syscalls: [{name, rv, errno, ts_ns, dur_ns}],
-//! kernel_ns, user_ns, mismatch, incomplete, closure, callback}; `summary`
-//! last. Also `epoll_ctl` {ts_ns, tid, epfd, op, fd, events, data, rv,
-//! errno, dur_ns}, `lost` {ts_ns, count} and `process` {ts_ns, tid, event,
-//! status}.
+//! The contract: `syscall` {ts_ns, tid, name, fd, rv, errno, dur_ns, arg};
+//! `probe` {ts_ns, tid, name, fd, args (the probe's `arg_count`, C ints
+//! signed), strings}; `wait` {ts_ns, tid, name, epfd, rv, errno, dur_ns,
+//! events: [{fd (null: its `epoll_ctl` was not seen), events, data}]}; `op`
+//! {op, tid, fd, entry_ts_ns, return_ts_ns, user_rv, syscalls: [{name, rv,
+//! errno, ts_ns, dur_ns}], kernel_ns, user_ns, mismatch, incomplete,
+//! closure, callback}. Also `epoll_ctl` {ts_ns, tid, name: "epoll_ctl",
+//! epfd, op ("ADD"/"DEL"/"MOD"), fd, events, data, rv, errno, dur_ns},
+//! `lost` {ts_ns, count} and `process` {ts_ns, tid, event ("exit"/"exec"),
+//! status}. `summary` is the last line: {events, lost_events, ops,
+//! mismatches, incomplete, orphan_syscalls, syscalls_cut, waits,
+//! process_end, per_fd: {FD: {OP: STATS}}, per_op: {OP: STATS}} with STATS
+//! {count, bytes, mismatches, errors: {ERRNO: n}, user_ns_log2,
+//! kernel_ns_log2 ([[bucket lower bound, count], ...]), user_ns_total,
+//! kernel_ns_total}.
+//!
+//! Every line but `op` and `summary` carries its whole event, so a JSON
+//! trace can be replayed through the correlator (the crate's tests do).
 
 use std::io::{self, Write};
 
