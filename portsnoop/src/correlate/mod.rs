@@ -308,7 +308,10 @@ impl Correlator {
             } else {
                 self.summary.syscalls_cut += 1;
             }
-        } else if self.eventer_fds.contains(&fd) && s.name.op() != OpKind::Connect {
+        } else if self.eventer_fds.contains(&fd)
+            // connect and shutdown have no eventer probe to be inside of.
+            && !matches!(s.name.op(), OpKind::Connect | OpKind::Shutdown)
+        {
             self.summary.orphan_syscalls += 1;
             let mut op = Op::open(
                 s.name.op(),

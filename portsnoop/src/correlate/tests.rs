@@ -183,6 +183,26 @@ fn orphan_syscalls_only_on_fds_the_eventer_uses() {
 }
 
 #[test]
+fn syscalls_without_an_eventer_probe_are_never_orphans() {
+    // echo-tokio shuts its write side down inside the echo task: there is
+    // no eventer probe for shutdown (or connect) to wrap it in.
+    let (out, s) = run(vec![
+        io(1, ProbeName::ReadEntry, 9, 0),
+        sys(2, SyscallName::Recvfrom, 9, 0),
+        io(3, ProbeName::ReadReturn, 9, 0),
+        sys(4, SyscallName::Shutdown, 9, 0),
+        sys(5, SyscallName::Connect, 9, -115),
+    ]);
+    assert_eq!(ops(&out).len(), 1);
+    assert_eq!((s.mismatches, s.orphan_syscalls), (0, 0));
+    let shown = out
+        .iter()
+        .filter(|r| matches!(r, Record::Event(Event::Syscall(_))))
+        .count();
+    assert_eq!(shown, 3, "they are still shown as syscalls");
+}
+
+#[test]
 fn callbacks_frame_the_ops_inside_them() {
     let (out, _) = run(vec![
         probe(1, T, ProbeName::CallbackEntry, [5, 5, 0, 9, 1, 1]),
