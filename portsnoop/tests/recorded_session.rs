@@ -286,3 +286,101 @@ fn filters_select_one_fd_or_one_thread() {
         ]
     );
 }
+
+/// echo-tokio, multi-threaded, 2 clients x 3 messages of 16 bytes: the
+/// listener is fd 9, the connections fds 13 and 14; tokio registers
+/// through a dup of its epoll fd (5) and waits on the original (3); the echo
+/// task on fd 13 moves between the two worker threads; each connection ends
+/// with a `shutdown` that no probe wraps.
+mod tokio_session {
+    use super::*;
+
+    const RECORDING: &str = "echo_tokio_session.jsonl";
+    const MAIN: u32 = 31402;
+    const WORKERS: [u32; 2] = [31403, 31404];
+
+    #[test]
+    fn every_op_lines_up_across_worker_threads() {
+        let (records, s) = correlate(load_recording(RECORDING));
+        let ops = ops(&records);
+        assert_eq!(
+            (s.events, s.ops, s.mismatches, s.lost_events),
+            (128, 29, 0, 0)
+        );
+        assert_eq!(
+            s.orphan_syscalls, 0,
+            "shutdown has no probe to be inside of"
+        );
+        for op in &ops {
+            assert_eq!(op.mismatch, None, "{op:?}");
+            for sc in &op.syscalls {
+                assert_eq!((sc.fd, sc.tid), (op.fd, op.tid));
+            }
+        }
+        let accepts: Vec<(u32, Option<i64>)> = of_kind(&ops, OpKind::Accept, 9)
+            .iter()
+            .map(|o| (o.tid, o.user_rv))
+            .collect();
+        assert_eq!(
+            accepts,
+            [(MAIN, Some(13)), (MAIN, Some(14)), (MAIN, Some(-11))]
+        );
+
+        let st = |fd: i32, kind: OpKind| {
+            let st = &s.per_fd[&fd][&kind];
+            (
+                st.count,
+                st.bytes,
+                st.errors.get(&EAGAIN).copied().unwrap_or(0),
+            )
+        };
+        assert_eq!(st(13, OpKind::Read), (6, 48, 2));
+        assert_eq!(st(13, OpKind::Write), (3, 48, 0));
+        assert_eq!(st(14, OpKind::Read), (4, 48, 0));
+        assert_eq!(st(14, OpKind::Write), (3, 48, 0));
+        for fd in [9, 13, 14] {
+            assert_eq!(st(fd, OpKind::Close), (1, 0, 0), "fd {fd}");
+        }
+
+        // The echo task on fd 13 ran on both workers; each op stays on one.
+        let threads: std::collections::BTreeSet<u32> = of_kind(&ops, OpKind::Read, 13)
+            .iter()
+            .map(|o| o.tid)
+            .collect();
+        assert_eq!(threads.into_iter().collect::<Vec<_>>(), WORKERS);
+        let callbacks: Vec<(u32, i32, Option<&str>)> = ops
+            .iter()
+            .filter(|o| o.kind == OpKind::Callback)
+            .map(|o| (o.tid, o.fd, o.callback.as_deref()))
+            .collect();
+        assert_eq!(callbacks.len(), 7, "{callbacks:?}");
+        assert_eq!(
+            callbacks.iter().filter(|c| c.2 == Some("accept")).count(),
+            2
+        );
+    }
+
+    #[test]
+    fn waits_on_the_original_epoll_fd_resolve_through_the_dup() {
+        let (records, _) = correlate(load_recording(RECORDING));
+        let waits: Vec<(i32, Vec<Option<i32>>)> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Wait(w) => Some((w.wait.epfd, w.fds.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            waits,
+            [
+                (3, vec![Some(9)]),
+                (3, vec![Some(9)]),
+                (3, vec![Some(13), Some(14), Some(4)]),
+                (3, vec![Some(13)]),
+                (3, vec![Some(13)]),
+                (3, vec![Some(13)]),
+                (3, vec![Some(4)]),
+            ]
+        );
+    }
+}

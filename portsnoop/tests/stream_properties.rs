@@ -18,18 +18,26 @@ use portsnoop::output::Output;
 use proptest::prelude::*;
 use support::{correlate, load_recording, ops};
 
-fn recording() -> &'static [Event] {
-    static EVENTS: OnceLock<Vec<Event>> = OnceLock::new();
-    EVENTS.get_or_init(|| load_recording("echo_mio_session.jsonl"))
+/// The recordings damaged here: echo-mio (one thread) and echo-tokio
+/// (worker threads, a dup'd epoll fd).
+const RECORDINGS: [&str; 2] = ["echo_mio_session.jsonl", "echo_tokio_session.jsonl"];
+
+fn recording(which: usize) -> &'static [Event] {
+    static EVENTS: OnceLock<Vec<Vec<Event>>> = OnceLock::new();
+    &EVENTS.get_or_init(|| RECORDINGS.iter().map(|r| load_recording(r)).collect())[which]
 }
 
 /// The intact recording's ops.
-fn intact_ops() -> &'static [Op] {
-    static OPS: OnceLock<Vec<Op>> = OnceLock::new();
-    OPS.get_or_init(|| {
-        let (records, _) = correlate(recording().to_vec());
-        ops(&records).into_iter().cloned().collect()
-    })
+fn intact_ops(which: usize) -> &'static [Op] {
+    static OPS: OnceLock<Vec<Vec<Op>>> = OnceLock::new();
+    &OPS.get_or_init(|| {
+        (0..RECORDINGS.len())
+            .map(|i| {
+                let (records, _) = correlate(recording(i).to_vec());
+                ops(&records).into_iter().cloned().collect()
+            })
+            .collect()
+    })[which]
 }
 
 /// One way of damaging a stream; indices are taken modulo its length.
@@ -136,11 +144,11 @@ fn same_op(a: &Op, b: &Op) -> bool {
 }
 
 /// Every op that claims agreement is an op of the intact recording.
-fn agreeing_ops_are_real(records: &[Record]) -> Result<(), TestCaseError> {
+fn agreeing_ops_are_real(which: usize, records: &[Record]) -> Result<(), TestCaseError> {
     for op in ops(records) {
         if op.mismatch.is_none() {
             prop_assert!(
-                intact_ops().iter().any(|real| same_op(op, real)),
+                intact_ops(which).iter().any(|real| same_op(op, real)),
                 "an op claims agreement but the intact recording has no such op: {:?}",
                 op
             );
@@ -282,18 +290,20 @@ fn writers_hold(records: &[Record], summary: &Summary) -> Result<(), TestCaseErr
 }
 
 #[test]
-fn the_intact_recording_agrees_everywhere() {
-    let (records, summary) = correlate(recording().to_vec());
-    assert_eq!(summary.mismatches, 0);
-    assert!(ops(&records).iter().all(|o| o.mismatch.is_none()));
+fn the_intact_recordings_agree_everywhere() {
+    for which in 0..RECORDINGS.len() {
+        let (records, summary) = correlate(recording(which).to_vec());
+        assert_eq!(summary.mismatches, 0, "{}", RECORDINGS[which]);
+        assert!(ops(&records).iter().all(|o| o.mismatch.is_none()));
+    }
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
     #[test]
-    fn damaged_recordings_never_mix_fds_or_threads(damages in proptest::collection::vec(damage(), 0..40)) {
-        let mut stream = recording().to_vec();
+    fn damaged_recordings_never_mix_fds_or_threads(which in 0..RECORDINGS.len(), damages in proptest::collection::vec(damage(), 0..40)) {
+        let mut stream = recording(which).to_vec();
         for d in &damages {
             apply(&mut stream, d);
         }
@@ -309,8 +319,8 @@ proptest! {
     /// cut in two are flagged, every other op is exactly as in the whole
     /// recording.
     #[test]
-    fn cuts_flag_ops_and_never_make_a_wrong_one(a in any::<usize>(), b in any::<usize>()) {
-        let all = recording();
+    fn cuts_flag_ops_and_never_make_a_wrong_one(which in 0..RECORDINGS.len(), a in any::<usize>(), b in any::<usize>()) {
+        let all = recording(which);
         let (mut start, mut end) = (a % (all.len() + 1), b % (all.len() + 1));
         if start > end {
             std::mem::swap(&mut start, &mut end);
@@ -319,14 +329,14 @@ proptest! {
         let (records, summary) = correlate(cut.clone());
         invariants(&cut, &records, &summary)?;
         no_op_spans_two_lives(&cut, &records)?;
-        agreeing_ops_are_real(&records)?;
+        agreeing_ops_are_real(which, &records)?;
     }
 
     /// Losses the engine reports where they happened: the ops they touch
     /// are marked, never wrong, and every lost event is counted.
     #[test]
-    fn reported_losses_never_make_a_wrong_op(losses in proptest::collection::vec((any::<usize>(), 1usize..6), 1..6)) {
-        let mut stream = recording().to_vec();
+    fn reported_losses_never_make_a_wrong_op(which in 0..RECORDINGS.len(), losses in proptest::collection::vec((any::<usize>(), 1usize..6), 1..6)) {
+        let mut stream = recording(which).to_vec();
         for (at, n) in &losses {
             apply(&mut stream, &Damage::Lose(*at, *n));
         }
@@ -340,7 +350,7 @@ proptest! {
         let (records, summary) = correlate(stream.clone());
         invariants(&stream, &records, &summary)?;
         no_op_spans_two_lives(&stream, &records)?;
-        agreeing_ops_are_real(&records)?;
+        agreeing_ops_are_real(which, &records)?;
         prop_assert_eq!(summary.lost_events, lost);
         writers_hold(&records, &summary)?;
     }
