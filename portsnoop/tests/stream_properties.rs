@@ -291,9 +291,9 @@ fn writers_hold(records: &[Record], summary: &Summary) -> Result<(), TestCaseErr
 
 #[test]
 fn the_intact_recordings_agree_everywhere() {
-    for which in 0..RECORDINGS.len() {
+    for (which, name) in RECORDINGS.iter().enumerate() {
         let (records, summary) = correlate(recording(which).to_vec());
-        assert_eq!(summary.mismatches, 0, "{}", RECORDINGS[which]);
+        assert_eq!(summary.mismatches, 0, "{name}");
         assert!(ops(&records).iter().all(|o| o.mismatch.is_none()));
     }
 }
