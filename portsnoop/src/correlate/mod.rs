@@ -285,17 +285,20 @@ impl Correlator {
     }
 
     fn on_syscall(&mut self, s: Syscall, out: &mut Vec<Record>) {
-        let thread = self.threads.entry(s.tid).or_default();
         let fd = s.fd;
         let is_close = s.name.op() == OpKind::Close && s.rv == 0;
+        // Threads that never fired a probe get no state: a thread per
+        // request would otherwise leave an entry per thread forever.
+        let owner = self.threads.get_mut(&s.tid).and_then(|thread| {
+            thread
+                .open
+                .iter_mut()
+                .rev()
+                .find(|op| op.fd == fd && !op.saw_fd_closed())
+        });
         // The newest open op on this fd owns the syscall; a syscall of
         // another kind inside it is itself a disagreement.
-        if let Some(op) = thread
-            .open
-            .iter_mut()
-            .rev()
-            .find(|op| op.fd == fd && !op.saw_fd_closed())
-        {
+        if let Some(op) = owner {
             if s.name.op() != op.kind && op.mismatch.is_none() {
                 op.mismatch = Some(format!(
                     "{} syscall inside {} op",
@@ -313,17 +316,16 @@ impl Correlator {
             && !matches!(s.name.op(), OpKind::Connect | OpKind::Shutdown)
         {
             self.summary.orphan_syscalls += 1;
-            let mut op = Op::open(
-                s.name.op(),
-                s.tid,
-                fd,
-                s.ts_ns,
-                None,
-                thread.callbacks.last().and_then(|c| c.callback.clone()),
-            );
+            let (callback, synced_gen) = self.threads.get(&s.tid).map_or((None, 0), |t| {
+                (
+                    t.callbacks.last().and_then(|c| c.callback.clone()),
+                    t.synced_gen,
+                )
+            });
+            let mut op = Op::open(s.name.op(), s.tid, fd, s.ts_ns, None, callback);
             op.syscalls.push(s.clone());
             op.kernel_ns = s.dur_ns;
-            if thread.synced_gen < self.loss_gen {
+            if synced_gen < self.loss_gen {
                 op.abandon("events lost");
             } else {
                 op.mismatch = Some("syscall without eventer op".into());

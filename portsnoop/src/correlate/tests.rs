@@ -203,6 +203,28 @@ fn syscalls_without_an_eventer_probe_are_never_orphans() {
 }
 
 #[test]
+fn threads_without_probes_leave_no_state() {
+    let mut c = Correlator::new(Filter::default());
+    let mut out = Vec::new();
+    for tid in 0..10_000u32 {
+        c.push(
+            Event::Syscall(Syscall {
+                ts_ns: u64::from(tid),
+                tid,
+                name: SyscallName::Write,
+                fd: 1,
+                rv: 8,
+                dur_ns: 1,
+                arg: 8,
+            }),
+            &mut out,
+        );
+    }
+    assert!(c.threads.is_empty(), "{} thread entries", c.threads.len());
+    assert_eq!(out.len(), 10_000, "their syscalls are still shown");
+}
+
+#[test]
 fn callbacks_frame_the_ops_inside_them() {
     let (out, _) = run(vec![
         probe(1, T, ProbeName::CallbackEntry, [5, 5, 0, 9, 1, 1]),
