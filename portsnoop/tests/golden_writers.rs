@@ -297,6 +297,18 @@ fn quantize_prints_like_dtrace() {
             1024 |                                         0
 ";
     assert_eq!(String::from_utf8(buf).unwrap(), expected);
+    let mut extreme = Log2Hist::default();
+    extreme.record(u64::MAX);
+    let mut buf = Vec::new();
+    quantize(&mut buf, "t", &extreme).unwrap();
+    assert!(
+        String::from_utf8(buf).unwrap().contains(&format!(
+            "{} |{:<40} 1\n",
+            1u64 << 63,
+            "@".repeat(40)
+        )),
+        "the top bucket prints without overflow"
+    );
     let mut empty = Vec::new();
     quantize(&mut empty, "nothing", &Log2Hist::default()).unwrap();
     assert!(empty.is_empty(), "an empty distribution prints nothing");

@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use portsnoop::correlate::{Op, Record, Summary};
 use portsnoop::event::{Event, OpKind, ProcessEvent, ProcessEventKind, Syscall, SyscallName};
 use portsnoop::output::json::Json;
+use portsnoop::output::summary::SummaryReport;
 use portsnoop::output::table::Table;
 use portsnoop::output::Output;
 use proptest::prelude::*;
@@ -55,6 +56,8 @@ enum Damage {
     Lose(usize, usize),
     /// The process ends here.
     End(usize),
+    /// An event gets an absurd time and duration (a clock or decoding bug).
+    Retime(usize, u64, u64),
 }
 
 fn damage() -> impl Strategy<Value = Damage> {
@@ -65,6 +68,7 @@ fn damage() -> impl Strategy<Value = Damage> {
         any::<usize>().prop_map(Damage::Drop),
         (any::<usize>(), 1usize..5).prop_map(|(a, n)| Damage::Lose(a, n)),
         any::<usize>().prop_map(Damage::End),
+        (any::<usize>(), any::<u64>(), any::<u64>()).prop_map(|(a, t, d)| Damage::Retime(a, t, d)),
     ]
 }
 
@@ -99,6 +103,14 @@ fn apply(stream: &mut Vec<Event>, d: &Damage) {
                 },
             );
         }
+        Damage::Retime(a, ts, dur) => match &mut stream[a % n] {
+            Event::Syscall(x) => (x.ts_ns, x.dur_ns) = (ts, dur),
+            Event::EpollCtl(x) => (x.ts_ns, x.dur_ns) = (ts, dur),
+            Event::EpollWait(x) => (x.ts_ns, x.dur_ns) = (ts, dur),
+            Event::Probe(x) => x.ts_ns = ts,
+            Event::Lost { ts_ns, .. } => *ts_ns = ts,
+            Event::Process(x) => x.ts_ns = ts,
+        },
         Damage::End(a) => {
             let a = a % n;
             let ts_ns = stream[a].ts_ns();
@@ -286,6 +298,10 @@ fn writers_hold(records: &[Record], summary: &Summary) -> Result<(), TestCaseErr
         last = Some(v);
     }
     prop_assert_eq!(&last.unwrap()["type"], "summary");
+
+    let mut report = Vec::new();
+    SummaryReport::new(summary).write(&mut report).unwrap();
+    prop_assert!(String::from_utf8(report).unwrap().contains("=== summary"));
     Ok(())
 }
 

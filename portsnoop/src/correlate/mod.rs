@@ -136,7 +136,7 @@ impl Op {
     fn close(&mut self, ts: u64, rv: Option<i64>) {
         self.return_ts_ns = Some(ts);
         self.user_rv = rv;
-        self.kernel_ns = self.syscalls.iter().map(|s| s.dur_ns).sum();
+        self.kernel_ns = kernel_time(&self.syscalls);
         self.user_ns = ts
             .saturating_sub(self.entry_ts_ns)
             .saturating_sub(self.kernel_ns);
@@ -163,11 +163,19 @@ impl Op {
     }
 
     fn abandon(&mut self, why: &str) {
-        self.kernel_ns = self.syscalls.iter().map(|s| s.dur_ns).sum();
+        self.kernel_ns = kernel_time(&self.syscalls);
         self.incomplete = true;
         self.mismatch
             .get_or_insert_with(|| format!("incomplete: {why}"));
     }
+}
+
+/// Time the syscalls spent in the kernel. Saturating: a garbled record
+/// must not be able to panic the tool.
+fn kernel_time(syscalls: &[Syscall]) -> u64 {
+    syscalls
+        .iter()
+        .fold(0u64, |sum, s| sum.saturating_add(s.dur_ns))
 }
 
 #[derive(Debug, Default)]
@@ -235,7 +243,7 @@ impl Correlator {
             Event::Probe(p) => self.on_probe(p, out),
             Event::Lost { ts_ns, count } => {
                 self.flush_waits(true, out);
-                self.summary.lost_events += count;
+                self.summary.lost_events = self.summary.lost_events.saturating_add(count);
                 self.loss_gen += 1;
                 self.abandon_all("events lost", out);
                 out.push(Record::Event(Event::Lost { ts_ns, count }));
@@ -371,7 +379,7 @@ impl Correlator {
         // Threads live in a HashMap: sort for a stable output order.
         ended.sort_by_key(|op| (op.entry_ts_ns, op.tid));
         for mut op in ended {
-            op.kernel_ns = op.syscalls.iter().map(|s| s.dur_ns).sum();
+            op.kernel_ns = kernel_time(&op.syscalls);
             op.mismatch
                 .get_or_insert_with(|| format!("{why} during {} op", op.kind.as_str()));
             self.emit_op(op, out);

@@ -94,7 +94,7 @@ impl OpStats {
             match errno_of(rv) {
                 Some(errno) => *self.errors.entry(errno).or_default() += 1,
                 None if matches!(op.kind, OpKind::Read | OpKind::Write) && rv > 0 => {
-                    self.bytes += rv as u64
+                    self.bytes = self.bytes.saturating_add(rv as u64)
                 }
                 None => {}
             }
@@ -115,7 +115,7 @@ impl OpStats {
     /// Adds another's totals.
     pub fn merge(&mut self, other: &OpStats) {
         self.count += other.count;
-        self.bytes += other.bytes;
+        self.bytes = self.bytes.saturating_add(other.bytes);
         for (e, n) in &other.errors {
             *self.errors.entry(*e).or_default() += n;
         }

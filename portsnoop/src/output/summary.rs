@@ -112,7 +112,7 @@ pub fn quantize(out: &mut dyn Write, title: &str, h: &Log2Hist) -> io::Result<()
     }
     let next = buckets
         .last()
-        .map_or(0, |(lo, _)| if *lo == 0 { 1 } else { lo * 2 });
+        .map_or(0, |(lo, _)| if *lo == 0 { 1 } else { lo.saturating_mul(2) });
     writeln!(out, "{:>16} |{:<40} {}", next, "", 0)
 }
 
