@@ -6,6 +6,15 @@
 //! Callbacks frame the ops inside them. Epoll waits are resolved to fds via
 //! the `epoll_ctl` calls seen before them.
 //!
+//! Disagreements are named in [`Op::mismatch`]: rv differs, no syscall, a
+//! syscall of another kind, a return without entry, a second entry, an fd
+//! closed or handed out again by accept while an op on it was open (a
+//! close ends an fd's life; no op ever holds two lives' syscalls). A
+//! syscall outside any op is shown as an op of its own only on an fd the
+//! eventer uses, and only for kinds the eventer has probes for: an app
+//! without probes, or a `shutdown`, is not a disagreement. What a loss or
+//! the process's end cuts short is marked [`Op::incomplete`], never guessed.
+//!
 //! ```
 //! use portsnoop::correlate::{Correlator, Filter, Record};
 //! use portsnoop::event::{Event, Probe, ProbeName, Syscall, SyscallName};
