@@ -171,11 +171,18 @@ impl Op {
             .any(|s| s.name.op() == OpKind::Close && s.rv == 0)
     }
 
+    /// Gives the op up as incomplete. The reason leads: a disagreement
+    /// seen before a loss (another CPU's records can arrive ahead of the
+    /// loss report) is most likely the loss's doing, so it follows.
     fn abandon(&mut self, why: &str) {
         self.kernel_ns = kernel_time(&self.syscalls);
+        if !self.incomplete {
+            self.mismatch = Some(match self.mismatch.take() {
+                None => format!("incomplete: {why}"),
+                Some(seen) => format!("incomplete: {why}; {seen}"),
+            });
+        }
         self.incomplete = true;
-        self.mismatch
-            .get_or_insert_with(|| format!("incomplete: {why}"));
     }
 }
 

@@ -499,6 +499,25 @@ fn lost_events_make_open_ops_incomplete_and_are_counted() {
 }
 
 #[test]
+fn a_loss_reported_after_its_damage_still_leads_the_reason() {
+    // The write's syscall and return and the next read's entry were lost
+    // on one CPU; the read's recvfrom, submitted from another CPU, arrives
+    // before that CPU reports the loss.
+    let (out, _) = run(vec![
+        io(1, ProbeName::WriteEntry, 9, 0),
+        sys(5, SyscallName::Recvfrom, 9, 16),
+        Event::Lost { ts_ns: 6, count: 3 },
+    ]);
+    let ops = ops(&out);
+    assert_eq!(ops.len(), 1);
+    assert!(ops[0].incomplete);
+    assert_eq!(
+        ops[0].mismatch.as_deref(),
+        Some("incomplete: events lost; recvfrom syscall inside write op")
+    );
+}
+
+#[test]
 fn process_end_flushes_open_ops() {
     let (out, s) = run(vec![
         io(1, ProbeName::ReadEntry, 9, 0),
