@@ -7,6 +7,8 @@
 //! entry time and carrying its duration, because the kernel side joins
 //! `sys_enter` and `sys_exit` before submitting.
 
+use std::sync::Arc;
+
 /// One thing that happened in the traced process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -378,8 +380,9 @@ pub struct Probe {
     pub args: [u64; 6],
     /// The text of the probe's string arguments in argument order
     /// (callback: `[name]`; log: `[facility, file, msg]`), truncated by the
-    /// kernel side to a fixed length.
-    pub strings: Vec<String>,
+    /// kernel side to a fixed length. Shared, not copied: a callback's name
+    /// comes with two probes per callback and goes into every op inside it.
+    pub strings: Vec<Arc<str>>,
 }
 
 impl Probe {

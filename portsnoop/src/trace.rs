@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -100,31 +101,36 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
     for (epfd, fd, data) in crate::correlate::registrations_of(attached.pid) {
         correlator.known_registration(epfd, fd, data);
     }
-    let mut records = Vec::new();
+    let (mut events, mut records) = (Vec::new(), Vec::new());
+    // Asked every 10 ms whether the target is gone: a pidfd answers with one
+    // poll(2), where reading /proc/PID/stat cost an open, a read and a close.
+    let pidfd = (!target.is_child())
+        .then(|| pidfd_open(target.pid))
+        .flatten();
     let deadline = config.duration.map(|d| Instant::now() + d);
     let mut ended: Option<ProcessEventKind> = None;
     loop {
-        let events = engine.poll(POLL_INTERVAL)?;
-        feed(&mut correlator, &mut *output, events, &mut records)?;
+        engine.poll(POLL_INTERVAL, &mut events)?;
+        feed(&mut correlator, &mut *output, &mut events, &mut records)?;
         if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        if let Some(code) = exit_status(&target) {
+        if let Some(code) = exit_status(&target, pidfd.as_ref()) {
             ended = Some(ProcessEventKind::Exit { code });
             break;
         }
     }
     // What the target did just before the end is still in the buffer.
-    let mut last = engine.poll(Duration::ZERO)?;
-    last.extend(engine.unreported_losses());
+    engine.poll(Duration::ZERO, &mut events)?;
+    events.extend(engine.unreported_losses());
     if let Some(kind) = ended.clone() {
-        last.push(Event::Process(ProcessEvent {
+        events.push(Event::Process(ProcessEvent {
             ts_ns: engine::monotonic_ns(),
             tid: target.pid,
             kind,
         }));
     }
-    feed(&mut correlator, &mut *output, last, &mut records)?;
+    feed(&mut correlator, &mut *output, &mut events, &mut records)?;
     let mut summary = correlator.finish(&mut records);
     for r in records.drain(..) {
         output.record(&r)?;
@@ -162,10 +168,10 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
 fn feed(
     correlator: &mut Correlator,
     output: &mut dyn Output,
-    events: Vec<Event>,
+    events: &mut Vec<Event>,
     records: &mut Vec<crate::correlate::Record>,
 ) -> io::Result<()> {
-    for ev in events {
+    for ev in events.drain(..) {
         correlator.push(ev, records);
     }
     for r in records.drain(..) {
@@ -176,9 +182,22 @@ fn feed(
 
 /// The target's wait status if it is gone; `-1` when it is not our child
 /// and its status cannot be known.
-fn exit_status(target: &Target) -> Option<i32> {
+fn exit_status(target: &Target, pidfd: Option<&OwnedFd>) -> Option<i32> {
     if target.is_child() {
         return wait_child(target.pid, false);
+    }
+    if let Some(fd) = pidfd {
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, no wait. A pidfd is readable once the
+        // process has exited (zombie included).
+        let r = unsafe { libc::poll(&mut p, 1, 0) };
+        if r >= 0 {
+            return (r > 0).then_some(-1);
+        }
     }
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", target.pid));
     match stat {
@@ -194,6 +213,14 @@ fn exit_status(target: &Target) -> Option<i32> {
         }
         Ok(_) => None,
     }
+}
+
+/// A pidfd for `pid`, if the kernel has them (5.3+).
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a non-negative return is a fresh fd that we now own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn wait_child(pid: u32, block: bool) -> Option<i32> {

@@ -24,7 +24,7 @@ fn probe(ts: u64, tid: u32, name: ProbeName, args: [u64; 6], strings: &[&str]) -
         tid,
         name,
         args,
-        strings: strings.iter().map(|s| s.to_string()).collect(),
+        strings: strings.iter().map(|s| (*s).into()).collect(),
     })
 }
 

@@ -34,6 +34,7 @@ mod epoll;
 mod summary;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 pub use epoll::{parse_fdinfo, registrations_of, EpollMap};
 pub use summary::{Log2Hist, OpStats, Summary};
@@ -111,7 +112,7 @@ pub struct Op {
     /// The registration's id (the probes' `closure`).
     pub closure: Option<u64>,
     /// The enclosing callback's name (for a callback op, its own).
-    pub callback: Option<String>,
+    pub callback: Option<Arc<str>>,
 }
 
 impl Op {
@@ -121,7 +122,7 @@ impl Op {
         fd: i32,
         ts: u64,
         closure: Option<u64>,
-        callback: Option<String>,
+        callback: Option<Arc<str>>,
     ) -> Op {
         Op {
             kind,

@@ -10,7 +10,7 @@ const T: u32 = 100;
 
 fn probe(ts: u64, tid: u32, name: ProbeName, args: [u64; 6]) -> Event {
     let strings = match name {
-        ProbeName::CallbackEntry | ProbeName::CallbackReturn => vec!["echo".to_string()],
+        ProbeName::CallbackEntry | ProbeName::CallbackReturn => vec!["echo".into()],
         _ => vec![],
     };
     Event::Probe(Probe {

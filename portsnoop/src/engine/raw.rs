@@ -1,6 +1,9 @@
 //! The ring buffer's records as Rust sees them (mirrors `bpf/event.h`) and
 //! their decoding into [`Event`]s. Pure, so it is tested without a kernel.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use crate::event::{
     EpollCtl, EpollWait, Event, Probe, ProbeName, ProcessEvent, ProcessEventKind, ReadyEvent,
     Syscall, SyscallName,
@@ -130,13 +133,50 @@ fn read<T: Copy>(data: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<T>()) })
 }
 
-fn c_string(bytes: &[u8]) -> String {
+fn c_str(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    String::from_utf8_lossy(&bytes[..end])
 }
 
-/// Decodes one ring-buffer record.
+/// Decodes records, sharing one copy of each callback name among all the
+/// events that carry it: names come twice per callback and are few.
+#[derive(Default)]
+pub struct Decoder {
+    names: HashSet<Arc<str>>,
+}
+
+impl Decoder {
+    /// Past this many distinct names (names with ids in them?), new ones
+    /// are no longer kept.
+    const MAX_NAMES: usize = 4096;
+
+    /// Decodes one ring-buffer record.
+    pub fn decode(&mut self, data: &[u8]) -> Result<Event, DecodeError> {
+        decode_with(data, &mut |bytes| self.name(bytes))
+    }
+
+    fn name(&mut self, bytes: &[u8]) -> Arc<str> {
+        let text = c_str(bytes);
+        if let Some(name) = self.names.get(&*text) {
+            return Arc::clone(name);
+        }
+        let name: Arc<str> = text.into();
+        if self.names.len() < Self::MAX_NAMES {
+            self.names.insert(Arc::clone(&name));
+        }
+        name
+    }
+}
+
+/// Decodes one ring-buffer record (see [`Decoder`] to decode many).
 pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
+    decode_with(data, &mut |bytes| c_str(bytes).into())
+}
+
+fn decode_with(
+    data: &[u8],
+    callback_name: &mut dyn FnMut(&[u8]) -> Arc<str>,
+) -> Result<Event, DecodeError> {
     let h: Header = read(data).ok_or(DecodeError::Short {
         kind: 0,
         len: data.len(),
@@ -212,7 +252,9 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                     id: r.probe,
                 })?;
             let strings = match name {
-                ProbeName::CallbackEntry | ProbeName::CallbackReturn => vec![c_string(&r.name)],
+                ProbeName::CallbackEntry | ProbeName::CallbackReturn => {
+                    vec![callback_name(&r.name)]
+                }
                 _ => Vec::new(),
             };
             Ok(Event::Probe(Probe {
@@ -232,7 +274,11 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                 tid: h.tid,
                 name: ProbeName::Log,
                 args,
-                strings: vec![c_string(&r.facility), c_string(&r.file), c_string(&r.msg)],
+                strings: vec![
+                    c_str(&r.facility).into(),
+                    c_str(&r.file).into(),
+                    c_str(&r.msg).into(),
+                ],
             }))
         }
         EV_LOST => {
@@ -356,7 +402,7 @@ mod tests {
             panic!("not a probe")
         };
         assert_eq!(p.name, ProbeName::CallbackEntry);
-        assert_eq!(p.strings, vec!["echo".to_string()]);
+        assert_eq!(p.strings, vec![Arc::from("echo")]);
         assert_eq!(p.fd(), Some(9));
     }
 

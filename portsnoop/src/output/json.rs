@@ -20,6 +20,7 @@
 //! trace can be replayed through the correlator (the crate's tests do).
 
 use std::io::{self, Write};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -118,7 +119,7 @@ struct ProbeLine<'a> {
     name: &'static str,
     fd: Option<i32>,
     args: Vec<ProbeArg>,
-    strings: &'a [String],
+    strings: &'a [Arc<str>],
 }
 
 /// A probe argument with its C signedness.

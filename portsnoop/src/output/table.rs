@@ -6,12 +6,13 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::fmt;
 use std::io::{self, Write};
+use std::sync::Arc;
 
-use super::{epoll_mask_names, errno_text, Output};
+use super::line::Line;
+use super::{Output, EPOLL_MASK_NAMES};
 use crate::correlate::{EpollMap, Record, Summary};
-use crate::event::{errno_of, Event, ProbeName, ProcessEventKind};
+use crate::event::{errno_name, errno_of, Event, ProbeName, ProcessEventKind};
 
 /// Rows are held this long (in trace time) for late arrivals to sort in.
 const REORDER_WINDOW_NS: u64 = 50_000_000;
@@ -30,16 +31,49 @@ pub struct Table<W: Write> {
     /// Time of the last row written: nothing may go out before it.
     last_written: Option<u64>,
     header_done: bool,
+    line: Line,
 }
 
-/// A row waiting in the window. Only what must be formatted is a `String`:
-/// rows are the writer's hot path, and allocation was most of its cost.
+/// A row waiting in the window. It keeps the values, not their text: rows
+/// are the writer's hot path, and allocating and formatting each piece was
+/// most of its cost. The text is made once, in [`Table::write_row`].
 struct Row {
     tid: u32,
     what: Cow<'static, str>,
     fd: FdCol,
-    details: String,
-    error: String,
+    details: Details,
+    /// ERROR column: the errno in `rv`, if it holds one.
+    rv: i64,
+    /// A row placed late, after rows that started after it: when it began.
+    began: Option<u64>,
+}
+
+/// The DETAILS column.
+enum Details {
+    /// `= rv` (or `= -1` with an errno), `(arg N)` if any, duration.
+    Syscall { rv: i64, arg: u64, dur_ns: u64 },
+    /// `ADD 0x01 IN data 42`.
+    EpollCtl { op: i32, events: u32, data: u64 },
+    /// `N events`, then the duration if known.
+    Wait { n: i64, dur_ns: Option<u64> },
+    /// A returned epoll event: `fdevents 0x01 IN`.
+    FdEvents(u32),
+    /// Read and write entries: `len N closure C`.
+    LenClosure { len: u64, closure: u64 },
+    /// Accept and close entries: `closure C`.
+    Closure(u64),
+    /// `name mask 0x01 closure C`.
+    CallbackEntry {
+        name: Arc<str>,
+        mask: i32,
+        closure: u64,
+    },
+    /// `name = 0x01`.
+    CallbackReturn { name: Arc<str>, mask: i32 },
+    /// A return probe's `= rv` (or `= -1` with an errno).
+    Rv(i64),
+    /// Rare rows, formatted when made.
+    Text(String),
 }
 
 /// The FD column: a number, `-` (no fd), or `?` (not resolved).
@@ -48,16 +82,6 @@ enum FdCol {
     Num(i32),
     Dash,
     Unknown,
-}
-
-impl fmt::Display for FdCol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FdCol::Num(n) => fmt::Display::fmt(n, f),
-            FdCol::Dash => f.pad("-"),
-            FdCol::Unknown => f.pad("?"),
-        }
-    }
 }
 
 impl<W: Write> Table<W> {
@@ -70,6 +94,7 @@ impl<W: Write> Table<W> {
             newest: 0,
             last_written: None,
             header_done: false,
+            line: Line::default(),
         }
     }
 
@@ -85,10 +110,7 @@ impl<W: Write> Table<W> {
     fn push_spanning(&mut self, ts: u64, end: u64, mut row: Row) -> io::Result<()> {
         let key = match self.last_written {
             Some(last) if ts < last => {
-                let began = self.clock(ts);
-                row.details.push_str(" (began ");
-                row.details.push_str(&began);
-                row.details.push(')');
+                row.began = Some(ts);
                 end.max(last)
             }
             Some(_) => ts,
@@ -112,22 +134,6 @@ impl<W: Write> Table<W> {
         Ok(())
     }
 
-    /// `ts` as TIME shows it, signed: a late row may have begun before the
-    /// first row.
-    fn clock(&self, ts: u64) -> String {
-        let t0 = self.t0.unwrap_or(ts);
-        let (sign, t) = if ts >= t0 {
-            ("", ts - t0)
-        } else {
-            ("-", t0 - ts)
-        };
-        format!(
-            "{sign}{}.{:06}",
-            t / 1_000_000_000,
-            (t % 1_000_000_000) / 1000
-        )
-    }
-
     fn write_row(&mut self, ts: u64, row: &Row) -> io::Result<()> {
         self.last_written = Some(ts);
         if !self.header_done {
@@ -138,116 +144,245 @@ impl<W: Write> Table<W> {
             )?;
             self.header_done = true;
         }
-        let t = ts.saturating_sub(self.t0.unwrap_or(ts));
-        write!(
-            self.out,
-            "{:>5}.{:06} {:>7} {:<18} {:>5} ",
-            t / 1_000_000_000,
-            (t % 1_000_000_000) / 1000,
-            row.tid,
-            row.what,
-            row.fd,
-        )?;
+        // t0 is frozen once a row is out, so a late row's `began` is read
+        // against the same origin as every TIME before it.
+        let t0 = self.t0.unwrap_or(ts);
+        let l = &mut self.line;
+        l.clear();
+        let t = ts.saturating_sub(t0);
+        l.i64_right((t / 1_000_000_000) as i64, 5)
+            .byte(b'.')
+            .u64_06((t % 1_000_000_000) / 1000)
+            .byte(b' ')
+            .i64_right(row.tid as i64, 7)
+            .byte(b' ')
+            .str_left(&row.what, 18)
+            .byte(b' ');
+        match row.fd {
+            FdCol::Num(n) => l.i64_right(n as i64, 5),
+            FdCol::Dash => l.str_right("-", 5),
+            FdCol::Unknown => l.str_right("?", 5),
+        };
+        l.byte(b' ');
+        let details = l.mark();
+        row.details.write(l);
+        if let Some(began) = row.began {
+            l.str(" (began ");
+            clock(l, began, t0);
+            l.byte(b')');
+        }
         // Padding only where an ERROR follows: no trailing blanks for
         // diff, grep and golden files.
-        if row.error.is_empty() {
-            writeln!(self.out, "{}", row.details)
-        } else {
-            writeln!(self.out, "{:<40} {}", row.details, row.error)
+        if let Some(errno) = errno_of(row.rv) {
+            l.pad_after(details, 40).byte(b' ');
+            errno_text(l, errno);
+        }
+        l.byte(b'\n');
+        self.out.write_all(l.as_bytes())
+    }
+}
+
+/// `ts` as TIME shows it, signed: a late row may have begun before the
+/// first row.
+fn clock(l: &mut Line, ts: u64, t0: u64) {
+    let t = if ts >= t0 {
+        ts - t0
+    } else {
+        l.byte(b'-');
+        t0 - ts
+    };
+    l.u64(t / 1_000_000_000)
+        .byte(b'.')
+        .u64_06((t % 1_000_000_000) / 1000);
+}
+
+/// `errno = 11 (EAGAIN)`.
+fn errno_text(l: &mut Line, errno: i32) {
+    l.str("errno = ").i64(errno as i64);
+    if let Some(name) = errno_name(errno) {
+        l.str(" (").str(name).byte(b')');
+    }
+}
+
+/// `= rv`, or `= -1` when rv holds an errno (which ERROR then shows).
+fn rv_text(l: &mut Line, rv: i64) {
+    l.str("= ");
+    if errno_of(rv).is_some() {
+        l.str("-1");
+    } else {
+        l.i64(rv);
+    }
+}
+
+/// `IN|OUT`; `-` for none.
+fn mask_names(l: &mut Line, mask: u32) {
+    let mut first = true;
+    for (bit, name) in EPOLL_MASK_NAMES {
+        if mask & bit != 0 {
+            if !first {
+                l.byte(b'|');
+            }
+            l.str(name);
+            first = false;
+        }
+    }
+    if first {
+        l.byte(b'-');
+    }
+}
+
+impl Details {
+    fn write(&self, l: &mut Line) {
+        match self {
+            Details::Syscall { rv, arg, dur_ns } => {
+                rv_text(l, *rv);
+                if *arg != 0 {
+                    l.str(" (arg ").u64(*arg).byte(b')');
+                }
+                l.byte(b' ').u64(dur_ns / 1000).str("us");
+            }
+            Details::EpollCtl { op, events, data } => {
+                l.str(EpollMap::op_name(*op))
+                    .str(" 0x")
+                    .hex2(*events as u64)
+                    .byte(b' ');
+                mask_names(l, *events);
+                l.str(" data ").u64(*data);
+            }
+            Details::Wait { n, dur_ns } => {
+                l.i64((*n).max(0)).str(" events");
+                if let Some(d) = dur_ns {
+                    l.byte(b' ').u64(d / 1000).str("us");
+                }
+            }
+            Details::FdEvents(events) => {
+                l.str("fdevents 0x").hex2(*events as u64).byte(b' ');
+                mask_names(l, *events);
+            }
+            Details::LenClosure { len, closure } => {
+                l.str("len ").u64(*len).str(" closure ").u64(*closure);
+            }
+            Details::Closure(closure) => {
+                l.str("closure ").u64(*closure);
+            }
+            Details::CallbackEntry {
+                name,
+                mask,
+                closure,
+            } => {
+                l.str(name)
+                    .str(" mask 0x")
+                    .hex2(*mask as u32 as u64)
+                    .str(" closure ")
+                    .u64(*closure);
+            }
+            Details::CallbackReturn { name, mask } => {
+                l.str(name).str(" = 0x").hex2(*mask as u32 as u64);
+            }
+            Details::Rv(rv) => rv_text(l, *rv),
+            Details::Text(text) => {
+                l.str(text);
+            }
         }
     }
 }
 
-fn rv_text(rv: i64) -> (String, String) {
-    match errno_of(rv) {
-        Some(e) => ("= -1".into(), errno_text(e)),
-        None => (format!("= {rv}"), String::new()),
-    }
-}
-
-fn row(
-    tid: u32,
-    what: impl Into<Cow<'static, str>>,
-    fd: FdCol,
-    details: String,
-    error: String,
-) -> Row {
+/// A row whose ERROR column stays empty.
+fn row(tid: u32, what: impl Into<Cow<'static, str>>, fd: FdCol, details: Details) -> Row {
     Row {
         tid,
         what: what.into(),
         fd,
         details,
-        error,
+        rv: 0,
+        began: None,
+    }
+}
+
+/// A row whose ERROR column shows the errno in `rv`, if any.
+fn row_rv(
+    tid: u32,
+    what: impl Into<Cow<'static, str>>,
+    fd: FdCol,
+    details: Details,
+    rv: i64,
+) -> Row {
+    Row {
+        rv,
+        ..row(tid, what, fd, details)
     }
 }
 
 impl<W: Write> Output for Table<W> {
     fn record(&mut self, record: &Record) -> io::Result<()> {
         match record {
-            Record::Event(Event::Syscall(s)) => {
-                let (mut details, error) = rv_text(s.rv);
-                if s.arg != 0 {
-                    details.push_str(&format!(" (arg {})", s.arg));
-                }
-                details.push_str(&format!(" {}us", s.dur_ns / 1000));
-                self.push_spanning(
-                    s.ts_ns,
-                    s.ts_ns.saturating_add(s.dur_ns),
-                    row(s.tid, s.name.as_str(), FdCol::Num(s.fd), details, error),
-                )
-            }
-            Record::Event(Event::EpollCtl(c)) => {
-                let (_, error) = rv_text(c.rv);
-                let details = format!(
-                    "{} 0x{:02x} {} data {}",
-                    EpollMap::op_name(c.op),
-                    c.events,
-                    epoll_mask_names(c.events),
-                    c.data
-                );
-                self.push_spanning(
-                    c.ts_ns,
-                    c.ts_ns.saturating_add(c.dur_ns),
-                    row(c.tid, "epoll_ctl", FdCol::Num(c.fd), details, error),
-                )
-            }
-            Record::Event(Event::EpollWait(w)) => {
-                let (_, error) = rv_text(w.rv);
-                self.push_spanning(
-                    w.ts_ns,
-                    w.ts_ns.saturating_add(w.dur_ns),
-                    row(
-                        w.tid,
-                        w.name,
-                        FdCol::Dash,
-                        format!("{} events", w.rv.max(0)),
-                        error,
-                    ),
-                )
-            }
+            Record::Event(Event::Syscall(s)) => self.push_spanning(
+                s.ts_ns,
+                s.ts_ns.saturating_add(s.dur_ns),
+                row_rv(
+                    s.tid,
+                    s.name.as_str(),
+                    FdCol::Num(s.fd),
+                    Details::Syscall {
+                        rv: s.rv,
+                        arg: s.arg,
+                        dur_ns: s.dur_ns,
+                    },
+                    s.rv,
+                ),
+            ),
+            Record::Event(Event::EpollCtl(c)) => self.push_spanning(
+                c.ts_ns,
+                c.ts_ns.saturating_add(c.dur_ns),
+                row_rv(
+                    c.tid,
+                    "epoll_ctl",
+                    FdCol::Num(c.fd),
+                    Details::EpollCtl {
+                        op: c.op,
+                        events: c.events,
+                        data: c.data,
+                    },
+                    c.rv,
+                ),
+            ),
+            Record::Event(Event::EpollWait(w)) => self.push_spanning(
+                w.ts_ns,
+                w.ts_ns.saturating_add(w.dur_ns),
+                row_rv(
+                    w.tid,
+                    w.name,
+                    FdCol::Dash,
+                    Details::Wait {
+                        n: w.rv,
+                        dur_ns: None,
+                    },
+                    w.rv,
+                ),
+            ),
             Record::Wait(w) => {
-                let (_, error) = rv_text(w.wait.rv);
                 let ts = w.wait.ts_ns;
                 // The events are returned at the wait's end; they sort after it.
                 let end = ts.saturating_add(w.wait.dur_ns);
                 self.push_spanning(
                     ts,
                     end,
-                    row(
+                    row_rv(
                         w.wait.tid,
                         w.wait.name,
                         FdCol::Dash,
-                        format!("{} events {}us", w.wait.rv.max(0), w.wait.dur_ns / 1000),
-                        error,
+                        Details::Wait {
+                            n: w.wait.rv,
+                            dur_ns: Some(w.wait.dur_ns),
+                        },
+                        w.wait.rv,
                     ),
                 )?;
                 for (e, fd) in w.wait.events.iter().zip(&w.fds) {
                     let fd = fd.map_or(FdCol::Unknown, FdCol::Num);
-                    let details =
-                        format!("fdevents 0x{:02x} {}", e.events, epoll_mask_names(e.events));
                     self.push(
                         end,
-                        row(w.wait.tid, "EPOLL_EVENT", fd, details, String::new()),
+                        row(w.wait.tid, "EPOLL_EVENT", fd, Details::FdEvents(e.events)),
                     )?;
                 }
                 Ok(())
@@ -256,43 +391,36 @@ impl<W: Write> Output for Table<W> {
                 let short = p.name.as_str();
                 let short = short.strip_prefix("eventer-").unwrap_or(short);
                 let fd = p.fd().map_or(FdCol::Dash, FdCol::Num);
-                let (details, error) = match p.name {
-                    ProbeName::ReadEntry | ProbeName::WriteEntry => (
-                        format!("len {} closure {}", p.args[2], p.args[4]),
-                        String::new(),
-                    ),
-                    ProbeName::AcceptEntry => (format!("closure {}", p.args[4]), String::new()),
-                    ProbeName::CloseEntry => (format!("closure {}", p.args[2]), String::new()),
-                    ProbeName::CallbackEntry => (
-                        format!(
-                            "{} mask 0x{:02x} closure {}",
-                            p.strings.first().map_or("", String::as_str),
-                            p.args[4] as i32,
-                            p.args[0]
-                        ),
-                        String::new(),
-                    ),
-                    ProbeName::CallbackReturn => (
-                        format!(
-                            "{} = 0x{:02x}",
-                            p.strings.first().map_or("", String::as_str),
-                            p.args[3] as i32
-                        ),
-                        String::new(),
-                    ),
-                    ProbeName::Log => (
-                        format!(
-                            "{}: {} ({}:{})",
-                            p.strings.first().map_or("", String::as_str),
-                            p.strings.get(2).map_or("", String::as_str),
-                            p.strings.get(1).map_or("", String::as_str),
-                            p.args[2] as i32
-                        ),
-                        String::new(),
-                    ),
-                    _ => rv_text(p.rv().unwrap_or(0)),
+                let name = || p.strings.first().cloned().unwrap_or_else(|| "".into());
+                let details = match p.name {
+                    ProbeName::ReadEntry | ProbeName::WriteEntry => Details::LenClosure {
+                        len: p.args[2],
+                        closure: p.args[4],
+                    },
+                    ProbeName::AcceptEntry => Details::Closure(p.args[4]),
+                    ProbeName::CloseEntry => Details::Closure(p.args[2]),
+                    ProbeName::CallbackEntry => Details::CallbackEntry {
+                        name: name(),
+                        mask: p.args[4] as i32,
+                        closure: p.args[0],
+                    },
+                    ProbeName::CallbackReturn => Details::CallbackReturn {
+                        name: name(),
+                        mask: p.args[3] as i32,
+                    },
+                    ProbeName::Log => Details::Text(format!(
+                        "{}: {} ({}:{})",
+                        p.strings.first().map_or("", |s| &**s),
+                        p.strings.get(2).map_or("", |s| &**s),
+                        p.strings.get(1).map_or("", |s| &**s),
+                        p.args[2] as i32
+                    )),
+                    _ => {
+                        let rv = p.rv().unwrap_or(0);
+                        return self.push(p.ts_ns, row_rv(p.tid, short, fd, Details::Rv(rv), rv));
+                    }
                 };
-                self.push(p.ts_ns, row(p.tid, short, fd, details, error))
+                self.push(p.ts_ns, row(p.tid, short, fd, details))
             }
             Record::Event(Event::Lost { ts_ns, count }) => self.push(
                 *ts_ns,
@@ -300,8 +428,7 @@ impl<W: Write> Output for Table<W> {
                     0,
                     "LOST",
                     FdCol::Dash,
-                    format!("{count} events dropped by the kernel side"),
-                    String::new(),
+                    Details::Text(format!("{count} events dropped by the kernel side")),
                 ),
             ),
             Record::Event(Event::Process(p)) => {
@@ -311,7 +438,7 @@ impl<W: Write> Output for Table<W> {
                 };
                 self.push(
                     p.ts_ns,
-                    row(p.tid, "PROCESS", FdCol::Dash, details, String::new()),
+                    row(p.tid, "PROCESS", FdCol::Dash, Details::Text(details)),
                 )
             }
             Record::Op(op) => match &op.mismatch {
@@ -338,8 +465,7 @@ impl<W: Write> Output for Table<W> {
                             op.tid,
                             format!("{label} {}", op.kind.as_str()),
                             FdCol::Num(op.fd),
-                            why.clone(),
-                            String::new(),
+                            Details::Text(why.clone()),
                         ),
                     )
                 }

@@ -167,7 +167,7 @@ fn event_of(v: &Value) -> Result<Option<Event>, String> {
                     .as_array()
                     .ok_or("strings is not an array")?
                     .iter()
-                    .map(|s| s.as_str().map(str::to_string).ok_or("a string is not one"))
+                    .map(|s| s.as_str().map(Into::into).ok_or("a string is not one"))
                     .collect::<Result<_, _>>()?,
             })
         }
