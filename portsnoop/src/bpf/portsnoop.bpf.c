@@ -1,13 +1,19 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /* portsnoop's kernel side: the target's fd syscalls and epoll calls (from
- * syscall tracepoints) and its evloop USDT probes, as records in one ring
- * buffer.
+ * the raw sys_enter/sys_exit tracepoints) and its evloop USDT probes, as
+ * records in one ring buffer.
  *
  * Cost rules, measured on the target machine (see the notes): filter by
- * tgid first thing, since syscall tracepoints fire for every process; join
- * enter and exit here so a syscall is one record; never wake the consumer
- * per record (it polls on a timer) except when the buffer fills up; count
- * every record that did not fit. */
+ * tgid first thing, since the syscall tracepoints fire for every process;
+ * join enter and exit here so a syscall is one record; never wake the
+ * consumer per record (it polls on a timer) except when the buffer fills
+ * up; count every record that did not fit.
+ *
+ * Raw tracepoints, not the per-syscall syscalls:sys_enter_* events: those
+ * go through perf's tracepoint glue (a record built and copied per hit
+ * before the program runs), which on the target machine cost the traced
+ * server more per syscall than the whole raw program does. */
+#include <asm/unistd.h>
 #include <linux/bpf.h>
 #include <linux/ptrace.h>
 #include <linux/types.h>
@@ -37,7 +43,7 @@ struct {
 	__type(value, __u64);
 } dropped SEC(".maps");
 
-/* A syscall between its enter and exit, by thread. */
+/* A syscall between its enter and exit (ts_ns 0: none), by thread. */
 struct inflight {
 	__u64 ts_ns;
 	__u32 kind;
@@ -51,28 +57,84 @@ struct inflight {
 	__u64 ctl_data;
 };
 
+/* Task storage, not a hash keyed by tid: the slot hangs off the thread
+ * itself, so enter and exit find it without hashing and nothing is
+ * inserted or deleted per syscall (the hash's update and delete were half
+ * of the syscall programs' time), there is no cap on threads, and a slot
+ * goes away with its thread. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct inflight);
 } inflight SEC(".maps");
 
-/* Layouts from /sys/kernel/tracing/events/syscalls/sys_{enter,exit}_* /format:
- * 8 bytes of common fields, the syscall number, then the arguments. */
-struct sys_enter_ctx {
-	__u64 common;
-	__s32 nr;
-	__u32 pad;
-	__u64 args[6];
-};
+/* The raw tracepoints' arguments: sys_enter(struct pt_regs *regs, long id)
+ * and sys_exit(struct pt_regs *regs, long ret). The syscall's own
+ * arguments are read from regs, in the registers the syscall ABI puts them
+ * in; portsnoop needs the first four. */
+#if defined(__TARGET_ARCH_x86)
+/* struct pt_regs from r10 to rdi: r10 r9 r8 ax cx dx si di. */
+#define REGS_FROM 56
+#define REGS_LEN 8
+#define ARG0 7
+#define ARG1 6
+#define ARG2 5
+#define ARG3 0
+#elif defined(__TARGET_ARCH_arm64)
+/* struct pt_regs starts with x0..x30; x0..x3 hold the first four. */
+#define REGS_FROM 0
+#define REGS_LEN 4
+#define ARG0 0
+#define ARG1 1
+#define ARG2 2
+#define ARG3 3
+#else
+#error "portsnoop: syscall argument registers unknown for this architecture"
+#endif
 
-struct sys_exit_ctx {
-	__u64 common;
-	__s32 nr;
-	__u32 pad;
-	__s64 ret;
-};
+static __always_inline int syscall_args(__u64 regs, __u64 a[4])
+{
+	__u64 r[REGS_LEN];
+
+	if (bpf_probe_read_kernel(r, sizeof(r), (void *)(regs + REGS_FROM)))
+		return -1;
+	a[0] = r[ARG0];
+	a[1] = r[ARG1];
+	a[2] = r[ARG2];
+	a[3] = r[ARG3];
+	return 0;
+}
+
+/* The traced syscalls, as SC_* kinds; -1 for the rest. Some do not exist
+ * on every architecture (arm64 has no epoll_wait). */
+static __always_inline int kind_of(long id)
+{
+	switch (id) {
+#ifdef __NR_read
+	case __NR_read: return SC_READ;
+#endif
+	case __NR_readv: return SC_READV;
+	case __NR_recvfrom: return SC_RECVFROM;
+	case __NR_recvmsg: return SC_RECVMSG;
+	case __NR_write: return SC_WRITE;
+	case __NR_writev: return SC_WRITEV;
+	case __NR_sendto: return SC_SENDTO;
+	case __NR_sendmsg: return SC_SENDMSG;
+	case __NR_accept: return SC_ACCEPT;
+	case __NR_accept4: return SC_ACCEPT4;
+	case __NR_connect: return SC_CONNECT;
+	case __NR_shutdown: return SC_SHUTDOWN;
+	case __NR_close: return SC_CLOSE;
+	case __NR_epoll_ctl: return SC_EPOLL_CTL;
+#ifdef __NR_epoll_wait
+	case __NR_epoll_wait: return SC_EPOLL_WAIT;
+#endif
+	case __NR_epoll_pwait: return SC_EPOLL_PWAIT;
+	case __NR_epoll_pwait2: return SC_EPOLL_PWAIT2;
+	default: return -1;
+	}
+}
 
 /* struct epoll_event is packed on x86-64 only. */
 #if defined(__TARGET_ARCH_x86)
@@ -143,44 +205,69 @@ static __always_inline void *reserve(__u64 size, __u32 type, __u32 tid, __u64 ts
 	return h;
 }
 
-static __always_inline int on_enter(struct sys_enter_ctx *ctx, __u32 kind, __u64 arg)
+SEC("raw_tracepoint/sys_enter")
+int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u32 tid;
+	__u64 a[4];
 
 	if (!is_target(&tid))
 		return 0;
-	struct inflight v = {
+	int kind = kind_of((long)ctx->args[1]);
+	if (kind < 0 || syscall_args(ctx->args[0], a))
+		return 0;
+	struct inflight *v = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0,
+						  BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!v)
+		return 0;
+	*v = (struct inflight){
 		.ts_ns = bpf_ktime_get_ns(),
 		.kind = kind,
-		.fd = (__s32)ctx->args[0],
-		.arg = arg,
+		.fd = (__s32)a[0],
 	};
-	/* Only touch the arguments a syscall has: the kernel refuses to attach
-	 * a program that reads past its tracepoint's record (close has one). */
+	/* The size-like argument kept: the buffer length, shutdown's how,
+	 * epoll_wait's maxevents. */
+	switch (kind) {
+	case SC_READ:
+	case SC_READV:
+	case SC_RECVFROM:
+	case SC_WRITE:
+	case SC_WRITEV:
+	case SC_SENDTO:
+	case SC_EPOLL_WAIT:
+	case SC_EPOLL_PWAIT:
+	case SC_EPOLL_PWAIT2:
+		v->arg = a[2];
+		break;
+	case SC_SHUTDOWN:
+		v->arg = a[1];
+		break;
+	}
 	if (kind >= SC_EPOLL_WAIT)
-		v.ptr = ctx->args[1];
+		v->ptr = a[1];
 	if (kind == SC_EPOLL_CTL) {
-		v.ctl_op = (__s32)ctx->args[1];
-		v.ctl_fd = (__s32)ctx->args[2];
-		if (ctx->args[3]) {
-			bpf_probe_read_user(&v.ctl_events, sizeof(v.ctl_events), (void *)ctx->args[3]);
-			bpf_probe_read_user(&v.ctl_data, sizeof(v.ctl_data),
-					    (void *)(ctx->args[3] + EPOLL_EVENT_SIZE - 8));
+		v->ctl_op = (__s32)a[1];
+		v->ctl_fd = (__s32)a[2];
+		if (a[3]) {
+			bpf_probe_read_user(&v->ctl_events, sizeof(v->ctl_events), (void *)a[3]);
+			bpf_probe_read_user(&v->ctl_data, sizeof(v->ctl_data),
+					    (void *)(a[3] + EPOLL_EVENT_SIZE - 8));
 		}
 	}
-	bpf_map_update_elem(&inflight, &tid, &v, BPF_ANY);
 	return 0;
 }
 
-static __always_inline int on_exit(struct sys_exit_ctx *ctx)
+SEC("raw_tracepoint/sys_exit")
+int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u32 tid;
 
 	if (!is_target(&tid))
 		return 0;
-	struct inflight *v = bpf_map_lookup_elem(&inflight, &tid);
-	if (!v)
-		return 0; /* entered before we attached */
+	struct inflight *v = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, 0);
+	if (!v || !v->ts_ns)
+		return 0; /* not traced, or entered before we attached */
+	__s64 ret = (__s64)ctx->args[1];
 	__u64 now = bpf_ktime_get_ns();
 	__u64 ts = v->ts_ns;
 	__u32 kind = v->kind;
@@ -193,14 +280,14 @@ static __always_inline int on_exit(struct sys_exit_ctx *ctx)
 			e->fd = v->ctl_fd;
 			e->events = v->ctl_events;
 			e->data = v->ctl_data;
-			e->rv = ctx->ret;
+			e->rv = ret;
 			e->dur_ns = now - ts;
 			bpf_ringbuf_submit(e, submit_flags());
 		}
 	} else if (kind >= SC_EPOLL_WAIT) {
 		struct ev_epoll_wait *e = reserve(sizeof(*e), EV_EPOLL_WAIT, tid, ts);
 		if (e) {
-			__s64 rv = ctx->ret;
+			__s64 rv = ret;
 			__u32 n = rv > WAIT_MAX_EVENTS ? WAIT_MAX_EVENTS : (rv > 0 ? (__u32)rv : 0);
 			__u64 base = v->ptr;
 
@@ -208,13 +295,20 @@ static __always_inline int on_exit(struct sys_exit_ctx *ctx)
 			e->epfd = v->fd;
 			e->rv = rv;
 			e->dur_ns = now - ts;
-			e->nready = n;
+			e->nready = 0;
 			for (__u32 i = 0; i < WAIT_MAX_EVENTS; i++) {
 				if (i >= n)
 					break;
-				__u64 at = base + (__u64)i * EPOLL_EVENT_SIZE;
-				bpf_probe_read_user(&e->ready[i].events, 4, (void *)at);
-				bpf_probe_read_user(&e->ready[i].data, 8, (void *)(at + EPOLL_EVENT_SIZE - 8));
+				/* One read per event, not one per field: helper calls
+				 * are most of this loop's cost. */
+				__u8 raw[EPOLL_EVENT_SIZE];
+
+				if (bpf_probe_read_user(raw, sizeof(raw),
+							(void *)(base + (__u64)i * EPOLL_EVENT_SIZE)))
+					break;
+				__builtin_memcpy(&e->ready[i].events, raw, 4);
+				__builtin_memcpy(&e->ready[i].data, raw + EPOLL_EVENT_SIZE - 8, 8);
+				e->nready = i + 1;
 			}
 			bpf_ringbuf_submit(e, submit_flags());
 		}
@@ -223,40 +317,15 @@ static __always_inline int on_exit(struct sys_exit_ctx *ctx)
 		if (e) {
 			e->kind = kind;
 			e->fd = v->fd;
-			e->rv = ctx->ret;
+			e->rv = ret;
 			e->dur_ns = now - ts;
 			e->arg = v->arg;
 			bpf_ringbuf_submit(e, submit_flags());
 		}
 	}
-	bpf_map_delete_elem(&inflight, &tid);
+	v->ts_ns = 0;
 	return 0;
 }
-
-/* One enter/exit pair per syscall; ARG is the size-like argument kept. */
-#define SYSCALL(name, kind, ARG)                                                   \
-	SEC("tracepoint/syscalls/sys_enter_" #name)                                \
-	int enter_##name(struct sys_enter_ctx *ctx) { return on_enter(ctx, kind, ARG); } \
-	SEC("tracepoint/syscalls/sys_exit_" #name)                                 \
-	int exit_##name(struct sys_exit_ctx *ctx) { return on_exit(ctx); }
-
-SYSCALL(read, SC_READ, ctx->args[2])
-SYSCALL(readv, SC_READV, ctx->args[2])
-SYSCALL(recvfrom, SC_RECVFROM, ctx->args[2])
-SYSCALL(recvmsg, SC_RECVMSG, 0)
-SYSCALL(write, SC_WRITE, ctx->args[2])
-SYSCALL(writev, SC_WRITEV, ctx->args[2])
-SYSCALL(sendto, SC_SENDTO, ctx->args[2])
-SYSCALL(sendmsg, SC_SENDMSG, 0)
-SYSCALL(accept, SC_ACCEPT, 0)
-SYSCALL(accept4, SC_ACCEPT4, 0)
-SYSCALL(connect, SC_CONNECT, 0)
-SYSCALL(shutdown, SC_SHUTDOWN, ctx->args[1])
-SYSCALL(close, SC_CLOSE, 0)
-SYSCALL(epoll_ctl, SC_EPOLL_CTL, 0)
-SYSCALL(epoll_wait, SC_EPOLL_WAIT, ctx->args[2])
-SYSCALL(epoll_pwait, SC_EPOLL_PWAIT, ctx->args[2])
-SYSCALL(epoll_pwait2, SC_EPOLL_PWAIT2, ctx->args[2])
 
 SEC("tracepoint/sched/sched_process_exec")
 int on_exec(void *ctx)

@@ -161,7 +161,8 @@ impl Engine {
         let mut links = Vec::new();
         let mut tracepoints = 0;
         for prog in skel.object().progs_mut() {
-            if prog.section().to_string_lossy().starts_with("tracepoint/") {
+            let section = prog.section().to_string_lossy();
+            if section.starts_with("tracepoint/") || section.starts_with("raw_tracepoint/") {
                 let name = prog.name().to_string_lossy().into_owned();
                 links.push(prog.attach().map_err(bpf(&format!("attaching {name}")))?);
                 tracepoints += 1;
