@@ -31,7 +31,7 @@ class Proc:
     def __init__(self, argv, stdout=True):
         self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True, errors="replace")
-        self.out, self.err, self.out_count = [], [], 0
+        self.out, self.err, self.out_count, self.data_lines = [], [], 0, 0
         self.cv = threading.Condition()
         if stdout:
             threading.Thread(target=self._pump, args=(self.p.stdout, True), daemon=True).start()
@@ -42,6 +42,8 @@ class Proc:
             with self.cv:
                 if is_out:
                     self.out_count += 1
+                    # Event lines start with their timestamp; headers don't.
+                    self.data_lines += line[:1].isdigit()
                     if len(self.out) < 64:
                         self.out.append(line.rstrip("\n"))
                 else:
@@ -92,6 +94,27 @@ def load(addr, conns, msgs, size):
     return float(kv["msgs_per_sec"]), float(kv["secs"]), wall
 
 
+def busy_cpu_seconds():
+    """CPU time spent by every process and the kernel on all cores, so far."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal: all but idle and iowait.
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def strace_events(path):
+    """Syscalls in an strace -f log: one per line, except the second half of
+    a call that another thread interrupted and exits/signals."""
+    n = 0
+    with open(path, errors="replace") as f:
+        for line in f:
+            if "resumed>" in line or "+++" in line or "---" in line:
+                continue
+            n += 1
+    return n
+
+
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -136,15 +159,21 @@ STRACE_CALLS = "read,readv,recvfrom,recvmsg,write,writev,sendto,sendmsg,accept,a
 
 
 def traced_run(mode, conns, msgs, size):
-    """One load against a fresh echo-mio under `mode`; returns (wall s, events or None)."""
+    """One load against a fresh echo-mio under `mode`. Returns the load's
+    seconds, the events the tracer saw (None untraced), the CPU seconds the
+    whole machine was busy during the load, and the tracer's own CPU and
+    peak RSS."""
     s, addr = server(os.path.join(REL, "echo-mio"))
     pid = s.p.pid
     tracer, events = None, None
+    strace_log = f"/dev/shm/evloop-bench-strace.{os.getpid()}"
     if mode == "portsnoop":
         tracer = Proc([os.path.join(REL, "portsnoop"), "-p", str(pid), "-o", "/dev/null"], stdout=False)
         tracer.wait_line(lambda l: l.endswith("; ready"), where="err")
     elif mode == "strace":
-        tracer = Proc(["strace", "-f", "-qq", "-e", "trace=" + STRACE_CALLS, "-o", "/dev/null", "-p", str(pid)],
+        # To tmpfs, not /dev/null, to count what it traced; the writes are
+        # buffered and cost nothing next to its ptrace stops.
+        tracer = Proc(["strace", "-f", "-qq", "-e", "trace=" + STRACE_CALLS, "-o", strace_log, "-p", str(pid)],
                       stdout=False)
         # strace says nothing once attached; wait until the target is traced.
         deadline = time.time() + WAIT
@@ -159,7 +188,9 @@ def traced_run(mode, conns, msgs, size):
                                 text=True, check=True).stdout
         tracer = Proc(["bpftrace", "-B", "line", "-p", str(pid), "-e", script])
         tracer.wait_line(lambda l: l.startswith("TIME(ns)"))  # printed by BEGIN, after attaching
+    busy0 = busy_cpu_seconds()
     _, secs, wall = load(addr, conns, msgs, size)
+    busy = busy_cpu_seconds() - busy0
     if tracer is not None:
         cpu = cpu_seconds(tracer.p.pid)
         rss = peak_rss_kb(tracer.p.pid)
@@ -168,36 +199,57 @@ def traced_run(mode, conns, msgs, size):
             line = next((l for l in tracer.err if re.search(r"\d+ events, \d+ lost", l)), "")
             m = re.search(r"(\d+) events, (\d+) lost", line)
             events = (int(m.group(1)), int(m.group(2))) if m else None
+        elif mode == "bpftrace":
+            events = (tracer.data_lines, 0)
+        elif mode == "strace":
+            events = (strace_events(strace_log), 0)
+            os.unlink(strace_log)
     else:
         cpu, rss = 0.0, 0
     s.stop(signal.SIGTERM)
-    return secs, events, cpu, rss
+    return secs, events, busy, cpu, rss
 
 
 def trace_cost(results):
     conns, msgs, size = 4, 5000, 64
     modes = ["untraced", "portsnoop", "bpftrace", "strace"]
     secs = {m: [] for m in modes}
-    events, lost, cpu, rss = [], [], [], []
+    busy = {m: [] for m in modes}
+    seen = {m: [] for m in modes}
+    lost, cpu, rss = [], [], []
     for _ in range(max(3, ROUNDS - 2)):
         for m in modes:
-            s, ev, c, r = traced_run(m, conns, msgs, size)
+            s, ev, b, c, r = traced_run(m, conns, msgs, size)
             secs[m].append(s)
+            busy[m].append(b)
+            if ev:
+                seen[m].append(ev[0])
             if m == "portsnoop" and ev:
-                events.append(ev[0])
                 lost.append(ev[1])
                 cpu.append(c)
                 rss.append(r)
-    n_events = statistics.median(events)
-    base = statistics.median(secs["untraced"])
+    # The same load makes about the same events in every run; portsnoop
+    # sees all of them (syscalls and probes), strace only the syscalls.
+    n_events = statistics.median(seen["portsnoop"])
+    base, base_busy = statistics.median(secs["untraced"]), statistics.median(busy["untraced"])
     rows = []
     for m in modes:
-        med = statistics.median(secs[m])
-        per_event_us = (med - base) / n_events * 1e6
-        rows.append({"mode": m, "median_secs": round(med, 4), "us_per_event": round(per_event_us, 3)})
-    strace_cost = next(r["us_per_event"] for r in rows if r["mode"] == "strace")
+        med, med_busy = statistics.median(secs[m]), statistics.median(busy[m])
+        own = statistics.median(seen[m]) if seen[m] else 0
+        rows.append({
+            "mode": m, "median_secs": round(med, 4), "events_seen": int(own),
+            # Extra wall time of the load, per event of the workload...
+            "us_per_event": round((med - base) / n_events * 1e6, 3),
+            # ...per event this tracer traced (its own count)...
+            "us_per_own_event": round((med - base) / own * 1e6, 3) if own else None,
+            # ...and extra CPU of the whole machine (target, tracer, kernel).
+            "cpu_us_per_own_event": round((med_busy - base_busy) / own * 1e6, 3) if own else None,
+        })
+    strace = next(r for r in rows if r["mode"] == "strace")
     for r in rows:
-        r["cost_vs_strace"] = round(r["us_per_event"] / strace_cost, 4) if strace_cost > 0 else None
+        for k in ("us_per_event", "us_per_own_event"):
+            if r[k] is not None and strace[k]:
+                r[k.replace("us_per", "x_cheaper_than_strace_per")] = round(strace[k] / r[k], 1) if r[k] > 0 else None
     results["trace_cost"] = {
         "load": f"echo-mio, {conns} conns x {msgs} msgs x {size} B",
         "events_per_run": int(n_events), "lost_per_run": lost, "rows": rows,
@@ -205,9 +257,18 @@ def trace_cost(results):
     }
     print(f"\n== cost per traced event (echo-mio, {conns} conns x {msgs} msgs x {size} B; "
           f"{int(n_events)} events per run by portsnoop's count; median of {len(secs['untraced'])}) ==")
-    print("%-12s %12s %14s %14s" % ("tracer", "load secs", "us/event", "vs strace"))
+    print("us/event: extra load time / the workload's events. own: / the events that tracer saw "
+          "(strace sees only the syscalls). cpu: extra busy CPU of the machine / own events.")
+    print("%-10s %9s %9s %10s %9s %9s %10s %10s" % ("tracer", "load s", "seen", "us/event", "own", "cpu own",
+                                                   "x strace", "x str own"))
     for r in rows:
-        print("%-12s %12.4f %14.3f %14s" % (r["mode"], r["median_secs"], r["us_per_event"], r["cost_vs_strace"]))
+        if r["mode"] == "untraced":
+            print("%-10s %9.4f" % (r["mode"], r["median_secs"]))
+            continue
+        print("%-10s %9.4f %9d %10.3f %9.3f %9.3f %10s %10s" % (
+            r["mode"], r["median_secs"], r["events_seen"], r["us_per_event"], r["us_per_own_event"],
+            r["cpu_us_per_own_event"], r.get("x_cheaper_than_strace_per_event"),
+            r.get("x_cheaper_than_strace_per_own_event")))
     print(f"portsnoop: lost {lost}, own CPU {statistics.median(cpu):.3f} s per run, peak RSS {max(rss)} KiB")
 
 

@@ -48,7 +48,8 @@ fn echo_session(rounds: u64) -> Vec<Event> {
             events: vec![ReadyEvent { events: 1, data: 2 }],
         }));
         ev.push(Event::Probe(Probe {
-            ts_ns: next(300),
+            // After the wait has returned (it lasted 2000 ns): one thread.
+            ts_ns: next(2300),
             tid: 7,
             name: ProbeName::CallbackEntry,
             args: [2, 2, 0, 9, 1, 1],

@@ -1,7 +1,7 @@
 //! Which fd each epoll event is about: epoll hands back the user data given
 //! to `epoll_ctl` (mio's token), so remember it per epoll instance.
 
-use std::collections::HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::event::EpollCtl;
 
@@ -21,7 +21,7 @@ const PURGE_AT: usize = 65536;
 #[derive(Debug, Default)]
 pub struct EpollMap {
     by_epfd: HashMap<i32, HashMap<u64, i32>>,
-    closed: std::collections::HashSet<i32>,
+    closed: HashSet<i32>,
 }
 
 impl EpollMap {

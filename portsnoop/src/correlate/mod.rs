@@ -33,7 +33,9 @@
 mod epoll;
 mod summary;
 
-use std::collections::{HashMap, HashSet};
+// Keys are the target's tids and fds: small integers, never chosen by an
+// attacker, so a hash with no DoS resistance and a fraction of SipHash's cost.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 
 pub use epoll::{parse_fdinfo, registrations_of, EpollMap};

@@ -119,12 +119,17 @@ impl<W: Write> Table<W> {
                 ts
             }
         };
-        let at = self
-            .pending
-            .iter()
-            .rposition(|(t, _)| *t <= key)
-            .map_or(0, |i| i + 1);
-        self.pending.insert(at, (key, row));
+        // Nearly always the newest row: append without insert's shuffling.
+        if self.pending.back().is_none_or(|(t, _)| *t <= key) {
+            self.pending.push_back((key, row));
+        } else {
+            let at = self
+                .pending
+                .iter()
+                .rposition(|(t, _)| *t <= key)
+                .map_or(0, |i| i + 1);
+            self.pending.insert(at, (key, row));
+        }
         self.newest = self.newest.max(key);
         let watermark = self.newest.saturating_sub(REORDER_WINDOW_NS);
         while self.pending.front().is_some_and(|(t, _)| *t <= watermark) {
