@@ -312,6 +312,81 @@ fn traces_a_command_from_its_first_instruction() {
         .any(|o| o["op"] == "accept" && o["user_rv"].as_i64() >= Some(0)));
 }
 
+/// Every syscall the kernel side traces, made once by `syscall-fixture`
+/// on fds it knows: each must come through with its name, fd, return value
+/// (errno included) and kept argument, the registration and the three
+/// kinds of wait with the fd resolved, in the order they were made.
+#[test]
+fn every_traced_syscall_comes_through_with_its_values() {
+    let dir = tempdir();
+    let (json, expected) = (dir.join("trace.json"), dir.join("expected.jsonl"));
+    let fixture = bin("syscall-fixture");
+    let mut snoop = Portsnoop::start(&[
+        "--json",
+        "-o",
+        json.to_str().unwrap(),
+        "--",
+        fixture.to_str().unwrap(),
+        expected.to_str().unwrap(),
+    ]);
+    let status = snoop.proc.wait_exit(WAIT);
+    assert!(status.success(), "{}", snoop.proc.stderr.all().join("\n"));
+    let read_lines = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .lines()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let records = parse_json(&read_lines(&json));
+    let want = parse_json(&read_lines(&expected));
+    assert!(want.len() > 25, "the fixture made its calls: {want:?}");
+    let registered = &want
+        .iter()
+        .find(|w| w["name"] == "epoll_ctl")
+        .expect("the fixture registers an fd")["fd"];
+    let mut from = 0;
+    for w in &want {
+        let name = w["name"].as_str().unwrap();
+        let matches = |r: &Value| match name {
+            "epoll_ctl" => {
+                r["type"] == "epoll_ctl"
+                    && r["epfd"] == w["epfd"]
+                    && r["fd"] == w["fd"]
+                    && r["data"] == w["data"]
+                    && r["op"] == "ADD"
+                    && r["rv"] == 0
+            }
+            _ if name.starts_with("epoll_") => {
+                r["type"] == "wait"
+                    && r["name"] == name
+                    && r["epfd"] == w["epfd"]
+                    && r["rv"] == w["rv"]
+                    && r["events"][0]["data"] == w["data"]
+                    // Resolved through the epoll_ctl to the pipe's read end.
+                    && r["events"][0]["fd"] == *registered
+            }
+            _ => {
+                r["type"] == "syscall"
+                    && r["name"] == name
+                    && r["fd"] == w["fd"]
+                    && r["rv"] == w["rv"]
+                    && (w["arg"].is_null() || r["arg"] == w["arg"])
+            }
+        };
+        let at = records[from..]
+            .iter()
+            .position(matches)
+            .unwrap_or_else(|| panic!("no record after #{from} for {w}"));
+        from += at + 1;
+    }
+    let eagain = records
+        .iter()
+        .find(|r| r["type"] == "syscall" && r["rv"] == -11)
+        .expect("the EAGAIN recvfrom");
+    assert_eq!(eagain["errno"], 11);
+}
+
 #[test]
 fn target_exit_ends_the_trace_with_a_summary_and_exit_0() {
     let server = Server::start("echo-mio", &[]);
