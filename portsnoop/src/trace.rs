@@ -67,7 +67,8 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
         ),
         None => Box::new(io::stdout().lock()),
     };
-    let sink = BufWriter::new(sink);
+    // Rows are small and many: write them out in large blocks.
+    let sink = BufWriter::with_capacity(1 << 16, sink);
     let mut output: Box<dyn Output> = match config.format {
         Format::Table => Box::new(Table::new(sink)),
         Format::Json => Box::new(Json::new(sink)),

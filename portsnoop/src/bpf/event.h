@@ -98,7 +98,7 @@ struct ev_probe {
 	__u32 probe;
 	__u32 pad;
 	__u64 args[6];
-	char name[NAME_LEN]; /* the callback name, for the callback probes */
+	char name[NAME_LEN]; /* callback probes only: the others' records end before it */
 };
 
 struct ev_log {

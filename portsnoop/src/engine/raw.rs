@@ -84,8 +84,8 @@ struct RawProbe {
     probe: u32,
     pad: u32,
     args: [u64; 6],
-    name: [u8; NAME_LEN],
 }
+// A callback probe's record goes on with its name: `name[NAME_LEN]`.
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -110,7 +110,7 @@ const _: () = assert!(std::mem::size_of::<Header>() == 16);
 const _: () = assert!(std::mem::size_of::<RawSyscall>() == 48);
 const _: () = assert!(std::mem::size_of::<RawEpollCtl>() == 56);
 const _: () = assert!(std::mem::size_of::<RawEpollWait>() == 48 + 16 * WAIT_MAX_EVENTS);
-const _: () = assert!(std::mem::size_of::<RawProbe>() == 24 + 48 + NAME_LEN);
+const _: () = assert!(std::mem::size_of::<RawProbe>() == 24 + 48);
 const _: () = assert!(std::mem::size_of::<RawLog>() == 16 + 32 + 32 + 64 + 128);
 
 /// Why a record could not be decoded. Counted by the engine, never fatal:
@@ -253,7 +253,9 @@ fn decode_with(
                 })?;
             let strings = match name {
                 ProbeName::CallbackEntry | ProbeName::CallbackReturn => {
-                    vec![callback_name(&r.name)]
+                    let at = std::mem::size_of::<RawProbe>();
+                    let name = data.get(at..at + NAME_LEN).ok_or_else(short)?;
+                    vec![callback_name(name)]
                 }
                 _ => Vec::new(),
             };
@@ -396,14 +398,23 @@ mod tests {
             probe: 8,
             pad: 0,
             args: [1, 2, 3, 9, 1, 1],
-            name,
         };
-        let Event::Probe(p) = decode(&bytes(&r)).unwrap() else {
+        let mut record = bytes(&r);
+        // A callback record without its name is cut short, not misread.
+        assert!(matches!(decode(&record), Err(DecodeError::Short { .. })));
+        record.extend_from_slice(&name);
+        let Event::Probe(p) = decode(&record).unwrap() else {
             panic!("not a probe")
         };
         assert_eq!(p.name, ProbeName::CallbackEntry);
         assert_eq!(p.strings, vec![Arc::from("echo")]);
         assert_eq!(p.fd(), Some(9));
+        // Other probes' records end before the name.
+        let read = RawProbe { probe: 2, ..r };
+        let Event::Probe(p) = decode(&bytes(&read)).unwrap() else {
+            panic!("not a probe")
+        };
+        assert_eq!((p.name, p.strings.len()), (ProbeName::ReadEntry, 0));
     }
 
     #[test]

@@ -102,6 +102,11 @@ impl<W: Write> Table<W> {
         self.push_spanning(ts, ts, row)
     }
 
+    /// Queues a row for something that began at `ts` and took `dur_ns`.
+    fn push_lasting(&mut self, ts: u64, dur_ns: u64, row: Row) -> io::Result<()> {
+        self.push_spanning(ts, ts.saturating_add(dur_ns), row)
+    }
+
     /// Queues a row for something that began at `ts` and ended at `end`.
     /// If rows after `ts` are already out (a syscall blocked for longer
     /// than the window, or a CPU fell far behind), the row goes where it can
@@ -321,9 +326,9 @@ fn row_rv(
 impl<W: Write> Output for Table<W> {
     fn record(&mut self, record: &Record) -> io::Result<()> {
         match record {
-            Record::Event(Event::Syscall(s)) => self.push_spanning(
+            Record::Event(Event::Syscall(s)) => self.push_lasting(
                 s.ts_ns,
-                s.ts_ns.saturating_add(s.dur_ns),
+                s.dur_ns,
                 row_rv(
                     s.tid,
                     s.name.as_str(),
@@ -336,9 +341,9 @@ impl<W: Write> Output for Table<W> {
                     s.rv,
                 ),
             ),
-            Record::Event(Event::EpollCtl(c)) => self.push_spanning(
+            Record::Event(Event::EpollCtl(c)) => self.push_lasting(
                 c.ts_ns,
-                c.ts_ns.saturating_add(c.dur_ns),
+                c.dur_ns,
                 row_rv(
                     c.tid,
                     "epoll_ctl",
@@ -351,9 +356,9 @@ impl<W: Write> Output for Table<W> {
                     c.rv,
                 ),
             ),
-            Record::Event(Event::EpollWait(w)) => self.push_spanning(
+            Record::Event(Event::EpollWait(w)) => self.push_lasting(
                 w.ts_ns,
-                w.ts_ns.saturating_add(w.dur_ns),
+                w.dur_ns,
                 row_rv(
                     w.tid,
                     w.name,
