@@ -72,7 +72,9 @@ pub enum Record {
     /// An epoll wait with each returned event's fd resolved.
     Wait(Wait),
     /// A finished (or abandoned) eventer operation with its syscalls.
-    Op(Op),
+    /// Boxed: an op is the largest record, and records are moved several
+    /// times on their way out.
+    Op(Box<Op>),
 }
 
 /// An epoll wait, as the seed showed `port_getn`: the count, then each
@@ -125,8 +127,8 @@ impl Op {
         ts: u64,
         closure: Option<u64>,
         callback: Option<Arc<str>>,
-    ) -> Op {
-        Op {
+    ) -> Box<Op> {
+        Box::new(Op {
             kind,
             tid,
             fd,
@@ -140,7 +142,7 @@ impl Op {
             incomplete: false,
             closure,
             callback,
-        }
+        })
     }
 
     /// Finishes the op with its return probe and decides whether the two
@@ -197,12 +199,15 @@ fn kernel_time(syscalls: &[Syscall]) -> u64 {
         .fold(0u64, |sum, s| sum.saturating_add(s.dur_ns))
 }
 
+// Ops are boxed where they wait: they leave as `Record::Op(Box<Op>)`,
+// so an op is moved as a pointer, not as its 150 bytes, from open to out.
+#[allow(clippy::vec_box)]
 #[derive(Debug, Default)]
 struct Thread {
     /// Open eventer ops, oldest first.
-    open: Vec<Op>,
+    open: Vec<Box<Op>>,
     /// Open callbacks, outermost first.
-    callbacks: Vec<Op>,
+    callbacks: Vec<Box<Op>>,
     /// The loss generation as of this thread's last entry probe: below the
     /// correlator's, the thread may be missing an entry it made.
     synced_gen: u64,
@@ -525,7 +530,7 @@ impl Correlator {
         threads.sort_unstable();
         for tid in threads {
             let thread = self.threads.get_mut(&tid).expect("key listed above");
-            let mut ops: Vec<Op> = thread
+            let mut ops: Vec<Box<Op>> = thread
                 .open
                 .drain(..)
                 .chain(thread.callbacks.drain(..).rev())
@@ -569,7 +574,7 @@ impl Correlator {
         }
     }
 
-    fn emit_op(&mut self, op: Op, out: &mut Vec<Record>) {
+    fn emit_op(&mut self, op: Box<Op>, out: &mut Vec<Record>) {
         if self.keeps_tid(Some(op.tid)) && self.keeps_fd(Some(op.fd)) {
             self.summary.add_op(&op);
             out.push(Record::Op(op));

@@ -66,7 +66,7 @@ fn ops(records: &[Record]) -> Vec<&Op> {
         .iter()
         .filter_map(|r| {
             if let Record::Op(op) = r {
-                Some(op)
+                Some(&**op)
             } else {
                 None
             }

@@ -212,7 +212,7 @@ pub fn ops(records: &[Record]) -> Vec<&Op> {
     records
         .iter()
         .filter_map(|r| match r {
-            Record::Op(op) => Some(op),
+            Record::Op(op) => Some(&**op),
             _ => None,
         })
         .collect()
