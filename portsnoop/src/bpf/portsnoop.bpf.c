@@ -327,8 +327,9 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
-SEC("tracepoint/sched/sched_process_exec")
-int on_exec(void *ctx)
+/* Raw, like the syscalls: no tracefs needed, no perf glue. */
+SEC("raw_tracepoint/sched_process_exec")
+int on_exec(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u32 tid;
 

@@ -23,7 +23,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuild
 
 pub use raw::{decode, DecodeError, Decoder};
 pub use sites::{sites_in, ArgSpec, Site, Sites};
-pub use target::{check_privileges, ensure_tracefs, Target};
+pub use target::{check_privileges, ensure_btf, Target};
 
 use crate::event::Event;
 
@@ -45,8 +45,8 @@ pub enum Error {
     NoSuchProcess(u32),
     /// The command after `--` was not found.
     NoSuchCommand(String),
-    /// tracefs is not mounted and could not be.
-    NoTracefs,
+    /// The kernel has no BTF.
+    NoBtf,
     /// The command line was wrong.
     Usage(String),
     /// The kernel refused to load or attach.
@@ -65,10 +65,10 @@ impl fmt::Display for Error {
             ),
             Error::NoSuchProcess(pid) => write!(f, "no such process: {pid}"),
             Error::NoSuchCommand(cmd) => write!(f, "command not found: {cmd}"),
-            Error::NoTracefs => write!(
+            Error::NoBtf => write!(
                 f,
-                "syscall tracepoints need tracefs, which is not mounted at /sys/kernel/tracing and could not be \
-                 mounted (try: mount -t tracefs nodev /sys/kernel/tracing)"
+                "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): portsnoop needs a kernel built with \
+                 CONFIG_DEBUG_INFO_BTF=y (Linux 5.15 or later; most distributions' kernels are)"
             ),
             Error::Usage(msg) => write!(f, "{msg}"),
             Error::Bpf(what, e) => write!(f, "{what}: {e} (is this kernel built with BPF, BTF and uprobes?)"),
@@ -130,7 +130,7 @@ impl Engine {
     /// tracepoint and every `evloop` probe the target's binary has.
     pub fn attach(target: &Target, opts: &Options) -> Result<Engine, Error> {
         check_privileges()?;
-        ensure_tracefs()?;
+        ensure_btf()?;
         let bpf = |what: &str| {
             let what = what.to_string();
             move |e| Error::Bpf(what, e)

@@ -275,28 +275,13 @@ pub fn check_privileges() -> Result<(), Error> {
     Err(Error::Privileges(missing.join(" and ")))
 }
 
-/// Makes sure tracefs is mounted, since syscall tracepoints need it.
-pub fn ensure_tracefs() -> Result<(), Error> {
-    const EVENTS: &str = "/sys/kernel/tracing/events/syscalls";
-    if Path::new(EVENTS).exists() || Path::new("/sys/kernel/debug/tracing/events/syscalls").exists()
-    {
-        return Ok(());
-    }
-    let target = CString::new("/sys/kernel/tracing").expect("no NUL");
-    let fstype = CString::new("tracefs").expect("no NUL");
-    // SAFETY: plain mount(2) with valid C strings.
-    unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if Path::new(EVENTS).exists() {
+/// Makes sure the kernel describes itself in BTF: the BPF side keeps each
+/// thread's syscall in task storage, found through the BTF of `task_struct`.
+/// (Raw tracepoints and uprobes need no tracefs.)
+pub fn ensure_btf() -> Result<(), Error> {
+    if Path::new("/sys/kernel/btf/vmlinux").exists() {
         Ok(())
     } else {
-        Err(Error::NoTracefs)
+        Err(Error::NoBtf)
     }
 }
