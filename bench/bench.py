@@ -231,19 +231,21 @@ def trace_cost(results):
     # The same load makes about the same events in every run; portsnoop
     # sees all of them (syscalls and probes), strace only the syscalls.
     n_events = statistics.median(seen["portsnoop"])
-    base, base_busy = statistics.median(secs["untraced"]), statistics.median(busy["untraced"])
     rows = []
     for m in modes:
-        med, med_busy = statistics.median(secs[m]), statistics.median(busy[m])
+        # Each traced run against the untraced run of the same round: the
+        # machine's speed drifts between rounds more than tracing costs.
+        extra = statistics.median(t - u for t, u in zip(secs[m], secs["untraced"]))
+        extra_busy = statistics.median(t - u for t, u in zip(busy[m], busy["untraced"]))
         own = statistics.median(seen[m]) if seen[m] else 0
         rows.append({
-            "mode": m, "median_secs": round(med, 4), "events_seen": int(own),
+            "mode": m, "median_secs": round(statistics.median(secs[m]), 4), "events_seen": int(own),
             # Extra wall time of the load, per event of the workload...
-            "us_per_event": round((med - base) / n_events * 1e6, 3),
+            "us_per_event": round(extra / n_events * 1e6, 3),
             # ...per event this tracer traced (its own count)...
-            "us_per_own_event": round((med - base) / own * 1e6, 3) if own else None,
+            "us_per_own_event": round(extra / own * 1e6, 3) if own else None,
             # ...and extra CPU of the whole machine (target, tracer, kernel).
-            "cpu_us_per_own_event": round((med_busy - base_busy) / own * 1e6, 3) if own else None,
+            "cpu_us_per_own_event": round(extra_busy / own * 1e6, 3) if own else None,
         })
     strace = next(r for r in rows if r["mode"] == "strace")
     for r in rows:
@@ -257,8 +259,9 @@ def trace_cost(results):
     }
     print(f"\n== cost per traced event (echo-mio, {conns} conns x {msgs} msgs x {size} B; "
           f"{int(n_events)} events per run by portsnoop's count; median of {len(secs['untraced'])}) ==")
-    print("us/event: extra load time / the workload's events. own: / the events that tracer saw "
-          "(strace sees only the syscalls). cpu: extra busy CPU of the machine / own events.")
+    print("us/event: extra load time (median over rounds of traced minus that round's untraced run) / the "
+          "workload's events. own: / the events that tracer saw (strace sees only the syscalls). cpu own: extra "
+          "busy CPU of the whole machine / own events.")
     print("%-10s %9s %9s %10s %9s %9s %10s %10s" % ("tracer", "load s", "seen", "us/event", "own", "cpu own",
                                                    "x strace", "x str own"))
     for r in rows:
