@@ -211,7 +211,10 @@ def traced_run(mode, conns, msgs, size):
 
 
 def trace_cost(results):
-    conns, msgs, size = 4, 5000, 64
+    # 60k messages, ~650k events: long enough that one-time costs (portsnoop's buffers
+    # growing, first touches) are amortized as they are in a real trace. BENCH_TRACE_MSGS
+    # (per connection) changes it; strace takes about 1 s per 1000.
+    conns, msgs, size = 4, int(os.environ.get("BENCH_TRACE_MSGS", "15000")), 64
     modes = ["untraced", "portsnoop", "bpftrace", "strace"]
     secs = {m: [] for m in modes}
     busy = {m: [] for m in modes}
