@@ -20,24 +20,27 @@
 //! trace can be replayed through the correlator (the crate's tests do).
 
 use std::io::{self, Write};
-use std::sync::Arc;
 
-use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::line::Line;
 use super::Output;
-use crate::correlate::{Log2Hist, OpStats, Record, Summary};
-use crate::event::{errno_of, Event, ProcessEventKind};
+use crate::correlate::{EpollMap, Log2Hist, Op, OpStats, Record, Summary, Wait};
+use crate::event::{errno_of, EpollCtl, Event, Probe, ProbeName, ProcessEventKind, Syscall};
 
 /// Writes JSON Lines to `W`.
 pub struct Json<W: Write> {
     out: W,
+    line: Line,
 }
 
 impl<W: Write> Json<W> {
     /// A writer to `out`.
     pub fn new(out: W) -> Json<W> {
-        Json { out }
+        Json {
+            out,
+            line: Line::default(),
+        }
     }
 
     fn line(&mut self, v: Value) -> io::Result<()> {
@@ -46,246 +49,180 @@ impl<W: Write> Json<W> {
     }
 }
 
-/// Each line type as a struct borrowing from the record: serialized
-/// straight to the writer, with no intermediate `serde_json::Value`
-/// (building those was most of this writer's cost).
-#[derive(Serialize)]
-struct SyscallLine<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    ts_ns: u64,
-    tid: u32,
-    name: &'a str,
-    fd: i32,
-    rv: i64,
-    errno: Option<i32>,
-    dur_ns: u64,
-    arg: u64,
-}
-
-#[derive(Serialize)]
-struct OpSyscall<'a> {
-    name: &'a str,
-    rv: i64,
-    errno: Option<i32>,
-    ts_ns: u64,
-    dur_ns: u64,
-}
-
-#[derive(Serialize)]
-struct CtlLine {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    ts_ns: u64,
-    tid: u32,
-    name: &'static str,
-    epfd: i32,
-    op: &'static str,
-    fd: i32,
-    events: u32,
-    data: u64,
-    rv: i64,
-    errno: Option<i32>,
-    dur_ns: u64,
-}
-
-#[derive(Serialize)]
-struct ReadyLine {
-    fd: Option<i32>,
-    events: u32,
-    data: u64,
-}
-
-#[derive(Serialize)]
-struct WaitLine {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    ts_ns: u64,
-    tid: u32,
-    name: &'static str,
-    epfd: i32,
-    rv: i64,
-    errno: Option<i32>,
-    dur_ns: u64,
-    events: Vec<ReadyLine>,
-}
-
-#[derive(Serialize)]
-struct ProbeLine<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    ts_ns: u64,
-    tid: u32,
-    name: &'static str,
-    fd: Option<i32>,
-    args: Vec<ProbeArg>,
-    strings: &'a [Arc<str>],
-}
-
-/// A probe argument with its C signedness.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum ProbeArg {
-    Signed(i64),
-    Unsigned(u64),
-}
-
-#[derive(Serialize)]
-struct OpLine<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    op: &'static str,
-    tid: u32,
-    fd: i32,
-    entry_ts_ns: u64,
-    return_ts_ns: Option<u64>,
-    user_rv: Option<i64>,
-    syscalls: Vec<OpSyscall<'a>>,
-    kernel_ns: u64,
-    user_ns: u64,
-    mismatch: Option<&'a str>,
-    incomplete: bool,
-    closure: Option<u64>,
-    callback: Option<&'a str>,
-}
-
-fn wait_line(w: &crate::event::EpollWait, fds: Option<&[Option<i32>]>) -> WaitLine {
-    WaitLine {
-        kind: "wait",
-        ts_ns: w.ts_ns,
-        tid: w.tid,
-        name: w.name,
-        epfd: w.epfd,
-        rv: w.rv,
-        errno: w.errno(),
-        dur_ns: w.dur_ns,
-        events: w
-            .events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| ReadyLine {
-                fd: fds.and_then(|f| f.get(i).copied().flatten()),
-                events: e.events,
-                data: e.data,
-            })
-            .collect(),
-    }
-}
+// The record lines are written by hand, field by field in the contract's
+// order, into one reused line: serde_json escaped every key anew and wrote
+// each piece separately, three times the table's cost per event. Strings
+// are escaped as serde_json escapes them, so the output is the same to the
+// byte (the golden tests compare it).
 
 /// Writes one record as a JSON object (no newline).
-pub fn write_record<W: Write>(out: &mut W, record: &Record) -> serde_json::Result<()> {
+fn write_record(l: &mut Line, record: &Record) {
     match record {
-        Record::Event(Event::Syscall(s)) => serde_json::to_writer(
-            out,
-            &SyscallLine {
-                kind: "syscall",
-                ts_ns: s.ts_ns,
-                tid: s.tid,
-                name: s.name.as_str(),
-                fd: s.fd,
-                rv: s.rv,
-                errno: s.errno(),
-                dur_ns: s.dur_ns,
-                arg: s.arg,
-            },
-        ),
-        Record::Event(Event::EpollCtl(c)) => serde_json::to_writer(
-            out,
-            &CtlLine {
-                kind: "epoll_ctl",
-                ts_ns: c.ts_ns,
-                tid: c.tid,
-                name: "epoll_ctl",
-                epfd: c.epfd,
-                op: crate::correlate::EpollMap::op_name(c.op),
-                fd: c.fd,
-                events: c.events,
-                data: c.data,
-                rv: c.rv,
-                errno: errno_of(c.rv),
-                dur_ns: c.dur_ns,
-            },
-        ),
-        Record::Event(Event::EpollWait(w)) => serde_json::to_writer(out, &wait_line(w, None)),
-        Record::Wait(w) => serde_json::to_writer(out, &wait_line(&w.wait, Some(&w.fds))),
-        Record::Event(Event::Probe(p)) => serde_json::to_writer(
-            out,
-            &ProbeLine {
-                kind: "probe",
-                ts_ns: p.ts_ns,
-                tid: p.tid,
-                name: p.name.as_str(),
-                fd: p.fd(),
-                args: p.args[..p.name.arg_count()]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, a)| probe_arg(p.name, i, *a))
-                    .collect(),
-                strings: &p.strings,
-            },
-        ),
-        Record::Event(Event::Lost { ts_ns, count }) => serde_json::to_writer(
-            out,
-            &json!({"type": "lost", "ts_ns": ts_ns, "count": count}),
-        ),
+        Record::Event(Event::Syscall(s)) => syscall(l, s),
+        Record::Event(Event::EpollCtl(c)) => epoll_ctl(l, c),
+        Record::Event(Event::EpollWait(w)) => wait(l, w, None),
+        Record::Wait(Wait { wait: w, fds }) => wait(l, w, Some(fds)),
+        Record::Event(Event::Probe(p)) => probe(l, p),
+        Record::Op(op) => op_line(l, op),
+        Record::Event(Event::Lost { ts_ns, count }) => {
+            l.str(&json!({"type": "lost", "ts_ns": ts_ns, "count": count}).to_string());
+        }
         Record::Event(Event::Process(p)) => {
             let (event, status) = match &p.kind {
                 ProcessEventKind::Exit { code } => ("exit", Some(*code)),
                 ProcessEventKind::Exec => ("exec", None),
             };
-            serde_json::to_writer(
-                out,
-                &json!({"type": "process", "ts_ns": p.ts_ns, "tid": p.tid, "event": event, "status": status}),
-            )
+            l.str(
+                &json!({"type": "process", "ts_ns": p.ts_ns, "tid": p.tid, "event": event, "status": status})
+                    .to_string(),
+            );
         }
-        Record::Op(op) => serde_json::to_writer(
-            out,
-            &OpLine {
-                kind: "op",
-                op: op.kind.as_str(),
-                tid: op.tid,
-                fd: op.fd,
-                entry_ts_ns: op.entry_ts_ns,
-                return_ts_ns: op.return_ts_ns,
-                user_rv: op.user_rv,
-                syscalls: op
-                    .syscalls
-                    .iter()
-                    .map(|s| OpSyscall {
-                        name: s.name.as_str(),
-                        rv: s.rv,
-                        errno: s.errno(),
-                        ts_ns: s.ts_ns,
-                        dur_ns: s.dur_ns,
-                    })
-                    .collect(),
-                kernel_ns: op.kernel_ns,
-                user_ns: op.user_ns,
-                mismatch: op.mismatch.as_deref(),
-                incomplete: op.incomplete,
-                closure: op.closure,
-                callback: op.callback.as_deref(),
-            },
-        ),
     }
 }
 
-/// Probe arguments as numbers with their C signedness: `int` arguments
-/// (fds, masks, rv) signed, addresses and lengths unsigned.
-fn probe_arg(probe: crate::event::ProbeName, i: usize, raw: u64) -> ProbeArg {
-    use crate::event::ProbeName::*;
-    let signed = match probe {
+fn syscall(l: &mut Line, s: &Syscall) {
+    l.str(r#"{"type":"syscall","ts_ns":"#).u64(s.ts_ns);
+    l.str(r#","tid":"#).u64(s.tid.into());
+    l.str(r#","name":""#).str(s.name.as_str());
+    l.str(r#"","fd":"#).i64(s.fd.into());
+    l.str(r#","rv":"#).i64(s.rv);
+    l.str(r#","errno":"#);
+    opt_i64(l, s.errno().map(i64::from));
+    l.str(r#","dur_ns":"#).u64(s.dur_ns);
+    l.str(r#","arg":"#).u64(s.arg).byte(b'}');
+}
+
+fn epoll_ctl(l: &mut Line, c: &EpollCtl) {
+    l.str(r#"{"type":"epoll_ctl","ts_ns":"#).u64(c.ts_ns);
+    l.str(r#","tid":"#).u64(c.tid.into());
+    l.str(r#","name":"epoll_ctl","epfd":"#).i64(c.epfd.into());
+    l.str(r#","op":""#).str(EpollMap::op_name(c.op));
+    l.str(r#"","fd":"#).i64(c.fd.into());
+    l.str(r#","events":"#).u64(c.events.into());
+    l.str(r#","data":"#).u64(c.data);
+    l.str(r#","rv":"#).i64(c.rv);
+    l.str(r#","errno":"#);
+    opt_i64(l, errno_of(c.rv).map(i64::from));
+    l.str(r#","dur_ns":"#).u64(c.dur_ns).byte(b'}');
+}
+
+fn wait(l: &mut Line, w: &crate::event::EpollWait, fds: Option<&[Option<i32>]>) {
+    l.str(r#"{"type":"wait","ts_ns":"#).u64(w.ts_ns);
+    l.str(r#","tid":"#).u64(w.tid.into());
+    l.str(r#","name":""#).str(w.name);
+    l.str(r#"","epfd":"#).i64(w.epfd.into());
+    l.str(r#","rv":"#).i64(w.rv);
+    l.str(r#","errno":"#);
+    opt_i64(l, w.errno().map(i64::from));
+    l.str(r#","dur_ns":"#).u64(w.dur_ns);
+    l.str(r#","events":["#);
+    for (i, e) in w.events.iter().enumerate() {
+        if i > 0 {
+            l.byte(b',');
+        }
+        l.str(r#"{"fd":"#);
+        opt_i64(
+            l,
+            fds.and_then(|f| f.get(i).copied().flatten()).map(i64::from),
+        );
+        l.str(r#","events":"#).u64(e.events.into());
+        l.str(r#","data":"#).u64(e.data).byte(b'}');
+    }
+    l.str("]}");
+}
+
+fn probe(l: &mut Line, p: &Probe) {
+    l.str(r#"{"type":"probe","ts_ns":"#).u64(p.ts_ns);
+    l.str(r#","tid":"#).u64(p.tid.into());
+    l.str(r#","name":""#).str(p.name.as_str());
+    l.str(r#"","fd":"#);
+    opt_i64(l, p.fd().map(i64::from));
+    l.str(r#","args":["#);
+    for (i, a) in p.args[..p.name.arg_count()].iter().enumerate() {
+        if i > 0 {
+            l.byte(b',');
+        }
+        if signed_arg(p.name, i) {
+            l.i64(*a as i64);
+        } else {
+            l.u64(*a);
+        }
+    }
+    l.str(r#"],"strings":["#);
+    for (i, s) in p.strings.iter().enumerate() {
+        if i > 0 {
+            l.byte(b',');
+        }
+        l.json_str(s);
+    }
+    l.str("]}");
+}
+
+fn op_line(l: &mut Line, op: &Op) {
+    l.str(r#"{"type":"op","op":""#).str(op.kind.as_str());
+    l.str(r#"","tid":"#).u64(op.tid.into());
+    l.str(r#","fd":"#).i64(op.fd.into());
+    l.str(r#","entry_ts_ns":"#).u64(op.entry_ts_ns);
+    l.str(r#","return_ts_ns":"#);
+    opt_u64(l, op.return_ts_ns);
+    l.str(r#","user_rv":"#);
+    opt_i64(l, op.user_rv);
+    l.str(r#","syscalls":["#);
+    for (i, s) in op.syscalls.iter().enumerate() {
+        if i > 0 {
+            l.byte(b',');
+        }
+        l.str(r#"{"name":""#).str(s.name.as_str());
+        l.str(r#"","rv":"#).i64(s.rv);
+        l.str(r#","errno":"#);
+        opt_i64(l, s.errno().map(i64::from));
+        l.str(r#","ts_ns":"#).u64(s.ts_ns);
+        l.str(r#","dur_ns":"#).u64(s.dur_ns).byte(b'}');
+    }
+    l.str(r#"],"kernel_ns":"#).u64(op.kernel_ns);
+    l.str(r#","user_ns":"#).u64(op.user_ns);
+    l.str(r#","mismatch":"#);
+    match &op.mismatch {
+        Some(m) => l.json_str(m),
+        None => l.str("null"),
+    };
+    l.str(r#","incomplete":"#)
+        .str(if op.incomplete { "true" } else { "false" });
+    l.str(r#","closure":"#);
+    opt_u64(l, op.closure);
+    l.str(r#","callback":"#);
+    match &op.callback {
+        Some(c) => l.json_str(c),
+        None => l.str("null"),
+    };
+    l.byte(b'}');
+}
+
+fn opt_i64(l: &mut Line, v: Option<i64>) {
+    match v {
+        Some(v) => l.i64(v),
+        None => l.str("null"),
+    };
+}
+
+fn opt_u64(l: &mut Line, v: Option<u64>) {
+    match v {
+        Some(v) => l.u64(v),
+        None => l.str("null"),
+    };
+}
+
+/// Whether a probe argument is a C `int` (fds, masks, rv: shown signed)
+/// rather than an address or a length (unsigned).
+fn signed_arg(probe: ProbeName, i: usize) -> bool {
+    use ProbeName::*;
+    match probe {
         AcceptEntry | AcceptReturn => matches!(i, 0 | 2 | 3 | 5),
         ReadEntry | ReadReturn | WriteEntry | WriteReturn => matches!(i, 0 | 3 | 5),
         CloseEntry | CloseReturn => matches!(i, 0 | 1 | 3),
         CallbackEntry => matches!(i, 3..=5),
         CallbackReturn => i == 3,
         Log => i == 2,
-    };
-    if signed {
-        ProbeArg::Signed(raw as i64)
-    } else {
-        ProbeArg::Unsigned(raw)
     }
 }
 
@@ -335,8 +272,10 @@ pub fn summary_json(s: &Summary) -> Value {
 
 impl<W: Write> Output for Json<W> {
     fn record(&mut self, record: &Record) -> io::Result<()> {
-        write_record(&mut self.out, record)?;
-        self.out.write_all(b"\n")
+        self.line.clear();
+        write_record(&mut self.line, record);
+        self.line.byte(b'\n');
+        self.out.write_all(self.line.as_bytes())
     }
 
     fn finish(&mut self, summary: &Summary) -> io::Result<()> {

@@ -156,6 +156,44 @@ impl Line {
         self
     }
 
+    /// Appends `s` as a JSON string, quoted and escaped as serde_json does
+    /// (`"`, `\\`, and control characters; everything else as it is).
+    pub fn json_str(&mut self, s: &str) -> &mut Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        self.byte(b'"');
+        let bytes = s.as_bytes();
+        let mut from = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let short = match b {
+                b'"' => b'"',
+                b'\\' => b'\\',
+                b'\n' => b'n',
+                b'\r' => b'r',
+                b'\t' => b't',
+                0x08 => b'b',
+                0x0c => b'f',
+                0..=0x1f => 0,
+                _ => continue,
+            };
+            self.put(&bytes[from..i]);
+            if short != 0 {
+                self.put(&[b'\\', short]);
+            } else {
+                self.put(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[(b >> 4) as usize],
+                    HEX[(b & 0xf) as usize],
+                ]);
+            }
+            from = i + 1;
+        }
+        self.put(&bytes[from..]);
+        self.byte(b'"')
+    }
+
     /// Left-aligns what was written since `start` in `width` columns
     /// (`{:<width}`), for text made of several appends.
     #[inline]
@@ -258,6 +296,27 @@ mod tests {
                     l.str_left(piece, 40).str("|");
                 }),
                 format!("{piece:<40}|")
+            );
+        }
+    }
+
+    #[test]
+    fn json_strings_are_escaped_as_serde_json_escapes_them() {
+        let all: String = (0u8..0x80).map(char::from).collect();
+        for s in [
+            "",
+            "echo",
+            "a\"b\\c",
+            "tab\there\nnl",
+            "é→x",
+            all.as_str(),
+            "\u{7f}\u{1f}end",
+        ] {
+            assert_eq!(
+                text(|l| {
+                    l.json_str(s);
+                }),
+                serde_json::to_string(s).unwrap()
             );
         }
     }
