@@ -26,7 +26,8 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
 
-# Syscall tracepoints need tracefs; some machines boot without it mounted.
+# bpftrace (in the tests, and for the README's one-liners) finds its tracepoints in
+# tracefs; some machines boot without it mounted. portsnoop itself does not need it.
 if [ ! -d /sys/kernel/tracing/events/syscalls ]; then
     mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
 fi
