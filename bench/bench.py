@@ -147,11 +147,16 @@ def echo_throughput(results):
         med = statistics.median(r)
         rows.append({"server": name, "median_msgs_per_sec": round(med), "ratio_to_plain_mio": round(med / base, 3),
                      "runs": [round(x) for x in r]})
-    results["echo_throughput"] = {"load": "8 conns x 10000 msgs x 64 B, no tracer", "rows": rows}
+    # The probes' own cost: each round's instrumented run against the same
+    # round's compiled-out run (the machine drifts between rounds).
+    paired = statistics.median(a / b for a, b in zip(rates["echo-mio"], rates["echo-mio (probes compiled out)"]))
+    results["echo_throughput"] = {"load": "8 conns x 10000 msgs x 64 B, no tracer", "rows": rows,
+                                  "instrumented_vs_compiled_out_paired": round(paired, 3)}
     print("\n== echo throughput, no tracer attached (8 conns x 10000 msgs x 64 B; median of %d) ==" % ROUNDS)
     print("%-34s %14s %10s" % ("server", "msgs/s", "vs plain"))
     for row in rows:
         print("%-34s %14d %10.3f" % (row["server"], row["median_msgs_per_sec"], row["ratio_to_plain_mio"]))
+    print("echo-mio vs its probes compiled out, round by round (median): %.3f" % paired)
 
 
 STRACE_CALLS = "read,readv,recvfrom,recvmsg,write,writev,sendto,sendmsg,accept,accept4,connect,shutdown,close," \
