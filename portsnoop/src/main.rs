@@ -54,6 +54,10 @@ struct TraceArgs {
     /// Print per-fd and per-operation totals and latency histograms at exit.
     #[arg(long)]
     summary: bool,
+    /// No rows, only the summary at exit (with --json, only its summary
+    /// line): the cheapest way to watch a busy service.
+    #[arg(short, long)]
+    quiet: bool,
     /// Write output to FILE instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -122,7 +126,8 @@ fn run_trace(args: TraceArgs) -> Result<(), Box<dyn std::error::Error>> {
         } else {
             Format::Table
         },
-        summary: args.summary,
+        summary: args.summary || (args.quiet && !args.json),
+        quiet: args.quiet,
         output: args.output,
         filter: Filter {
             fd: args.fd,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::correlate::{Correlator, Filter, Summary};
 use crate::engine::{self, Engine, Options, Target};
 use crate::event::{Event, ProcessEvent, ProcessEventKind};
-use crate::output::{json::Json, summary::SummaryReport, table::Table, Output};
+use crate::output::{json::Json, summary::SummaryReport, table::Table, Output, SummaryOnly};
 
 /// How often the ring buffer is drained when nothing forces a wakeup.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
@@ -41,6 +41,8 @@ pub struct TraceConfig {
     pub format: Format,
     /// Print the summary at the end.
     pub summary: bool,
+    /// Write no rows, only what the output writes at the end.
+    pub quiet: bool,
     /// Write here instead of stdout.
     pub output: Option<PathBuf>,
     /// Which fds/threads to keep.
@@ -69,9 +71,11 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
     };
     // Rows are small and many: write them out in large blocks.
     let sink = BufWriter::with_capacity(1 << 16, sink);
-    let mut output: Box<dyn Output> = match config.format {
-        Format::Table => Box::new(Table::new(sink)),
-        Format::Json => Box::new(Json::new(sink)),
+    let mut output: Box<dyn Output> = match (config.format, config.quiet) {
+        (Format::Table, false) => Box::new(Table::new(sink)),
+        (Format::Json, false) => Box::new(Json::new(sink)),
+        (Format::Table, true) => Box::new(SummaryOnly(Table::new(sink))),
+        (Format::Json, true) => Box::new(SummaryOnly(Json::new(sink))),
     };
     let mut engine = Engine::attach(
         &target,

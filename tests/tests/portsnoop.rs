@@ -409,6 +409,50 @@ fn target_exit_ends_the_trace_with_a_summary_and_exit_0() {
     );
 }
 
+/// `--quiet`: no rows, only the summary, which still counts everything; with
+/// `--json`, one line: the summary. Two portsnoops on one target at once.
+#[test]
+fn quiet_prints_only_a_whole_summary() {
+    let server = Server::start("echo-mio", &[]);
+    let pid = server.pid().to_string();
+    let mut text = Portsnoop::start(&["-p", &pid, "-q"]);
+    let mut json = Portsnoop::start(&["-p", &pid, "-q", "--json"]);
+    run_load(server.addr, 2, 50, 32);
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, _, _) = server.proc.stop(libc::SIGTERM);
+    for snoop in [&mut text, &mut json] {
+        let status = snoop.proc.wait_exit(WAIT);
+        assert!(status.success(), "{}", snoop.proc.stderr.all().join("\n"));
+    }
+    let out = text.proc.stdout.all();
+    assert!(out.iter().any(|l| l.starts_with("=== summary")), "{out:?}");
+    assert!(
+        !out.iter()
+            .any(|l| l.contains("read-entry") || l.contains("recvfrom")),
+        "no rows: {out:?}"
+    );
+    // Both connections' reads are in the per-fd table: 2 x 50 messages.
+    let reads: u64 = out
+        .iter()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 3 && f[1] == "read")
+                .then(|| f[3].parse::<u64>().ok())
+                .flatten()
+        })
+        .sum();
+    assert_eq!(
+        reads,
+        2 * 50 * 32,
+        "bytes read, summed over the fds: {out:?}"
+    );
+    let lines = json.proc.stdout.all();
+    assert_eq!(lines.len(), 1, "one line: {lines:?}");
+    let summary: Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["per_op"]["read"]["bytes"], 2 * 50 * 32);
+}
+
 #[test]
 fn kernel_side_only_for_a_target_without_the_provider() {
     let server = Server::start("echo-mio-plain", &[]);
