@@ -20,7 +20,14 @@ fn main() {
     };
     SkeletonBuilder::new()
         .source(SRC)
-        .clang_args([format!("-I/usr/include/{multiarch}"), "-Wall".to_string(), "-O2".to_string()])
+        // -mcpu=v3 for atomic exchange (claiming unreported drops), which
+        // kernels have had since 5.12.
+        .clang_args([
+            format!("-I/usr/include/{multiarch}"),
+            "-Wall".to_string(),
+            "-O2".to_string(),
+            "-mcpu=v3".to_string(),
+        ])
         .build_and_generate(&out)
         .unwrap_or_else(|e| {
             panic!("portsnoop: building {SRC} failed (needs clang, libelf-dev, linux-libc-dev: run scripts/setup.sh): {e:#}")

@@ -34,14 +34,25 @@ struct {
 	__uint(max_entries, 4 << 20); /* resized by the engine before load */
 } events SEC(".maps");
 
-/* Per CPU: [0] records dropped in all, [1] dropped and not yet reported
- * in-band with an EV_LOST record. */
+/* Records dropped in all, per CPU (summed by the engine). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u64);
 } dropped SEC(".maps");
+
+/* Records dropped and not yet reported in-band, for all CPUs together: the
+ * next record from any CPU reports them. Per CPU, a thread that lost a
+ * record on one CPU and went on on another could be seen there before the
+ * loss was reported: its next syscall would look like one with no op
+ * around it, when its op's entry was what got lost. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} unreported SEC(".maps");
 
 /* A syscall between its enter and exit (ts_ns 0: none), by thread. */
 struct inflight {
@@ -155,33 +166,42 @@ static __always_inline bool is_target(__u32 *tid)
 
 static __always_inline void count_drop(void)
 {
-	__u32 total = 0, pending = 1;
-	__u64 *n = bpf_map_lookup_elem(&dropped, &total);
-	__u64 *p = bpf_map_lookup_elem(&dropped, &pending);
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&dropped, &zero);
+	__u64 *p = bpf_map_lookup_elem(&unreported, &zero);
 
 	if (n)
 		*n += 1;
 	if (p)
-		*p += 1;
+		__sync_fetch_and_add(p, 1);
 }
 
-/* Before this CPU's next record, say how many it lost. */
-static __always_inline void report_drops(__u32 tid, __u64 ts)
+/* Before the next record (from any CPU), say how many were lost. False
+ * if drops are unreported and still cannot be: then the record must be
+ * dropped too, or it would arrive after a gap nobody announced (the
+ * consumer can free room between the two reserves). */
+static __always_inline bool report_drops(__u32 tid, __u64 ts)
 {
-	__u32 pending = 1;
-	__u64 *p = bpf_map_lookup_elem(&dropped, &pending);
+	__u32 zero = 0;
+	__u64 *p = bpf_map_lookup_elem(&unreported, &zero);
 
 	if (!p || !*p)
-		return;
+		return true;
 	struct ev_lost *l = bpf_ringbuf_reserve(&events, sizeof(*l), 0);
 	if (!l)
-		return; /* still full: stays pending */
+		return false;
+	/* Claimed atomically: two CPUs must not report the same drops. */
+	__u64 n = __sync_lock_test_and_set(p, 0);
+	if (!n) {
+		bpf_ringbuf_discard(l, 0);
+		return true;
+	}
 	l->h.type = EV_LOST;
 	l->h.tid = tid;
 	l->h.ts_ns = ts;
-	l->count = *p;
-	*p = 0;
+	l->count = n;
 	bpf_ringbuf_submit(l, 0);
+	return true;
 }
 
 static __always_inline __u64 submit_flags(void)
@@ -192,8 +212,7 @@ static __always_inline __u64 submit_flags(void)
 
 static __always_inline void *reserve(__u64 size, __u32 type, __u32 tid, __u64 ts)
 {
-	report_drops(tid, ts);
-	struct ev_header *h = bpf_ringbuf_reserve(&events, size, 0);
+	struct ev_header *h = report_drops(tid, ts) ? bpf_ringbuf_reserve(&events, size, 0) : 0;
 
 	if (!h) {
 		count_drop();

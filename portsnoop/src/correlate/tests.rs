@@ -500,9 +500,10 @@ fn lost_events_make_open_ops_incomplete_and_are_counted() {
 
 #[test]
 fn a_loss_reported_after_its_damage_still_leads_the_reason() {
-    // The write's syscall and return and the next read's entry were lost
-    // on one CPU; the read's recvfrom, submitted from another CPU, arrives
-    // before that CPU reports the loss.
+    // The write's syscall and return and the next read's entry were lost;
+    // the read's recvfrom, submitted concurrently from another CPU, arrives
+    // before the loss report. (The kernel side reports a loss before the
+    // next record of the thread that lost it, but not across threads.)
     let (out, _) = run(vec![
         io(1, ProbeName::WriteEntry, 9, 0),
         sys(5, SyscallName::Recvfrom, 9, 16),

@@ -274,7 +274,7 @@ impl Engine {
     }
 
     /// At the end: losses the kernel counted but could not report in-band
-    /// (no later record on that CPU), plus undecodable records, as one
+    /// (no record came after them), plus undecodable records, as one
     /// [`Event::Lost`] if there are any.
     pub fn unreported_losses(&mut self) -> Option<Event> {
         let missing = self.lost_total().saturating_sub(self.lost_reported);
@@ -292,7 +292,7 @@ impl Engine {
             .skel
             .maps
             .dropped
-            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY) // [0]: the total
+            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
             .ok()
             .flatten()
             .map(|per_cpu| {
