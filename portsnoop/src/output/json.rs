@@ -182,25 +182,26 @@ fn op_line(l: &mut Line, op: &Op) {
     l.str(r#"],"kernel_ns":"#).u64(op.kernel_ns);
     l.str(r#","user_ns":"#).u64(op.user_ns);
     l.str(r#","mismatch":"#);
-    match &op.mismatch {
-        Some(m) => l.json_str(m),
-        None => l.str("null"),
-    };
+    opt_str(l, op.mismatch.as_deref());
     l.str(r#","incomplete":"#)
         .str(if op.incomplete { "true" } else { "false" });
     l.str(r#","closure":"#);
     opt_u64(l, op.closure);
     l.str(r#","callback":"#);
-    match &op.callback {
-        Some(c) => l.json_str(c),
-        None => l.str("null"),
-    };
+    opt_str(l, op.callback.as_deref());
     l.byte(b'}');
 }
 
 fn opt_i64(l: &mut Line, v: Option<i64>) {
     match v {
         Some(v) => l.i64(v),
+        None => l.str("null"),
+    };
+}
+
+fn opt_str(l: &mut Line, v: Option<&str>) {
+    match v {
+        Some(v) => l.json_str(v),
         None => l.str("null"),
     };
 }
