@@ -14,6 +14,10 @@ use std::sync::Arc;
 pub enum Event {
     /// A finished syscall on an fd (read, write, accept, close, ...).
     Syscall(Syscall),
+    /// A thread entered `close(2)`: from here on the fd's number may be
+    /// handed out again, though the close's own [`Event::Syscall`] comes
+    /// only when it returns.
+    CloseEnter(CloseEnter),
     /// A finished `epoll_ctl`.
     EpollCtl(EpollCtl),
     /// A finished `epoll_wait`, `epoll_pwait` or `epoll_pwait2`.
@@ -37,6 +41,7 @@ impl Event {
     pub fn ts_ns(&self) -> u64 {
         match self {
             Event::Syscall(e) => e.ts_ns,
+            Event::CloseEnter(e) => e.ts_ns,
             Event::EpollCtl(e) => e.ts_ns,
             Event::EpollWait(e) => e.ts_ns,
             Event::Probe(e) => e.ts_ns,
@@ -49,6 +54,7 @@ impl Event {
     pub fn tid(&self) -> Option<u32> {
         match self {
             Event::Syscall(e) => Some(e.tid),
+            Event::CloseEnter(e) => Some(e.tid),
             Event::EpollCtl(e) => Some(e.tid),
             Event::EpollWait(e) => Some(e.tid),
             Event::Probe(e) => Some(e.tid),
@@ -204,6 +210,23 @@ impl Syscall {
     pub fn errno(&self) -> Option<i32> {
         errno_of(self.rv)
     }
+}
+
+/// The entry of a `close(fd)`.
+///
+/// The kernel frees the number at the start of `close(2)`; closing a
+/// socket can then take a hundred microseconds more. On a multi-threaded
+/// runtime another thread's `accept` can return the same number, and its
+/// record reach us, before the close's [`Syscall`] does. This event is
+/// submitted before the number is freed, so it always comes first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseEnter {
+    /// Entry time (the close's `Syscall` has the same `ts_ns`).
+    pub ts_ns: u64,
+    /// Thread id.
+    pub tid: u32,
+    /// The fd being closed.
+    pub fd: i32,
 }
 
 /// A finished `epoll_ctl(epfd, op, fd, event)`.

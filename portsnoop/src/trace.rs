@@ -102,6 +102,7 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
     target.release();
 
     let mut correlator = Correlator::new(config.filter.clone());
+    correlator.threads_before_trace(attached.threads_before_trace.iter().copied());
     // Attached to a running loop: its fds were registered before we looked.
     for (epfd, fd, data) in crate::correlate::registrations_of(attached.pid) {
         correlator.known_registration(epfd, fd, data);

@@ -11,6 +11,7 @@
 #define EV_LOG 5
 #define EV_EXEC 6
 #define EV_LOST 7
+#define EV_CLOSE_ENTER 8
 
 /* Syscall kinds, in the order of event.rs's SyscallName::ALL, then epoll. */
 #define SC_READ 0
@@ -114,6 +115,13 @@ struct ev_log {
 struct ev_lost {
 	struct ev_header h;
 	__u64 count;
+};
+
+/* close(2) entered: the fd's number may be reused from here on. */
+struct ev_close_enter {
+	struct ev_header h;
+	__s32 fd;
+	__u32 pad;
 };
 
 struct ev_exec {

@@ -26,6 +26,13 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 const volatile __u32 target_tgid = 0;
+/* Set by the engine once every program and probe site is attached, cleared
+ * again while it re-attaches after an exec. Until then nothing is recorded:
+ * uprobes attach one at a time, so an entry probe could fire while its
+ * return probe does not exist yet, and the consumer would see ops that the
+ * app never got wrong. What was under way when it flips is the consumer's
+ * to treat as begun before the trace. */
+volatile __u32 ready = 0;
 /* Wake the consumer only once this much is waiting. */
 const volatile __u64 wakeup_bytes = 1 << 20;
 
@@ -158,7 +165,7 @@ static __always_inline bool is_target(__u32 *tid)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 
-	if ((__u32)(id >> 32) != target_tgid)
+	if ((__u32)(id >> 32) != target_tgid || !ready)
 		return false;
 	*tid = (__u32)id;
 	return true;
@@ -264,6 +271,19 @@ int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	}
 	if (kind >= SC_EPOLL_WAIT)
 		v->ptr = a[1];
+	/* The kernel frees a closing fd's number early in close(2), and a
+	 * socket's close can take a hundred microseconds more: another thread
+	 * can accept the same number and have its record in the buffer before
+	 * this close's. Said at entry, the end of the fd's life is in the
+	 * stream before any reuse of its number can be. */
+	if (kind == SC_CLOSE) {
+		struct ev_close_enter *c = reserve(sizeof(*c), EV_CLOSE_ENTER, tid, v->ts_ns);
+		if (c) {
+			c->fd = v->fd;
+			c->pad = 0;
+			bpf_ringbuf_submit(c, submit_flags());
+		}
+	}
 	if (kind == SC_EPOLL_CTL) {
 		v->ctl_op = (__s32)a[1];
 		v->ctl_fd = (__s32)a[2];

@@ -7,13 +7,29 @@
 //! the `epoll_ctl` calls seen before them.
 //!
 //! Disagreements are named in [`Op::mismatch`]: rv differs, no syscall, a
-//! syscall of another kind, a return without entry, a second entry, an fd
-//! closed or handed out again by accept while an op on it was open (a
-//! close ends an fd's life; no op ever holds two lives' syscalls). A
-//! syscall outside any op is shown as an op of its own only on an fd the
-//! eventer uses, and only for kinds the eventer has probes for: an app
-//! without probes, or a `shutdown`, is not a disagreement. What a loss or
-//! the process's end cuts short is marked [`Op::incomplete`], never guessed.
+//! syscall of another kind, a return without entry, an entry without
+//! return, an fd closed or handed out again by accept while an op on it
+//! was open (a close ends an fd's life when it is entered; no op ever holds
+//! two lives' syscalls). A syscall outside any op is shown as an op of its
+//! own only on an fd the eventer uses, and only for kinds the eventer has
+//! probes for: an app without probes, or a `shutdown`, is not a
+//! disagreement.
+//!
+//! A mismatch is only ever what the app and the kernel really disagreed
+//! on. What the trace cannot see whole is [`Op::incomplete`] instead, with
+//! the reason, and never a mismatch:
+//! - **Began before the trace.** A thread that existed when tracing
+//!   started ([`Correlator::threads_before_trace`]) may have been inside an
+//!   op or callbacks whose entries fired before anything was recorded. Until
+//!   it fires an entry probe, its returns without entry and its syscalls
+//!   outside ops are incomplete; a callback return without entry on it
+//!   always is, since callbacks nest and the depth it was at is unknown.
+//! - **Events lost.** A loss ends every open op as incomplete, and puts every
+//!   thread (seen or not yet seen) into the same unknown state as above; a
+//!   disagreement seen just before a loss (another CPU's records can arrive
+//!   ahead of the loss report) is folded into the incomplete reason.
+//! - **The end**: the trace ended, or the process exited or exec'd, with ops
+//!   still open. A disagreement an op already had is kept.
 //!
 //! ```
 //! use portsnoop::correlate::{Correlator, Filter, Record};
@@ -108,15 +124,21 @@ pub struct Op {
     pub kernel_ns: u64,
     /// return - entry, minus kernel_ns.
     pub user_ns: u64,
-    /// Why user and kernel disagree, if they do.
+    /// Why user and kernel disagree, if they do: only ever a real
+    /// disagreement.
     pub mismatch: Option<String>,
-    /// Cut short by lost events or the end of the process: what it has is
-    /// right, but it may be missing parts.
-    pub incomplete: bool,
+    /// Why the trace cannot see this op whole, if it cannot (it began
+    /// before the trace, events were lost, the trace or the process ended
+    /// while it was open): what it has is right, but it may be missing
+    /// parts.
+    pub incomplete: Option<String>,
     /// The registration's id (the probes' `closure`).
     pub closure: Option<u64>,
     /// The enclosing callback's name (for a callback op, its own).
     pub callback: Option<Arc<str>>,
+    /// Its thread has entered `close(2)` on its fd: the fd's life is over
+    /// for everyone else, and this op waits only for that close.
+    closing: bool,
 }
 
 impl Op {
@@ -139,7 +161,8 @@ impl Op {
             kernel_ns: 0,
             user_ns: 0,
             mismatch: None,
-            incomplete: false,
+            incomplete: None,
+            closing: false,
             closure,
             callback,
         })
@@ -154,7 +177,7 @@ impl Op {
         self.user_ns = ts
             .saturating_sub(self.entry_ts_ns)
             .saturating_sub(self.kernel_ns);
-        if self.mismatch.is_some() || self.kind == OpKind::Callback {
+        if self.mismatch.is_some() || self.incomplete.is_some() || self.kind == OpKind::Callback {
             return;
         }
         self.mismatch = match (self.syscalls.last(), rv) {
@@ -176,18 +199,35 @@ impl Op {
             .any(|s| s.name.op() == OpKind::Close && s.rv == 0)
     }
 
-    /// Gives the op up as incomplete. The reason leads: a disagreement
-    /// seen before a loss (another CPU's records can arrive ahead of the
-    /// loss report) is most likely the loss's doing, so it follows.
-    fn abandon(&mut self, why: &str) {
+    /// Gives the op up as incomplete because of `gap`. A disagreement seen
+    /// before a loss (another CPU's records can arrive ahead of the loss
+    /// report) may be the loss's doing: it becomes part of the reason. One
+    /// seen before the trace or the process ended was real, and stays.
+    fn abandon(&mut self, gap: Gap) {
         self.kernel_ns = kernel_time(&self.syscalls);
-        if !self.incomplete {
-            self.mismatch = Some(match self.mismatch.take() {
-                None => format!("incomplete: {why}"),
-                Some(seen) => format!("incomplete: {why}; {seen}"),
-            });
+        if self.incomplete.is_some() {
+            return;
         }
-        self.incomplete = true;
+        let why = gap.as_str();
+        self.incomplete = Some(match (gap, self.mismatch.take()) {
+            (Gap::Lost, Some(seen)) => format!("{why} (before it: {seen})"),
+            (_, seen) => {
+                self.mismatch = seen;
+                why.to_string()
+            }
+        });
+    }
+
+    /// Ends an op whose return probe matched no entry: a disagreement
+    /// where the thread's past is known, else incomplete.
+    fn orphan_return(&mut self, gap: Option<Gap>) {
+        match gap {
+            Some(gap) => {
+                self.mismatch = None;
+                self.incomplete = Some(gap.as_str().to_string());
+            }
+            None => self.mismatch = Some(format!("{} return without entry", self.kind.as_str())),
+        }
     }
 }
 
@@ -199,18 +239,69 @@ fn kernel_time(syscalls: &[Syscall]) -> u64 {
         .fold(0u64, |sum, s| sum.saturating_add(s.dur_ns))
 }
 
+/// A `close(2)` entered and not yet returned.
+#[derive(Clone, Copy, Debug)]
+struct Closing {
+    fd: i32,
+    /// Whether the eventer used the fd (its life ended at the entry, so
+    /// its close must not look like a syscall on an unknown fd).
+    eventer_fd: bool,
+}
+
+/// Why part of what a thread did is not in the trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gap {
+    /// It was running before tracing started.
+    BeforeTrace,
+    /// Events were lost.
+    Lost,
+    /// The trace ended.
+    TraceEnded,
+    /// The process exited.
+    Exited,
+    /// The process exec'd.
+    Exec,
+}
+
+impl Gap {
+    fn as_str(self) -> &'static str {
+        match self {
+            Gap::BeforeTrace => "began before the trace",
+            Gap::Lost => "events lost",
+            Gap::TraceEnded => "trace ended",
+            Gap::Exited => "process exited",
+            Gap::Exec => "process exec'd",
+        }
+    }
+}
+
 // Ops are boxed where they wait: they leave as `Record::Op(Box<Op>)`,
 // so an op is moved as a pointer, not as its 150 bytes, from open to out.
 #[allow(clippy::vec_box)]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Thread {
     /// Open eventer ops, oldest first.
     open: Vec<Box<Op>>,
     /// Open callbacks, outermost first.
     callbacks: Vec<Box<Op>>,
-    /// The loss generation as of this thread's last entry probe: below the
-    /// correlator's, the thread may be missing an entry it made.
-    synced_gen: u64,
+    /// Why the thread may be inside an op whose entry we did not see;
+    /// cleared by its next entry probe (ops do not nest, and no probe fires
+    /// inside one).
+    ops_gap: Option<Gap>,
+    /// Why the thread may be inside callbacks whose entries we did not
+    /// see. Never cleared: callbacks nest, and how deep it was is unknown.
+    callbacks_gap: Option<Gap>,
+}
+
+impl Thread {
+    fn new(gap: Option<Gap>) -> Thread {
+        Thread {
+            open: Vec::new(),
+            callbacks: Vec::new(),
+            ops_gap: gap,
+            callbacks_gap: gap,
+        }
+    }
 }
 
 /// The correlation state machine.
@@ -225,8 +316,14 @@ pub struct Correlator {
     /// Waits with unresolved events, and the event count by which they go
     /// out resolved or not.
     pending_waits: std::collections::VecDeque<(Wait, u64)>,
-    /// How many `Lost` events have been seen.
-    loss_gen: u64,
+    /// Threads that were running when the trace began and have not been
+    /// seen since.
+    before_trace: HashSet<u32>,
+    /// Whether events were lost: a thread first seen after that may have
+    /// lost records before it was seen.
+    lost_any: bool,
+    /// Threads in `close(2)`, by tid.
+    closing: HashMap<u32, Closing>,
     summary: Summary,
 }
 
@@ -236,6 +333,36 @@ impl Correlator {
         Correlator {
             filter,
             ..Correlator::default()
+        }
+    }
+
+    /// Learns which threads were running when tracing began (or began
+    /// again, after an exec): what they were in the middle of is not in the
+    /// trace, so it is incomplete rather than a disagreement (see the
+    /// module doc). A thread listed that was started after the trace began
+    /// only loses some strictness.
+    pub fn threads_before_trace(&mut self, tids: impl IntoIterator<Item = u32>) {
+        for tid in tids {
+            match self.threads.get_mut(&tid) {
+                Some(t) => {
+                    t.ops_gap = Some(Gap::BeforeTrace);
+                    t.callbacks_gap = Some(Gap::BeforeTrace);
+                }
+                None => {
+                    self.before_trace.insert(tid);
+                }
+            }
+        }
+    }
+
+    /// Why a thread's past may be missing, for a thread with no state yet.
+    fn unseen_thread_gap(&self, tid: u32) -> Option<Gap> {
+        if self.before_trace.contains(&tid) {
+            Some(Gap::BeforeTrace)
+        } else if self.lost_any {
+            Some(Gap::Lost)
+        } else {
+            None
         }
     }
 
@@ -251,6 +378,7 @@ impl Correlator {
         self.summary.events += 1;
         match event {
             Event::Syscall(s) => self.on_syscall(s, out),
+            Event::CloseEnter(c) => self.on_close_enter(c, out),
             Event::EpollCtl(c) => {
                 self.epoll.apply(&c);
                 self.emit_event(Event::EpollCtl(c), out);
@@ -268,14 +396,20 @@ impl Correlator {
             Event::Lost { ts_ns, count } => {
                 self.flush_waits(true, out);
                 self.summary.lost_events = self.summary.lost_events.saturating_add(count);
-                self.loss_gen += 1;
-                self.abandon_all("events lost", out);
+                self.lost_any = true;
+                self.abandon_all(Gap::Lost, out);
+                for t in self.threads.values_mut() {
+                    t.ops_gap = Some(Gap::Lost);
+                    t.callbacks_gap = Some(Gap::Lost);
+                }
+                // Whatever they were in, they are in the dark again.
+                self.closing.clear();
                 out.push(Record::Event(Event::Lost { ts_ns, count }));
             }
             Event::Process(p) => {
                 let why = match &p.kind {
-                    ProcessEventKind::Exit { .. } => "process exited",
-                    ProcessEventKind::Exec => "process exec'd",
+                    ProcessEventKind::Exit { .. } => Gap::Exited,
+                    ProcessEventKind::Exec => Gap::Exec,
                 };
                 self.summary.process_end = Some(match &p.kind {
                     ProcessEventKind::Exit { code } => format!("exit (wait status {code})"),
@@ -283,6 +417,16 @@ impl Correlator {
                 });
                 self.flush_waits(true, out);
                 self.abandon_all(why, out);
+                if why == Gap::Exec {
+                    // A new image: its threads, fds in use by its eventer
+                    // and epoll instances (created close-on-exec) start
+                    // afresh. Its tracing starts afresh too, and the engine
+                    // says which threads were running by then.
+                    self.threads.clear();
+                    self.closing.clear();
+                    self.eventer_fds.clear();
+                    self.epoll = EpollMap::default();
+                }
                 out.push(Record::Event(Event::Process(p)));
             }
         }
@@ -312,13 +456,19 @@ impl Correlator {
     /// totals.
     pub fn finish(&mut self, out: &mut Vec<Record>) -> Summary {
         self.flush_waits(true, out);
-        self.abandon_all("trace ended", out);
+        self.abandon_all(Gap::TraceEnded, out);
         self.summary.clone()
     }
 
     fn on_syscall(&mut self, s: Syscall, out: &mut Vec<Record>) {
         let fd = s.fd;
         let is_close = s.name.op() == OpKind::Close && s.rv == 0;
+        // Its fd's life already ended at the close's entry, when the number
+        // was freed: another thread may be using the number by now.
+        let entered = match self.closing.get(&s.tid) {
+            Some(c) if s.name.op() == OpKind::Close && c.fd == fd => self.closing.remove(&s.tid),
+            _ => None,
+        };
         // Threads that never fired a probe get no state: a thread per
         // request would otherwise leave an entry per thread forever.
         let owner = self.threads.get_mut(&s.tid).and_then(|thread| {
@@ -343,57 +493,82 @@ impl Correlator {
             } else {
                 self.summary.syscalls_cut += 1;
             }
-        } else if self.eventer_fds.contains(&fd)
+        } else if entered.map_or(self.eventer_fds.contains(&fd), |c| c.eventer_fd)
             // connect and shutdown have no eventer probe to be inside of.
             && !matches!(s.name.op(), OpKind::Connect | OpKind::Shutdown)
         {
             self.summary.orphan_syscalls += 1;
-            let (callback, synced_gen) = self.threads.get(&s.tid).map_or((None, 0), |t| {
-                (
-                    t.callbacks.last().and_then(|c| c.callback.clone()),
-                    t.synced_gen,
-                )
-            });
+            let (callback, gap) = match self.threads.get(&s.tid) {
+                Some(t) => (t.callbacks.last().and_then(|c| c.callback.clone()), t.ops_gap),
+                None => (None, self.unseen_thread_gap(s.tid)),
+            };
             let mut op = Op::open(s.name.op(), s.tid, fd, s.ts_ns, None, callback);
             op.syscalls.push(s.clone());
             op.kernel_ns = s.dur_ns;
-            if synced_gen < self.loss_gen {
-                op.abandon("events lost");
-            } else {
-                op.mismatch = Some("syscall without eventer op".into());
+            match gap {
+                Some(gap) => op.abandon(gap),
+                None => op.mismatch = Some("syscall without eventer op".into()),
             }
             self.emit_op(op, out);
-        }
-        if is_close {
-            self.eventer_fds.remove(&fd);
-            self.epoll.closed(fd);
         }
         // The fd's life ended (close) or a new one began (accept returned
         // its number): an op still open on it must not take the next
         // life's syscalls.
         let life_over = match s.name.op() {
-            OpKind::Close if is_close => Some((fd, "fd closed")),
+            OpKind::Close if is_close && entered.is_none() => Some((fd, "fd closed")),
             OpKind::Accept if s.rv >= 0 => {
                 i32::try_from(s.rv).ok().map(|n| (n, "fd reused by accept"))
             }
             _ => None,
         };
         if let Some((fd, why)) = life_over {
-            self.end_fd_life(fd, why, out);
+            if why == "fd closed" {
+                self.eventer_fds.remove(&fd);
+                self.epoll.closed(fd);
+            }
+            self.end_fd_life(fd, why, None, out);
         }
         self.emit_event(Event::Syscall(s), out);
     }
 
-    /// Ends every op still open on `fd` (on any thread) that did not itself
-    /// close it: it never returned within the fd's life, which is a
-    /// disagreement. The op that closed it waits for its return (another
-    /// thread's accept may get the number first) but takes no more syscalls.
-    fn end_fd_life(&mut self, fd: i32, why: &str, out: &mut Vec<Record>) {
+    /// A thread entered `close(fd)`: the number is free from now on (even
+    /// if the close fails, Linux has released it), so the fd's life ends
+    /// here, not when the close's record arrives. The closing thread's own
+    /// ops on it are left to take the close.
+    fn on_close_enter(&mut self, c: crate::event::CloseEnter, out: &mut Vec<Record>) {
+        let eventer_fd = self.eventer_fds.remove(&c.fd);
+        self.closing.insert(
+            c.tid,
+            Closing {
+                fd: c.fd,
+                eventer_fd,
+            },
+        );
+        if let Some(thread) = self.threads.get_mut(&c.tid) {
+            for op in thread.open.iter_mut().filter(|op| op.fd == c.fd) {
+                op.closing = true;
+            }
+        }
+        self.epoll.closed(c.fd);
+        self.end_fd_life(c.fd, "fd closed", Some(c.tid), out);
+        self.emit_event(Event::CloseEnter(c), out);
+    }
+
+    /// Ends every op still open on `fd` (on any thread but `closer`) that
+    /// is not itself closing it: it never returned within the fd's life,
+    /// which is a disagreement. The op that closes it waits for its return
+    /// (another thread's accept may get the number first) but takes no
+    /// more syscalls after the close.
+    fn end_fd_life(&mut self, fd: i32, why: &str, closer: Option<u32>, out: &mut Vec<Record>) {
         let mut ended = Vec::new();
-        for thread in self.threads.values_mut() {
+        for (tid, thread) in self.threads.iter_mut() {
+            if Some(*tid) == closer {
+                continue;
+            }
             let mut i = 0;
             while i < thread.open.len() {
-                if thread.open[i].fd == fd && !thread.open[i].saw_fd_closed() {
+                let op = &thread.open[i];
+                if op.fd == fd && !op.closing && !op.saw_fd_closed() {
                     ended.push(thread.open.remove(i));
                 } else {
                     i += 1;
@@ -410,17 +585,29 @@ impl Correlator {
         }
     }
 
+    /// The state of thread `tid`, made on first sight.
+    fn thread(&mut self, tid: u32) -> &mut Thread {
+        if !self.threads.contains_key(&tid) {
+            let gap = self.unseen_thread_gap(tid);
+            self.before_trace.remove(&tid);
+            self.threads.insert(tid, Thread::new(gap));
+        }
+        self.threads.get_mut(&tid).expect("inserted above")
+    }
+
     fn on_probe(&mut self, p: Probe, out: &mut Vec<Record>) {
         let Some((kind, is_entry)) = p.name.op() else {
             self.emit_event(Event::Probe(p), out);
             return;
         };
-        let thread = self.threads.entry(p.tid).or_default();
+        let thread = self.thread(p.tid);
         let mut done = Vec::new();
+        let mut new_eventer_fd = None;
+        let mut closes_eventer_fd = false;
         if kind == OpKind::Callback {
             if is_entry {
                 let fd = p.fd().unwrap_or(-1);
-                let mut op = Op::open(
+                let op = Op::open(
                     kind,
                     p.tid,
                     fd,
@@ -428,8 +615,9 @@ impl Correlator {
                     p.closure(),
                     p.strings.first().cloned(),
                 );
-                op.user_rv = None;
                 thread.callbacks.push(op);
+                // No callback begins inside an op.
+                thread.ops_gap = None;
             } else {
                 let pos = thread
                     .callbacks
@@ -439,7 +627,9 @@ impl Correlator {
                     Some(i) => {
                         // Callbacks nested inside this one that never returned.
                         for mut inner in thread.callbacks.drain(i + 1..) {
-                            inner.abandon("callback returned without its inner callback's return");
+                            inner.mismatch = Some(
+                                "callback returned without its inner callback's return".into(),
+                            );
                             done.push(inner);
                         }
                         let mut op = thread.callbacks.pop().expect("index is valid");
@@ -456,11 +646,7 @@ impl Correlator {
                             p.strings.first().cloned(),
                         );
                         op.close(p.ts_ns, p.rv());
-                        if thread.synced_gen < self.loss_gen {
-                            op.abandon("events lost");
-                        } else {
-                            op.mismatch = Some("callback return without entry".into());
-                        }
+                        op.orphan_return(thread.callbacks_gap);
                         done.push(op);
                     }
                 }
@@ -471,19 +657,25 @@ impl Correlator {
             if is_entry {
                 if let Some(i) = thread.open.iter().position(|op| op.fd == fd) {
                     let mut stale = thread.open.remove(i);
-                    stale.abandon("entry without return");
+                    stale.kernel_ns = kernel_time(&stale.syscalls);
+                    stale.mismatch.get_or_insert_with(|| {
+                        format!("{} entry without return", stale.kind.as_str())
+                    });
                     done.push(stale);
                 }
                 if thread.open.len() >= MAX_OPEN_OPS {
                     let mut oldest = thread.open.remove(0);
-                    oldest.abandon("too many open ops on this thread");
+                    oldest.kernel_ns = kernel_time(&oldest.syscalls);
+                    oldest.mismatch.get_or_insert_with(|| {
+                        format!("{} entry without return", oldest.kind.as_str())
+                    });
                     done.push(oldest);
                 }
                 thread
                     .open
                     .push(Op::open(kind, p.tid, fd, p.ts_ns, p.closure(), callback));
-                thread.synced_gen = self.loss_gen;
-                self.eventer_fds.insert(fd);
+                thread.ops_gap = None;
+                new_eventer_fd = Some(fd);
             } else {
                 let rv = p.rv();
                 match thread
@@ -494,30 +686,34 @@ impl Correlator {
                     Some(i) => {
                         let mut op = thread.open.remove(i);
                         op.close(p.ts_ns, rv);
+                        // With its entry seen, the fd's life ended there;
+                        // the number may be another's by now.
+                        closes_eventer_fd = kind == OpKind::Close && !op.closing;
                         done.push(op);
                     }
                     None => {
                         let mut op = Op::open(kind, p.tid, fd, p.ts_ns, p.closure(), callback);
                         op.close(p.ts_ns, rv);
-                        if thread.synced_gen < self.loss_gen {
-                            op.mismatch = None;
-                            op.abandon("events lost");
-                        } else {
-                            op.mismatch = Some(format!("{} return without entry", kind.as_str()));
-                        }
+                        op.orphan_return(thread.ops_gap);
+                        closes_eventer_fd = kind == OpKind::Close;
                         done.push(op);
                     }
                 }
                 match (kind, rv) {
-                    (OpKind::Close, _) => {
-                        self.eventer_fds.remove(&fd);
-                    }
                     (OpKind::Accept, Some(new_fd)) if new_fd >= 0 => {
-                        self.eventer_fds.insert(new_fd as i32);
+                        new_eventer_fd = i32::try_from(new_fd).ok()
                     }
                     _ => {}
                 }
             }
+        }
+        if closes_eventer_fd {
+            if let Some(fd) = p.fd() {
+                self.eventer_fds.remove(&fd);
+            }
+        }
+        if let Some(fd) = new_eventer_fd {
+            self.eventer_fds.insert(fd);
         }
         self.emit_event(Event::Probe(p), out);
         for op in done {
@@ -525,7 +721,7 @@ impl Correlator {
         }
     }
 
-    fn abandon_all(&mut self, why: &str, out: &mut Vec<Record>) {
+    fn abandon_all(&mut self, gap: Gap, out: &mut Vec<Record>) {
         let mut threads: Vec<u32> = self.threads.keys().copied().collect();
         threads.sort_unstable();
         for tid in threads {
@@ -536,7 +732,7 @@ impl Correlator {
                 .chain(thread.callbacks.drain(..).rev())
                 .collect();
             for op in &mut ops {
-                op.abandon(why);
+                op.abandon(gap);
             }
             for op in ops {
                 self.emit_op(op, out);
@@ -560,6 +756,7 @@ impl Correlator {
     fn emit_event(&self, ev: Event, out: &mut Vec<Record>) {
         let fd = match &ev {
             Event::Syscall(s) => Some(s.fd),
+            Event::CloseEnter(c) => Some(c.fd),
             Event::EpollCtl(c) => Some(c.fd),
             Event::Probe(p) if p.name == ProbeName::Log => None,
             Event::Probe(p) => p.fd(),

@@ -74,8 +74,10 @@ pub struct OpStats {
     pub bytes: u64,
     /// Failed operations by errno.
     pub errors: BTreeMap<i32, u64>,
-    /// Operations where user and kernel disagreed (incomplete ones included).
+    /// Operations where user and kernel disagreed.
     pub mismatches: u64,
+    /// Operations the trace could not see whole (see [`super::Op::incomplete`]).
+    pub incomplete: u64,
     /// Time in userland around the syscalls, ns.
     pub user_ns: Log2Hist,
     /// Time in the kernel, ns.
@@ -102,6 +104,9 @@ impl OpStats {
         if op.mismatch.is_some() {
             self.mismatches += 1;
         }
+        if op.incomplete.is_some() {
+            self.incomplete += 1;
+        }
         if op.return_ts_ns.is_some() {
             self.user_ns.record(op.user_ns);
             self.user_ns_total = self.user_ns_total.saturating_add(op.user_ns);
@@ -120,6 +125,7 @@ impl OpStats {
             *self.errors.entry(*e).or_default() += n;
         }
         self.mismatches += other.mismatches;
+        self.incomplete += other.incomplete;
         self.user_ns.merge(&other.user_ns);
         self.kernel_ns.merge(&other.kernel_ns);
         self.user_ns_total = self.user_ns_total.saturating_add(other.user_ns_total);
@@ -146,9 +152,10 @@ pub struct Summary {
     pub lost_events: u64,
     /// Ops emitted (after filtering).
     pub ops: u64,
-    /// Ops with a mismatch (incomplete ones included).
+    /// Ops where the app and the kernel disagreed.
     pub mismatches: u64,
-    /// Ops cut short by lost events or the process's end.
+    /// Ops the trace could not see whole: begun before it, cut by lost
+    /// events, the trace's or the process's end. Never mismatches.
     pub incomplete: u64,
     /// Syscalls on an eventer fd with no eventer op around them.
     pub orphan_syscalls: u64,
@@ -168,7 +175,7 @@ impl Summary {
         if op.mismatch.is_some() {
             self.mismatches += 1;
         }
-        if op.incomplete {
+        if op.incomplete.is_some() {
             self.incomplete += 1;
         }
         self.per_fd

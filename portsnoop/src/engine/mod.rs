@@ -112,6 +112,10 @@ pub struct Attached {
     pub unreadable_sites: usize,
     /// Syscall and sched tracepoints attached.
     pub tracepoints: usize,
+    /// The target's threads when recording began: they may have been in the
+    /// middle of ops or callbacks whose entries were not recorded (empty for
+    /// a child held before its first instruction).
+    pub threads_before_trace: Vec<u32>,
 }
 
 /// A loaded and attached kernel side.
@@ -214,6 +218,15 @@ impl Engine {
             })
             .map_err(bpf("opening the ring buffer"))?;
         let ring = builder.build().map_err(bpf("opening the ring buffer"))?;
+        let mut skel = skel;
+        set_ready(&mut skel, true);
+        // Listed after recording began, so no thread running before it is
+        // missed; one started in between is only treated more leniently.
+        let threads_before_trace = if target.is_held() {
+            Vec::new()
+        } else {
+            threads_of(target.pid)
+        };
         let attached = Attached {
             pid: target.pid,
             exe: target.exe.clone(),
@@ -222,6 +235,7 @@ impl Engine {
             dead_sites: sites.dead,
             unreadable_sites: sites.unreadable,
             tracepoints,
+            threads_before_trace,
         };
         Ok(Engine {
             skel,
@@ -308,6 +322,28 @@ impl Engine {
             .unwrap_or(0);
         dropped + *self.undecodable.borrow()
     }
+}
+
+/// Starts or stops recording in the kernel side (see `ready` in the BPF
+/// program: nothing is recorded until every site is attached).
+fn set_ready(skel: &mut PortsnoopSkel<'static>, ready: bool) {
+    let bss = skel
+        .maps
+        .bss_data
+        .as_deref_mut()
+        .expect("the program has a .bss section");
+    // SAFETY: a u32 in the map's memory, which stays mapped for the
+    // skeleton's life; the kernel side reads it on every event.
+    unsafe { std::ptr::write_volatile(&mut bss.ready, u32::from(ready)) };
+}
+
+/// The thread ids of process `pid` now (empty if it is gone).
+fn threads_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 /// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::event::{
-    EpollCtl, EpollWait, Event, Probe, ProbeName, ProcessEvent, ProcessEventKind, ReadyEvent,
+    CloseEnter, EpollCtl, EpollWait, Event, Probe, ProbeName, ProcessEvent, ProcessEventKind, ReadyEvent,
     Syscall, SyscallName,
 };
 
@@ -16,6 +16,7 @@ const EV_PROBE: u32 = 4;
 const EV_LOG: u32 = 5;
 const EV_EXEC: u32 = 6;
 const EV_LOST: u32 = 7;
+const EV_CLOSE_ENTER: u32 = 8;
 
 const SC_EPOLL_WAIT: u32 = 14;
 const SC_EPOLL_PWAIT: u32 = 15;
@@ -96,6 +97,14 @@ struct RawLost {
 
 #[repr(C)]
 #[derive(Clone, Copy)]
+struct RawCloseEnter {
+    h: Header,
+    fd: i32,
+    pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
 struct RawLog {
     h: Header,
     args: [u64; 4],
@@ -111,6 +120,7 @@ const _: () = assert!(std::mem::size_of::<RawSyscall>() == 48);
 const _: () = assert!(std::mem::size_of::<RawEpollCtl>() == 56);
 const _: () = assert!(std::mem::size_of::<RawEpollWait>() == 48 + 16 * WAIT_MAX_EVENTS);
 const _: () = assert!(std::mem::size_of::<RawProbe>() == 24 + 48);
+const _: () = assert!(std::mem::size_of::<RawCloseEnter>() == 24);
 const _: () = assert!(std::mem::size_of::<RawLog>() == 16 + 32 + 32 + 64 + 128);
 
 /// Why a record could not be decoded. Counted by the engine, never fatal:
@@ -290,6 +300,14 @@ fn decode_with(
                 count: r.count,
             })
         }
+        EV_CLOSE_ENTER => {
+            let r: RawCloseEnter = read(data).ok_or_else(short)?;
+            Ok(Event::CloseEnter(CloseEnter {
+                ts_ns: h.ts_ns,
+                tid: h.tid,
+                fd: r.fd,
+            }))
+        }
         EV_EXEC => Ok(Event::Process(ProcessEvent {
             ts_ns: h.ts_ns,
             tid: h.tid,
@@ -332,6 +350,28 @@ mod tests {
             (s.name, s.fd, s.rv, s.errno(), s.tid, s.arg),
             (SyscallName::Recvfrom, 7, -11, Some(11), 42, 4096)
         );
+    }
+
+    #[test]
+    fn decodes_a_close_entry() {
+        let r = RawCloseEnter {
+            h: Header {
+                kind: EV_CLOSE_ENTER,
+                tid: 9,
+                ts_ns: 77,
+            },
+            fd: 12,
+            pad: 0,
+        };
+        assert_eq!(
+            decode(&bytes(&r)),
+            Ok(Event::CloseEnter(CloseEnter {
+                ts_ns: 77,
+                tid: 9,
+                fd: 12
+            }))
+        );
+        assert!(decode(&bytes(&r)[..20]).is_err());
     }
 
     #[test]

@@ -108,6 +108,11 @@ impl Target {
         }
     }
 
+    /// Whether it is a child still held before its first instruction.
+    pub fn is_held(&self) -> bool {
+        self.held
+    }
+
     /// Whether we started it (and so must reap it).
     pub fn is_child(&self) -> bool {
         self.spawned

@@ -5,14 +5,18 @@
 //! signed), strings}; `wait` {ts_ns, tid, name, epfd, rv, errno, dur_ns,
 //! events: [{fd (null: its `epoll_ctl` was not seen), events, data}]}; `op`
 //! {op, tid, fd, entry_ts_ns, return_ts_ns, user_rv, syscalls: [{name, rv,
-//! errno, ts_ns, dur_ns}], kernel_ns, user_ns, mismatch, incomplete,
+//! errno, ts_ns, dur_ns}], kernel_ns, user_ns, mismatch (null, or the
+//! disagreement between the app and the kernel), incomplete (null, or why
+//! the trace cannot see the op whole: "began before the trace", "events
+//! lost", "trace ended", ...; never a mismatch),
 //! closure, callback}. Also `epoll_ctl` {ts_ns, tid, name: "epoll_ctl",
 //! epfd, op ("ADD"/"DEL"/"MOD"), fd, events, data, rv, errno, dur_ns},
-//! `lost` {ts_ns, count} and `process` {ts_ns, tid, event ("exit"/"exec"),
+//! `close_enter` {ts_ns, tid, fd} (a thread entered close(2): the fd's
+//! number is free from then on), `lost` {ts_ns, count} and `process` {ts_ns, tid, event ("exit"/"exec"),
 //! status}. `summary` is the last line: {events, lost_events, ops,
 //! mismatches, incomplete, orphan_syscalls, syscalls_cut, waits,
 //! process_end, per_fd: {FD: {OP: STATS}}, per_op: {OP: STATS}} with STATS
-//! {count, bytes, mismatches, errors: {ERRNO: n}, user_ns_log2,
+//! {count, bytes, mismatches, incomplete, errors: {ERRNO: n}, user_ns_log2,
 //! kernel_ns_log2 ([[bucket lower bound, count], ...]), user_ns_total,
 //! kernel_ns_total}.
 //!
@@ -59,6 +63,11 @@ impl<W: Write> Json<W> {
 fn write_record(l: &mut Line, record: &Record) {
     match record {
         Record::Event(Event::Syscall(s)) => syscall(l, s),
+        Record::Event(Event::CloseEnter(c)) => {
+            l.str(r#"{"type":"close_enter","ts_ns":"#).u64(c.ts_ns);
+            l.str(r#","tid":"#).u64(c.tid.into());
+            l.str(r#","fd":"#).i64(c.fd.into()).byte(b'}');
+        }
         Record::Event(Event::EpollCtl(c)) => epoll_ctl(l, c),
         Record::Event(Event::EpollWait(w)) => wait(l, w, None),
         Record::Wait(Wait { wait: w, fds }) => wait(l, w, Some(fds)),
@@ -183,8 +192,8 @@ fn op_line(l: &mut Line, op: &Op) {
     l.str(r#","user_ns":"#).u64(op.user_ns);
     l.str(r#","mismatch":"#);
     opt_str(l, op.mismatch.as_deref());
-    l.str(r#","incomplete":"#)
-        .str(if op.incomplete { "true" } else { "false" });
+    l.str(r#","incomplete":"#);
+    opt_str(l, op.incomplete.as_deref());
     l.str(r#","closure":"#);
     opt_u64(l, op.closure);
     l.str(r#","callback":"#);
@@ -238,7 +247,7 @@ fn hist_json(h: &Log2Hist) -> Value {
 
 fn stats_json(s: &OpStats) -> Value {
     json!({
-        "count": s.count, "bytes": s.bytes, "mismatches": s.mismatches,
+        "count": s.count, "bytes": s.bytes, "mismatches": s.mismatches, "incomplete": s.incomplete,
         "errors": s.errors.iter().map(|(e, n)| (e.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "user_ns_log2": hist_json(&s.user_ns), "kernel_ns_log2": hist_json(&s.kernel_ns),
         "user_ns_total": s.user_ns_total, "kernel_ns_total": s.kernel_ns_total,

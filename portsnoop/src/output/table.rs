@@ -451,11 +451,13 @@ impl<W: Write> Output for Table<W> {
                     row(p.tid, "PROCESS", FdCol::Dash, Details::Text(details)),
                 )
             }
-            Record::Op(op) => match &op.mismatch {
+            // Seen as the close's own row when it returns.
+            Record::Event(Event::CloseEnter(_)) => Ok(()),
+            Record::Op(op) => match (&op.mismatch, &op.incomplete) {
                 // Agreeing ops are already visible as their rows; only
-                // disagreements get a row of their own.
-                None => Ok(()),
-                Some(why) => {
+                // disagreements and gaps get a row of their own.
+                (None, None) => Ok(()),
+                (mismatch, incomplete) => {
                     // An op that never returned is shown where it was last
                     // seen: after the syscalls it holds, not before them.
                     let ts = op.return_ts_ns.unwrap_or_else(|| {
@@ -464,10 +466,11 @@ impl<W: Write> Output for Table<W> {
                             .map(|s| s.ts_ns.saturating_add(s.dur_ns))
                             .fold(op.entry_ts_ns, u64::max)
                     });
-                    let label = if op.incomplete {
-                        "INCOMPLETE"
-                    } else {
-                        "MISMATCH"
+                    let (label, why) = match (mismatch, incomplete) {
+                        (Some(m), None) => ("MISMATCH", m.clone()),
+                        (Some(m), Some(i)) => ("MISMATCH", format!("{m}; incomplete: {i}")),
+                        (None, Some(i)) => ("INCOMPLETE", i.clone()),
+                        (None, None) => unreachable!("matched above"),
                     };
                     self.push(
                         ts,
@@ -475,7 +478,7 @@ impl<W: Write> Output for Table<W> {
                             op.tid,
                             format!("{label} {}", op.kind.as_str()),
                             FdCol::Num(op.fd),
-                            Details::Text(why.clone()),
+                            Details::Text(why),
                         ),
                     )
                 }
