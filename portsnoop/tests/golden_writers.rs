@@ -171,7 +171,7 @@ fn table_marks_lost_events_and_incomplete_ops() {
         "        TIME     TID SYSCALL               FD DETAILS                                  ERROR",
         "    0.000000       7 write-entry            9 len 64 closure 2",
         "    0.000001       7 sendto                 9 = 64 (arg 64) 0us",
-        "    0.000001       7 INCOMPLETE write       9 incomplete: events lost",
+        "    0.000001       7 INCOMPLETE write       9 events lost",
         "    0.000002       0 LOST                   - 3 events dropped by the kernel side",
     ]);
     // The op never returned: its row goes where it was last seen, after
@@ -246,11 +246,11 @@ fn json_lines_follow_the_contract() {
                                   "ts_ns": T0 + 22_000, "dur_ns": 1000}],
                     "kernel_ns": 1000, "user_ns": 2000,
                     "mismatch": "user rv 5 != kernel rv -11 (recvfrom)",
-                    "incomplete": false, "closure": 2, "callback": "echo"}),
+                    "incomplete": null, "closure": 2, "callback": "echo"}),
             &json!({"type": "op", "op": "callback", "tid": 7, "fd": 9,
                     "entry_ts_ns": T0 + 20_000, "return_ts_ns": T0 + 30_000, "user_rv": 1,
                     "syscalls": [], "kernel_ns": 0, "user_ns": 10_000, "mismatch": null,
-                    "incomplete": false, "closure": 2, "callback": "echo"}),
+                    "incomplete": null, "closure": 2, "callback": "echo"}),
         ]
     );
 
@@ -267,7 +267,7 @@ fn json_lines_follow_the_contract() {
     );
     assert_eq!(
         last["per_fd"]["9"]["read"],
-        json!({"count": 1, "bytes": 5, "mismatches": 1, "errors": {},
+        json!({"count": 1, "bytes": 5, "mismatches": 1, "incomplete": 0, "errors": {},
                "user_ns_log2": [[1024, 1]], "kernel_ns_log2": [[512, 1]],
                "user_ns_total": 2000, "kernel_ns_total": 1000}),
         "the user side's rv counts bytes and errors"
@@ -397,20 +397,20 @@ fn the_summary_report_names_losses_and_disagreements() {
         [
             "",
             "=== summary",
-            "events 10  lost 3  ops 3  mismatches 2  incomplete 1  orphan syscalls 0  waits 1",
-            "WARNING: 3 events were lost; ops around them are marked incomplete",
+            "events 10  lost 3  ops 3  mismatches 1  incomplete 1  orphan syscalls 0  waits 1",
+            "WARNING: 3 events were lost; ops around them are marked incomplete, not mismatched",
             "",
         ]
     );
     assert!(
         text.contains(
-            "     9 read              1            5         1         2000         1000  -\n"
+            "     9 read              1            5         1          0         2000         1000  -\n"
         ),
         "{text}"
     );
     assert!(
         text.contains(
-            "     9 write             1            0         1            -            -  -\n"
+            "     9 write             1            0         0          1            -            -  -\n"
         ),
         "an op cut by the loss has no times: {text}"
     );

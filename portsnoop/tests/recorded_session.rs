@@ -40,7 +40,7 @@ fn every_op_of_the_session_lines_up() {
     assert_eq!(summary.ops, 39);
     for op in &ops {
         assert_eq!(op.mismatch, None, "disagreement in a clean session: {op:?}");
-        assert!(!op.incomplete, "{op:?}");
+        assert_eq!(op.incomplete, None, "{op:?}");
         assert_eq!(op.tid, LOOP_TID, "only the loop thread has probes");
         assert!(op.return_ts_ns.is_some());
         if op.kind == OpKind::Callback {

@@ -275,17 +275,14 @@ fn forced_ring_buffer_overflow_is_counted_shown_and_marks_ops_incomplete() {
     );
     for op in records
         .iter()
-        .filter(|r| r["type"] == "op" && r["incomplete"] == true)
+        .filter(|r| r["type"] == "op" && r["incomplete"].is_string())
     {
-        assert!(
-            op["mismatch"].as_str().unwrap().starts_with("incomplete"),
-            "{op}"
-        );
+        assert!(op["mismatch"].is_null(), "a loss is never a mismatch: {op}");
     }
     // What a loss did not cut still lines up: complete ops agree.
     for op in records
         .iter()
-        .filter(|r| r["type"] == "op" && r["incomplete"] == false && r["op"] == "read")
+        .filter(|r| r["type"] == "op" && r["incomplete"].is_null() && r["op"] == "read")
     {
         let last = op["syscalls"].as_array().unwrap().last().cloned();
         if let Some(last) = last {

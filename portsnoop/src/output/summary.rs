@@ -28,7 +28,7 @@ impl<'a> SummaryReport<'a> {
         if s.lost_events > 0 {
             writeln!(
                 out,
-                "WARNING: {} events were lost; ops around them are marked incomplete",
+                "WARNING: {} events were lost; ops around them are marked incomplete, not mismatched",
                 s.lost_events
             )?;
         }
@@ -37,19 +37,20 @@ impl<'a> SummaryReport<'a> {
         }
         writeln!(
             out,
-            "\n{:>6} {:<9} {:>9} {:>12} {:>9} {:>12} {:>12}  ERRORS",
-            "FD", "OP", "COUNT", "BYTES", "MISMATCH", "USER ns/op", "KERNEL ns/op"
+            "\n{:>6} {:<9} {:>9} {:>12} {:>9} {:>10} {:>12} {:>12}  ERRORS",
+            "FD", "OP", "COUNT", "BYTES", "MISMATCH", "INCOMPLETE", "USER ns/op", "KERNEL ns/op"
         )?;
         for (fd, ops) in &s.per_fd {
             for (kind, st) in ops {
                 writeln!(
                     out,
-                    "{:>6} {:<9} {:>9} {:>12} {:>9} {:>12} {:>12}  {}",
+                    "{:>6} {:<9} {:>9} {:>12} {:>9} {:>10} {:>12} {:>12}  {}",
                     fd,
                     kind.as_str(),
                     st.count,
                     st.bytes,
                     st.mismatches,
+                    st.incomplete,
                     mean(st.user_ns_mean()),
                     mean(st.kernel_ns_mean()),
                     errors(st)
