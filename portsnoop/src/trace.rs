@@ -91,12 +91,16 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
             engine::PROVIDER
         );
     }
+    for warning in &attached.warnings {
+        eprintln!("portsnoop: {warning}");
+    }
     eprintln!(
-        "portsnoop: tracing pid {} ({}): {} {} probes, {} tracepoints; ready",
+        "portsnoop: tracing pid {} ({}): {} {} probes{}, {} tracepoints; ready",
         attached.pid,
         attached.exe.display(),
         attached.probes,
         engine::PROVIDER,
+        attached.sharing(),
         attached.tracepoints
     );
     target.release();

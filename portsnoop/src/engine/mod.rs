@@ -7,6 +7,7 @@
 //! missing, as [`Event::Lost`].
 
 mod raw;
+mod semaphore;
 mod sites;
 mod target;
 
@@ -26,6 +27,7 @@ pub use sites::{sites_in, ArgSpec, Site, Sites};
 pub use target::{check_privileges, ensure_btf, Target};
 
 use crate::event::Event;
+use semaphore::HeldSemaphore;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs, dead_code, unused_imports)]
 mod skel {
@@ -49,8 +51,10 @@ pub enum Error {
     NoBtf,
     /// The command line was wrong.
     Usage(String),
-    /// The kernel refused to load or attach.
+    /// The kernel refused to load the program or attach a tracepoint.
     Bpf(String, libbpf_rs::Error),
+    /// The kernel refused a uprobe on a probe site.
+    Attach(String, libbpf_rs::Error),
     /// Other I/O.
     Io(String, io::Error),
 }
@@ -71,7 +75,8 @@ impl fmt::Display for Error {
                  CONFIG_DEBUG_INFO_BTF=y (Linux 5.15 or later; most distributions' kernels are)"
             ),
             Error::Usage(msg) => write!(f, "{msg}"),
-            Error::Bpf(what, e) => write!(f, "{what}: {e} (is this kernel built with BPF, BTF and uprobes?)"),
+            Error::Bpf(what, e) => write!(f, "{what}: {e:#} (is this kernel built with BPF, BTF and uprobes?)"),
+            Error::Attach(what, e) => write!(f, "{what}: {e:#}"),
             Error::Io(what, e) => write!(f, "{what}: {e}"),
         }
     }
@@ -106,6 +111,13 @@ pub struct Attached {
     pub probes: usize,
     /// Probe sites attached (a probe can have several).
     pub sites: usize,
+    /// Of those, sites another tool's uprobe holds without the semaphore as
+    /// reference counter: attached without one, with the semaphore set by
+    /// portsnoop (see `engine/semaphore.rs`).
+    pub shared_sites: usize,
+    /// Sites not attached because of another tool's uprobe on them (named
+    /// in `warnings`).
+    pub skipped_sites: usize,
     /// Notes skipped because their code was discarded by the linker.
     pub dead_sites: usize,
     /// Sites skipped because their arguments are not where we read them.
@@ -116,12 +128,33 @@ pub struct Attached {
     /// middle of ops or callbacks whose entries were not recorded (empty for
     /// a child held before its first instruction).
     pub threads_before_trace: Vec<u32>,
+    /// What the operator should know about the attach (sites shared or
+    /// skipped, and why), one sentence each.
+    pub warnings: Vec<String>,
+}
+
+impl Attached {
+    /// `" (1 site shared with another uprobe, 0 skipped)"` for the ready
+    /// line, or nothing when every site is portsnoop's alone.
+    pub fn sharing(&self) -> String {
+        if self.shared_sites == 0 && self.skipped_sites == 0 {
+            return String::new();
+        }
+        let plural = if self.shared_sites == 1 { "" } else { "s" };
+        format!(
+            " ({} site{plural} shared with another uprobe, {} skipped)",
+            self.shared_sites, self.skipped_sites
+        )
+    }
 }
 
 /// A loaded and attached kernel side.
 pub struct Engine {
     skel: PortsnoopSkel<'static>,
     _links: Vec<Link>,
+    /// Dropped after the links: the probes go quiet before their
+    /// semaphores are given back.
+    _semaphores: Vec<HeldSemaphore>,
     ring: RingBuffer<'static>,
     decoded: Rc<RefCell<Vec<Event>>>,
     undecodable: Rc<RefCell<u64>>,
@@ -177,21 +210,86 @@ impl Engine {
             .map_err(|e| Error::Io(e, io::Error::other("reading USDT notes")))?;
         let mut probes = std::collections::BTreeSet::new();
         let mut arg_specs: [Vec<ArgSpec>; 11] = Default::default();
+        let mut semaphores = Vec::new();
+        let (mut shared_sites, mut skipped_sites) = (0, 0);
+        let mut warnings = Vec::new();
         for site in &sites.sites {
-            let opts = UprobeOpts {
-                ref_ctr_offset: site.semaphore_offset as usize,
-                cookie: site.probe as u64,
-                ..UprobeOpts::default()
+            let attach = |ref_ctr_offset: u64| {
+                let opts = UprobeOpts {
+                    ref_ctr_offset: ref_ctr_offset as usize,
+                    cookie: site.probe as u64,
+                    ..UprobeOpts::default()
+                };
+                // libbpf prints its own line when an attach fails; ours says
+                // which site, why, and what portsnoop did about it.
+                let libbpf_print = libbpf_rs::set_print(None);
+                let link = skel.progs.evloop_site.attach_uprobe_with_opts(
+                    target.pid as i32,
+                    &target.exe,
+                    site.offset as usize,
+                    opts,
+                );
+                libbpf_rs::set_print(libbpf_print);
+                link
             };
-            let link = skel
-                .progs
-                .evloop_site
-                .attach_uprobe_with_opts(target.pid as i32, &target.exe, site.offset as usize, opts)
-                .map_err(bpf(&format!(
-                    "attaching {PROVIDER}:{} at offset {:#x}",
-                    site.probe.as_str(),
-                    site.offset
-                )))?;
+            let at = format!("{PROVIDER}:{} at {:#x}", site.probe.as_str(), site.offset);
+            let link = match attach(site.semaphore_offset) {
+                Ok(link) => link,
+                // EINVAL with a reference counter: the kernel allows one per
+                // site, and another tool's uprobe there has none (or another
+                // one). Share the site without it and hold the semaphore up
+                // ourselves (see semaphore.rs).
+                // (An odd offset is refused on its own: the counter is a u16.)
+                Err(e)
+                    if site.semaphore_offset != 0
+                        && site.semaphore_offset % 2 == 0
+                        && e.kind() == libbpf_rs::ErrorKind::InvalidInput =>
+                {
+                    let evidence = semaphore::tracefs_uprobes_at(
+                        &target.exe,
+                        site.offset,
+                        site.semaphore_offset,
+                    );
+                    let evidence = if evidence.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (tracefs has uprobe {} there)", evidence.join(", "))
+                    };
+                    let link = match attach(0) {
+                        Ok(link) => link,
+                        Err(without) => {
+                            skipped_sites += 1;
+                            warnings.push(format!(
+                                "cannot share {at} with another uprobe{evidence}: the kernel allows one \
+                                 semaphore reference counter per site and refused both ours ({e:#}) and \
+                                 none ({without:#}): skipping this site, its events are missing"
+                            ));
+                            continue;
+                        }
+                    };
+                    match HeldSemaphore::hold(target.pid, &target.exe, site) {
+                        Ok(held) => {
+                            semaphores.push(held);
+                            shared_sites += 1;
+                            warnings.push(format!(
+                                "another uprobe on {at} has no semaphore reference counter{evidence}; \
+                                 portsnoop sets the semaphore itself"
+                            ));
+                            link
+                        }
+                        Err(why) => {
+                            skipped_sites += 1;
+                            warnings.push(format!(
+                                "another uprobe on {at} has no semaphore reference counter{evidence}, \
+                                 and portsnoop cannot set the semaphore itself ({why}): skipping this \
+                                 site, its events are missing"
+                            ));
+                            continue;
+                        }
+                    }
+                }
+                Err(e) => return Err(Error::Attach(format!("attaching {at}"), e)),
+            };
             links.push(link);
             probes.insert(site.probe);
             arg_specs[site.probe as usize] = site.args.clone();
@@ -231,15 +329,19 @@ impl Engine {
             pid: target.pid,
             exe: target.exe.clone(),
             probes: probes.len(),
-            sites: sites.sites.len(),
+            sites: sites.sites.len() - skipped_sites,
+            shared_sites,
+            skipped_sites,
             dead_sites: sites.dead,
             unreadable_sites: sites.unreadable,
             tracepoints,
             threads_before_trace,
+            warnings,
         };
         Ok(Engine {
             skel,
             _links: links,
+            _semaphores: semaphores,
             ring,
             decoded,
             undecodable,

@@ -47,8 +47,15 @@ pub struct Site {
     pub probe: ProbeName,
     /// File offset of the probe's instruction.
     pub offset: u64,
+    /// The instruction's link-time address (where it is in the running
+    /// process, less the load bias of a PIE).
+    pub address: u64,
     /// File offset of its semaphore (0: none).
     pub semaphore_offset: u64,
+    /// The semaphore's link-time address (0: none). Needed beside the file
+    /// offset because in a PIE two mappings can hold that file offset (see
+    /// `semaphore.rs`).
+    pub semaphore_address: u64,
     /// Its arguments.
     pub args: Vec<ArgSpec>,
 }
@@ -121,7 +128,13 @@ pub fn sites_in(path: &Path, provider: &str) -> Result<Sites, String> {
         out.sites.push(Site {
             probe,
             offset,
+            address: pc,
             semaphore_offset,
+            semaphore_address: if semaphore_offset == 0 {
+                0
+            } else {
+                note.semaphore
+            },
             args,
         });
     }
