@@ -499,7 +499,10 @@ impl Correlator {
         {
             self.summary.orphan_syscalls += 1;
             let (callback, gap) = match self.threads.get(&s.tid) {
-                Some(t) => (t.callbacks.last().and_then(|c| c.callback.clone()), t.ops_gap),
+                Some(t) => (
+                    t.callbacks.last().and_then(|c| c.callback.clone()),
+                    t.ops_gap,
+                ),
                 None => (None, self.unseen_thread_gap(s.tid)),
             };
             let mut op = Op::open(s.name.op(), s.tid, fd, s.ts_ns, None, callback);

@@ -6,24 +6,26 @@
 //! are counted in the kernel and reported in the stream where they are
 //! missing, as [`Event::Lost`].
 
+mod checks;
 mod raw;
 mod sites;
-mod target;
 
 use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::mem::MaybeUninit;
-use std::path::PathBuf;
+use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder, UprobeOpts};
 
+pub use checks::{check_privileges, ensure_btf, own_pid_namespace};
 pub use raw::{decode, DecodeError, Decoder};
 pub use sites::{sites_in, ArgSpec, Site, Sites};
-pub use target::{check_privileges, ensure_btf, Target};
+
+use crate::target::Target;
 
 use crate::event::Event;
 
@@ -41,14 +43,8 @@ pub const PROVIDER: &str = "evloop";
 pub enum Error {
     /// Not root and missing these capabilities.
     Privileges(String),
-    /// No process with this pid.
-    NoSuchProcess(u32),
-    /// The command after `--` was not found.
-    NoSuchCommand(String),
     /// The kernel has no BTF.
     NoBtf,
-    /// The command line was wrong.
-    Usage(String),
     /// The kernel refused to load or attach.
     Bpf(String, libbpf_rs::Error),
     /// Other I/O.
@@ -63,14 +59,11 @@ impl fmt::Display for Error {
                 "portsnoop needs root, or the capabilities CAP_BPF and CAP_PERFMON (missing: {missing}); \
                  run it with sudo"
             ),
-            Error::NoSuchProcess(pid) => write!(f, "no such process: {pid}"),
-            Error::NoSuchCommand(cmd) => write!(f, "command not found: {cmd}"),
             Error::NoBtf => write!(
                 f,
                 "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): portsnoop needs a kernel built with \
                  CONFIG_DEBUG_INFO_BTF=y (Linux 5.15 or later; most distributions' kernels are)"
             ),
-            Error::Usage(msg) => write!(f, "{msg}"),
             Error::Bpf(what, e) => write!(f, "{what}: {e} (is this kernel built with BPF, BTF and uprobes?)"),
             Error::Io(what, e) => write!(f, "{what}: {e}"),
         }
@@ -100,8 +93,9 @@ impl Default for Options {
 pub struct Attached {
     /// The traced pid.
     pub pid: u32,
-    /// The executable whose probes were attached.
-    pub exe: PathBuf,
+    /// The executable whose probes were attached, as the process sees it
+    /// (escaped: the app controls it).
+    pub exe: String,
     /// Distinct `evloop` probes attached.
     pub probes: usize,
     /// Probe sites attached (a probe can have several).
@@ -118,10 +112,16 @@ pub struct Attached {
     pub threads_before_trace: Vec<u32>,
 }
 
+/// The argument specs of each probe, by probe id, of the image attached.
+type ArgSpecs = [Vec<ArgSpec>; 11];
+
 /// A loaded and attached kernel side.
 pub struct Engine {
     skel: PortsnoopSkel<'static>,
-    _links: Vec<Link>,
+    _tracepoints: Vec<Link>,
+    /// The uprobes on the current image's sites.
+    site_links: Vec<Link>,
+    arg_specs: Rc<RefCell<ArgSpecs>>,
     ring: RingBuffer<'static>,
     decoded: Rc<RefCell<Vec<Event>>>,
     undecodable: Rc<RefCell<u64>>,
@@ -152,7 +152,13 @@ impl Engine {
             .rodata_data
             .as_deref_mut()
             .expect("the program has read-only data");
-        rodata.target_tgid = target.pid;
+        rodata.target_tgid = target.pid();
+        // In a pid namespace, the BPF side filters and reports in its pids.
+        if let Some((dev, ino)) = own_pid_namespace() {
+            rodata.in_pid_ns = 1;
+            rodata.pid_ns_dev = dev;
+            rodata.pid_ns_ino = ino;
+        }
         // Wake the consumer early only when the buffer is half full; else it
         // drains on its timer.
         rodata.wakeup_bytes = (ring_bytes / 2) as u64;
@@ -173,29 +179,10 @@ impl Engine {
             }
         }
 
-        let sites = sites_in(&target.exe, PROVIDER)
-            .map_err(|e| Error::Io(e, io::Error::other("reading USDT notes")))?;
-        let mut probes = std::collections::BTreeSet::new();
-        let mut arg_specs: [Vec<ArgSpec>; 11] = Default::default();
-        for site in &sites.sites {
-            let opts = UprobeOpts {
-                ref_ctr_offset: site.semaphore_offset as usize,
-                cookie: site.probe as u64,
-                ..UprobeOpts::default()
-            };
-            let link = skel
-                .progs
-                .evloop_site
-                .attach_uprobe_with_opts(target.pid as i32, &target.exe, site.offset as usize, opts)
-                .map_err(bpf(&format!(
-                    "attaching {PROVIDER}:{} at offset {:#x}",
-                    site.probe.as_str(),
-                    site.offset
-                )))?;
-            links.push(link);
-            probes.insert(site.probe);
-            arg_specs[site.probe as usize] = site.args.clone();
-        }
+        let image = target.image();
+        let sites = attach_sites(&skel, target.pid(), &image.path)?;
+        let arg_specs = Rc::new(RefCell::new(sites.arg_specs.clone()));
+        let specs = Rc::clone(&arg_specs);
 
         let decoded = Rc::new(RefCell::new(Vec::new()));
         let undecodable = Rc::new(RefCell::new(0u64));
@@ -206,7 +193,8 @@ impl Engine {
             .add(&skel.maps.events, move |data: &[u8]| {
                 match decoder.decode(data) {
                     Ok(Event::Probe(mut p)) => {
-                        for (arg, spec) in p.args.iter_mut().zip(&arg_specs[p.name as usize]) {
+                        let specs = specs.borrow();
+                        for (arg, spec) in p.args.iter_mut().zip(&specs[p.name as usize]) {
                             *arg = spec.extend(*arg);
                         }
                         sink.borrow_mut().push(Event::Probe(p))
@@ -225,13 +213,13 @@ impl Engine {
         let threads_before_trace = if target.is_held() {
             Vec::new()
         } else {
-            threads_of(target.pid)
+            threads_of(target.pid())
         };
         let attached = Attached {
-            pid: target.pid,
-            exe: target.exe.clone(),
-            probes: probes.len(),
-            sites: sites.sites.len(),
+            pid: target.pid(),
+            exe: image.shown.clone(),
+            probes: sites.probes,
+            sites: sites.sites,
             dead_sites: sites.dead,
             unreadable_sites: sites.unreadable,
             tracepoints,
@@ -239,7 +227,9 @@ impl Engine {
         };
         Ok(Engine {
             skel,
-            _links: links,
+            _tracepoints: links,
+            site_links: sites.links,
+            arg_specs,
             ring,
             decoded,
             undecodable,
@@ -251,6 +241,57 @@ impl Engine {
     /// What was attached.
     pub fn attached(&self) -> &Attached {
         &self.attached
+    }
+
+    /// Stops recording until [`Engine::reattach`]. The kernel side also
+    /// stops by itself when the target execs.
+    pub fn pause(&mut self) {
+        set_ready(&mut self.skel, false);
+    }
+
+    /// Whether the kernel side records. False after [`Engine::pause`], and
+    /// after the target exec'd: its old image's sites are gone, and the
+    /// new image's wait for [`Engine::reattach`].
+    pub fn is_recording(&self) -> bool {
+        let bss = self
+            .skel
+            .maps
+            .bss_data
+            .as_deref()
+            .expect("the program has a .bss section");
+        // SAFETY: a u32 in the map's memory, which stays mapped for the
+        // skeleton's life; the kernel side writes it on exec.
+        unsafe { std::ptr::read_volatile(&bss.ready) != 0 }
+    }
+
+    /// After the target exec'd (and its new image's loader is done, see
+    /// [`Target::reload`]): detaches the old image's sites, attaches the
+    /// new image's, and records again. The target's threads at that moment
+    /// are in [`Attached::threads_before_trace`].
+    ///
+    /// If the new image's sites cannot be attached, recording resumes on
+    /// the kernel side only and the error is returned.
+    pub fn reattach(&mut self, target: &Target) -> Result<&Attached, Error> {
+        set_ready(&mut self.skel, false);
+        // Dropping a link detaches it; before the new ones, so that a
+        // re-exec of the same binary does not count its semaphores twice.
+        self.site_links.clear();
+        let image = target.image();
+        let result = attach_sites(&self.skel, target.pid(), &image.path);
+        let sites = result.as_ref().ok();
+        self.attached.exe = image.shown.clone();
+        self.attached.probes = sites.map_or(0, |s| s.probes);
+        self.attached.sites = sites.map_or(0, |s| s.sites);
+        self.attached.dead_sites = sites.map_or(0, |s| s.dead);
+        self.attached.unreadable_sites = sites.map_or(0, |s| s.unreadable);
+        let result = result.map(|sites| {
+            *self.arg_specs.borrow_mut() = sites.arg_specs;
+            self.site_links = sites.links;
+        });
+        set_ready(&mut self.skel, true);
+        // Listed after recording began again (see `attach`).
+        self.attached.threads_before_trace = threads_of(target.pid());
+        result.map(|()| &self.attached)
     }
 
     /// Waits up to `timeout` (less if the buffer fills) and puts into
@@ -322,6 +363,59 @@ impl Engine {
             .unwrap_or(0);
         dropped + *self.undecodable.borrow()
     }
+}
+
+/// One image's sites, attached.
+struct ImageSites {
+    links: Vec<Link>,
+    /// Distinct probes.
+    probes: usize,
+    sites: usize,
+    dead: usize,
+    unreadable: usize,
+    arg_specs: ArgSpecs,
+}
+
+/// Attaches a uprobe to every valid `evloop` site of `exe` (a path that
+/// opens the target's mapped image), for `pid` only.
+fn attach_sites(skel: &PortsnoopSkel<'static>, pid: u32, exe: &Path) -> Result<ImageSites, Error> {
+    let bpf = |what: &str| {
+        let what = what.to_string();
+        move |e| Error::Bpf(what, e)
+    };
+    let mut links = Vec::new();
+    let sites = sites_in(exe, PROVIDER)
+        .map_err(|e| Error::Io(e, io::Error::other("reading USDT notes")))?;
+    let mut probes = std::collections::BTreeSet::new();
+    let mut arg_specs: [Vec<ArgSpec>; 11] = Default::default();
+    for site in &sites.sites {
+        let opts = UprobeOpts {
+            ref_ctr_offset: site.semaphore_offset as usize,
+            cookie: site.probe as u64,
+            ..UprobeOpts::default()
+        };
+        let link = skel
+            .progs
+            .evloop_site
+            .attach_uprobe_with_opts(pid as i32, exe, site.offset as usize, opts)
+            .map_err(bpf(&format!(
+                "attaching {PROVIDER}:{} at offset {:#x}",
+                site.probe.as_str(),
+                site.offset
+            )))?;
+        links.push(link);
+        probes.insert(site.probe);
+        arg_specs[site.probe as usize] = site.args.clone();
+    }
+
+    Ok(ImageSites {
+        links,
+        probes: probes.len(),
+        sites: sites.sites.len(),
+        dead: sites.dead,
+        unreadable: sites.unreadable,
+        arg_specs,
+    })
 }
 
 /// Starts or stops recording in the kernel side (see `ready` in the BPF

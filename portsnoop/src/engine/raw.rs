@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::event::{
-    CloseEnter, EpollCtl, EpollWait, Event, Probe, ProbeName, ProcessEvent, ProcessEventKind, ReadyEvent,
-    Syscall, SyscallName,
+    CloseEnter, EpollCtl, EpollWait, Event, Probe, ProbeName, ProcessEvent, ProcessEventKind,
+    ReadyEvent, Syscall, SyscallName,
 };
 
 const EV_SYSCALL: u32 = 1;
