@@ -50,18 +50,19 @@ pub(super) fn spawn_traced(argv: &[OsString], stdout: ChildStdout) -> Result<u32
         return Err(Error::last_os("creating a pipe to start the command"));
     }
     let (read_end, write_end) = (fds[0], fds[1]);
-    // SAFETY: an all-zero sigaction is SIG_DFL with no flags; sigemptyset
-    // initializes the set.
-    let (default_action, empty_set) = unsafe {
-        let action: libc::sigaction = std::mem::zeroed();
+    // The kernel's struct sigaction all zero: SIG_DFL, no flags, nothing
+    // masked (larger than any architecture's layout).
+    let default_action = [0u64; 8];
+    // SAFETY: sigemptyset initializes the set.
+    let empty_set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        (action, set)
+        set
     };
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
-    // Asked before the fork: glibc's answer, not a syscall.
-    let last_signal = libc::SIGRTMAX();
+    // The kernel's last signal (_NSIG), not glibc's SIGRTMAX.
+    let last_signal = 64;
 
     // SAFETY: between fork and exec the child only makes async-signal-safe
     // calls on memory prepared above, and ends in exec or _exit.
@@ -82,9 +83,17 @@ pub(super) fn spawn_traced(argv: &[OsString], stdout: ChildStdout) -> Result<u32
             if libc::getppid() != parent {
                 libc::_exit(127);
             }
+            // The raw syscall: glibc refuses the two real-time signals it
+            // keeps for itself, which a parent may still have ignored.
             for sig in 1..=last_signal {
                 if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    libc::sigaction(sig, &default_action, std::ptr::null_mut());
+                    libc::syscall(
+                        libc::SYS_rt_sigaction,
+                        sig,
+                        default_action.as_ptr(),
+                        std::ptr::null_mut::<libc::c_void>(),
+                        8usize,
+                    );
                 }
             }
             libc::sigprocmask(libc::SIG_SETMASK, &empty_set, std::ptr::null_mut());
