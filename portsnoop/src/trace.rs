@@ -143,7 +143,10 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
             // exec's record first, then the new image.
             engine.poll(Duration::ZERO, &mut events)?;
             feed(&mut correlator, &mut *output, &mut events, &mut records)?;
-            follow_exec(&mut target, &mut engine, &mut correlator);
+            if let Some(traced) = follow_exec(&mut target, &mut engine, &mut correlator) {
+                events.push(traced);
+                feed(&mut correlator, &mut *output, &mut events, &mut records)?;
+            }
         }
         if let Some(code) = target.exit_status() {
             ended = Some(ProcessEventKind::Exit { code });
@@ -193,10 +196,15 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
 }
 
 /// After the target exec'd: waits for the new image's loader, attaches
-/// its probes and tells the correlator which threads were running by then.
-/// Whatever fails, recording goes on (kernel side only if need be); a
-/// target that is gone is noticed by the exit check.
-fn follow_exec(target: &mut Target, engine: &mut Engine, correlator: &mut Correlator) {
+/// its probes and tells the correlator which threads were running by then;
+/// returns the event that says what is traced now. Whatever fails,
+/// recording goes on (kernel side only if need be); a target that is gone
+/// is noticed by the exit check.
+fn follow_exec(
+    target: &mut Target,
+    engine: &mut Engine,
+    correlator: &mut Correlator,
+) -> Option<Event> {
     let pid = target.pid();
     match target.reload(EXEC_SETTLE) {
         Ok(true) => {}
@@ -205,7 +213,7 @@ fn follow_exec(target: &mut Target, engine: &mut Engine, correlator: &mut Correl
              some probes may stay silent",
             target.image().shown
         ),
-        Err(_) if target.exit_status().is_some() => return,
+        Err(_) if !target.is_alive() => return None,
         Err(e) => eprintln!("portsnoop: pid {pid} exec'd: {}", error_chain(&e)),
     }
     match engine.reattach(target) {
@@ -225,7 +233,16 @@ fn follow_exec(target: &mut Target, engine: &mut Engine, correlator: &mut Correl
             target.image().shown
         ),
     }
-    correlator.threads_before_trace(engine.attached().threads_before_trace.iter().copied());
+    let attached = engine.attached();
+    correlator.threads_before_trace(attached.threads_before_trace.iter().copied());
+    Some(Event::Process(ProcessEvent {
+        ts_ns: engine::monotonic_ns(),
+        tid: pid,
+        kind: ProcessEventKind::Traced {
+            exe: attached.exe.clone(),
+            probes: attached.probes,
+        },
+    }))
 }
 
 /// An error and its causes, as one line: what portsnoop was doing, then

@@ -426,6 +426,15 @@ fn trace_through_exec(launcher: &[&str], tag: &str) {
             .any(|r| r["type"] == "process" && r["event"] == "exec"),
         "the exec is in the trace"
     );
+    let traced = records
+        .iter()
+        .find(|r| r["type"] == "process" && r["event"] == "traced")
+        .expect("what is traced after the exec");
+    assert_eq!(traced["probes"], 11);
+    assert!(
+        traced["exe"].as_str().unwrap().ends_with("/echo-mio"),
+        "{traced}"
+    );
     let ops = records.iter().filter(|r| r["type"] == "op").count();
     assert!(ops >= 80, "the new image's ops: {}", summary(&records));
     assert_eq!(summary(&records)["mismatches"], 0, "{}", summary(&records));

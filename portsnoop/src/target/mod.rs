@@ -192,6 +192,12 @@ impl Target {
         }
     }
 
+    /// Whether the process still runs (not gone, not a zombie). Unlike
+    /// [`Target::exit_status`], it reaps nothing.
+    pub fn is_alive(&self) -> bool {
+        !matches!(process::state(self.pid), None | Some('Z'))
+    }
+
     /// Ends a child we started and still running: `SIGTERM`, up to
     /// [`GRACE`] to exit, then `SIGKILL`; reaps it and returns its wait
     /// status. Does nothing for a process we did not start.
