@@ -462,8 +462,17 @@ pub enum ProcessEventKind {
         /// The kernel's exit code.
         code: i32,
     },
-    /// The process called `execve`: its probes are gone.
+    /// The process called `execve`: its old image's probes are gone.
     Exec,
+    /// After an exec, portsnoop traces the new image (from portsnoop, not
+    /// the kernel: it follows [`ProcessEventKind::Exec`] once the new
+    /// image's probes are attached).
+    Traced {
+        /// The new executable as the process sees it, escaped.
+        exe: String,
+        /// Its `evloop` probes attached (0: kernel side only).
+        probes: usize,
+    },
 }
 
 /// The errno encoded in a syscall or probe return value, if any.

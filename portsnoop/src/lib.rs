@@ -4,7 +4,7 @@
 //! Data flows one way: [`engine`] (BPF, kernel plumbing) yields
 //! [`event::Event`]s; [`correlate`] (pure) turns them into
 //! [`correlate::Record`]s; [`output`] writes them; [`trace`] runs a session
-//! through all three.
+//! through all three, with [`target`] owning the traced process's life.
 
 pub mod bpftrace_script;
 pub mod correlate;
@@ -12,4 +12,5 @@ pub mod engine;
 pub mod event;
 pub mod list;
 pub mod output;
+pub mod target;
 pub mod trace;

@@ -87,7 +87,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("portsnoop: {e}");
+            eprintln!("portsnoop: {}", trace::error_chain(&*e));
             ExitCode::FAILURE
         }
     }

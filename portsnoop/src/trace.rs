@@ -5,19 +5,23 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::correlate::{Correlator, Filter, Summary};
-use crate::engine::{self, Engine, Options, Target};
+use crate::engine::{self, Engine, Options};
 use crate::event::{Event, ProcessEvent, ProcessEventKind};
 use crate::output::{json::Json, summary::SummaryReport, table::Table, Output, SummaryOnly};
+use crate::target::{ChildStdout, Target};
 
 /// How often the ring buffer is drained when nothing forces a wakeup.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How long an exec'd image's loader may take before its probes are
+/// attached anyway.
+const EXEC_SETTLE: Duration = Duration::from_secs(2);
 
 /// The output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,10 +63,28 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
     }
     // Before looking at the target: without the rights, nothing else matters.
     engine::check_privileges()?;
-    let mut target = match config.pid {
-        Some(pid) => Target::existing(pid)?,
-        None => Target::spawn_held(&config.command)?,
+    // portsnoop's output owns stdout unless it goes to a file.
+    let child_stdout = if config.output.is_some() {
+        ChildStdout::Inherit
+    } else {
+        ChildStdout::Stderr
     };
+    let mut target = match config.pid {
+        Some(pid) => Target::attach(pid)?,
+        None => Target::spawn(&config.command, child_stdout)?,
+    };
+    if let Some(tid) = target.given_thread() {
+        eprintln!(
+            "portsnoop: {tid} is a thread of process {}: tracing the process",
+            target.pid()
+        );
+    }
+    if target.is_child() && child_stdout == ChildStdout::Stderr {
+        eprintln!(
+            "portsnoop: the command's stdout goes to stderr, to keep portsnoop's output on stdout clean \
+             (use -o FILE to keep them apart)"
+        );
+    }
     let sink: Box<dyn Write> = match &config.output {
         Some(path) => Box::new(
             File::create(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?,
@@ -87,7 +109,7 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
     if attached.probes == 0 {
         eprintln!(
             "portsnoop: {} has no {} probes: tracing the kernel side only",
-            attached.exe.display(),
+            attached.exe,
             engine::PROVIDER
         );
     }
@@ -97,7 +119,7 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
     eprintln!(
         "portsnoop: tracing pid {} ({}): {} {} probes{}, {} tracepoints; ready",
         attached.pid,
-        attached.exe.display(),
+        attached.exe,
         attached.probes,
         engine::PROVIDER,
         attached.sharing(),
@@ -112,11 +134,6 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
         correlator.known_registration(epfd, fd, data);
     }
     let (mut events, mut records) = (Vec::new(), Vec::new());
-    // Asked every 10 ms whether the target is gone: a pidfd answers with one
-    // poll(2), where reading /proc/PID/stat cost an open, a read and a close.
-    let pidfd = (!target.is_child())
-        .then(|| pidfd_open(target.pid))
-        .flatten();
     let deadline = config.duration.map(|d| Instant::now() + d);
     let mut ended: Option<ProcessEventKind> = None;
     loop {
@@ -125,7 +142,17 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
         if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        if let Some(code) = exit_status(&target, pidfd.as_ref()) {
+        if !engine.is_recording() {
+            // It exec'd (the kernel side stopped recording there): the
+            // exec's record first, then the new image.
+            engine.poll(Duration::ZERO, &mut events)?;
+            feed(&mut correlator, &mut *output, &mut events, &mut records)?;
+            if let Some(traced) = follow_exec(&mut target, &mut engine, &mut correlator) {
+                events.push(traced);
+                feed(&mut correlator, &mut *output, &mut events, &mut records)?;
+            }
+        }
+        if let Some(code) = target.exit_status() {
             ended = Some(ProcessEventKind::Exit { code });
             break;
         }
@@ -136,7 +163,7 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
     if let Some(kind) = ended.clone() {
         events.push(Event::Process(ProcessEvent {
             ts_ns: engine::monotonic_ns(),
-            tid: target.pid,
+            tid: target.pid(),
             kind,
         }));
     }
@@ -158,7 +185,7 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
     if let Some(ProcessEventKind::Exit { code }) = ended {
         eprintln!(
             "portsnoop: pid {} exited ({})",
-            target.pid,
+            target.pid(),
             describe_exit(code)
         );
     }
@@ -166,13 +193,76 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
         "portsnoop: {} events, {} lost, {} ops, {} mismatches",
         summary.events, summary.lost_events, summary.ops, summary.mismatches
     );
-    if config.pid.is_none() && ended.is_none() {
-        // We started it; don't leave it running unsupervised.
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(target.pid as i32, libc::SIGTERM) };
-        let _ = wait_child(target.pid, true);
-    }
+    // We started it: it ends with us (on an error return too, when the
+    // target is dropped).
+    target.end();
     Ok(summary)
+}
+
+/// After the target exec'd: waits for the new image's loader, attaches
+/// its probes and tells the correlator which threads were running by then;
+/// returns the event that says what is traced now. Whatever fails,
+/// recording goes on (kernel side only if need be); a target that is gone
+/// is noticed by the exit check.
+fn follow_exec(
+    target: &mut Target,
+    engine: &mut Engine,
+    correlator: &mut Correlator,
+) -> Option<Event> {
+    let pid = target.pid();
+    match target.reload(EXEC_SETTLE) {
+        Ok(true) => {}
+        Ok(false) => eprintln!(
+            "portsnoop: pid {pid}: {}'s loader did not finish within {EXEC_SETTLE:?}: attaching anyway, \
+             some probes may stay silent",
+            target.image().shown
+        ),
+        Err(_) if !target.is_alive() => return None,
+        Err(e) => eprintln!("portsnoop: pid {pid} exec'd: {}", error_chain(&e)),
+    }
+    match engine.reattach(target) {
+        Ok(a) if a.probes == 0 => eprintln!(
+            "portsnoop: pid {pid} exec'd {}, which has no {} probes: tracing the kernel side only",
+            a.exe,
+            engine::PROVIDER
+        ),
+        Ok(a) => eprintln!(
+            "portsnoop: pid {pid} exec'd {}: now tracing {} {} probes",
+            a.exe,
+            a.probes,
+            engine::PROVIDER
+        ),
+        Err(e) => eprintln!(
+            "portsnoop: pid {pid} exec'd {}: tracing the kernel side only: {e}",
+            target.image().shown
+        ),
+    }
+    let attached = engine.attached();
+    for warning in &attached.warnings {
+        eprintln!("portsnoop: {warning}");
+    }
+    correlator.threads_before_trace(attached.threads_before_trace.iter().copied());
+    Some(Event::Process(ProcessEvent {
+        ts_ns: engine::monotonic_ns(),
+        tid: pid,
+        kind: ProcessEventKind::Traced {
+            exe: attached.exe.clone(),
+            probes: attached.probes,
+        },
+    }))
+}
+
+/// An error and its causes, as one line: what portsnoop was doing, then
+/// why, as deep as the causes go.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
 
 fn feed(
@@ -188,57 +278,6 @@ fn feed(
         output.record(&r)?;
     }
     Ok(())
-}
-
-/// The target's wait status if it is gone; `-1` when it is not our child
-/// and its status cannot be known.
-fn exit_status(target: &Target, pidfd: Option<&OwnedFd>) -> Option<i32> {
-    if target.is_child() {
-        return wait_child(target.pid, false);
-    }
-    if let Some(fd) = pidfd {
-        let mut p = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one pollfd, no wait. A pidfd is readable once the
-        // process has exited (zombie included).
-        let r = unsafe { libc::poll(&mut p, 1, 0) };
-        if r >= 0 {
-            return (r > 0).then_some(-1);
-        }
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", target.pid));
-    match stat {
-        Err(_) => Some(-1),
-        // A zombie has exited; its parent has not reaped it yet.
-        Ok(s)
-            if s.rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next())
-                == Some("Z") =>
-        {
-            Some(-1)
-        }
-        Ok(_) => None,
-    }
-}
-
-/// A pidfd for `pid`, if the kernel has them (5.3+).
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    // SAFETY: a non-negative return is a fresh fd that we now own.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-fn wait_child(pid: u32, block: bool) -> Option<i32> {
-    let mut status = 0;
-    let flags = if block { 0 } else { libc::WNOHANG };
-    // SAFETY: waitpid on our own child, writing into a local.
-    let r = unsafe { libc::waitpid(pid as i32, &mut status, flags) };
-    (r == pid as i32).then_some(status)
 }
 
 fn describe_exit(status: i32) -> String {

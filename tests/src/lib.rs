@@ -313,33 +313,74 @@ pub fn require_bpftrace() {
 pub struct Portsnoop {
     /// The process; its stdout carries the trace unless `-o` was given.
     pub proc: Proc,
+    /// Whether `-o FILE` was given: then a `--` command writes to the
+    /// process's stdout, else to its stderr.
+    output_to_file: bool,
 }
 
 impl Portsnoop {
     /// Runs `portsnoop ARGS` and waits for its ready line on stderr.
     pub fn start(args: &[&str]) -> Portsnoop {
-        let mut cmd = Command::new(bin("portsnoop"));
+        Portsnoop::start_under(&[], args)
+    }
+
+    /// Runs `WRAPPER... portsnoop ARGS` (e.g. `unshare -pf --mount-proc`)
+    /// and waits for portsnoop's ready line on stderr.
+    pub fn start_under(wrapper: &[&str], args: &[&str]) -> Portsnoop {
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut cmd = Command::new(first);
+                cmd.args(rest).arg(bin("portsnoop"));
+                cmd
+            }
+            None => Command::new(bin("portsnoop")),
+        };
         cmd.args(args);
         let proc = Proc::spawn(cmd);
         if let Err(e) = proc.stderr.wait_for(WAIT, |l| l.ends_with("; ready")) {
             panic!("portsnoop did not get ready: {e}");
         }
-        Portsnoop { proc }
+        let output_to_file = args
+            .iter()
+            .take_while(|a| **a != "--")
+            .any(|a| *a == "-o" || *a == "--output" || a.starts_with("--output="));
+        Portsnoop {
+            proc,
+            output_to_file,
+        }
     }
 
     /// For `portsnoop ... -- SERVER --listen 127.0.0.1:0`: waits for the
-    /// server's `listening on` line (the child shares portsnoop's stdout)
-    /// and returns the address.
+    /// server's `listening on` line and returns the address. The child
+    /// writes to portsnoop's stdout with `-o FILE`, else to its stderr
+    /// (portsnoop's output owns stdout then).
     pub fn child_listen_addr(&self) -> SocketAddr {
-        let line = self
-            .proc
-            .stdout
+        let lines = if self.output_to_file {
+            &self.proc.stdout
+        } else {
+            &self.proc.stderr
+        };
+        let line = lines
             .wait_for(WAIT, |l| l.starts_with("listening on "))
             .unwrap_or_else(|e| panic!("the traced server did not start: {e}"));
         line["listening on ".len()..]
             .trim()
             .parse()
             .expect("listening on IP:PORT")
+    }
+
+    /// The traced pid, from the ready line (`tracing pid N (...)`).
+    pub fn traced_pid(&self) -> u32 {
+        self.proc
+            .stderr
+            .all()
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix("portsnoop: tracing pid ")
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|p| p.parse().ok())
+            })
+            .expect("a ready line names the traced pid")
     }
 
     /// Stops it with SIGINT and returns (status, stdout, stderr).
@@ -422,6 +463,31 @@ pub fn wait_for_sockets(pid: u32, n: usize) {
             Instant::now() < deadline,
             "process {pid} still has {} sockets, want {n}",
             socket_count(pid)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether process `pid` is gone: no longer in `/proc`, or a zombie
+/// (dead, waiting for a parent that may never reap it).
+pub fn is_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// Waits (bounded by [`WAIT`]) until process `pid` is gone; panics with
+/// `what` if it is still running then.
+pub fn wait_gone(pid: u32, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !is_gone(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: process {pid} still running after {WAIT:?}"
         );
         thread::sleep(Duration::from_millis(20));
     }

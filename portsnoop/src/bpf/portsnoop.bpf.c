@@ -26,6 +26,13 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 const volatile __u32 target_tgid = 0;
+/* Set when portsnoop runs in a pid namespace other than the initial one:
+ * target_tgid is then a pid of that namespace (dev and ino of its nsfs
+ * file), and so are the thread ids reported. Otherwise the global ids are
+ * the ones portsnoop's user sees, read without the namespace lookup. */
+const volatile __u32 in_pid_ns = 0;
+const volatile __u64 pid_ns_dev = 0;
+const volatile __u64 pid_ns_ino = 0;
 /* Set by the engine once every program and probe site is attached, cleared
  * again while it re-attaches after an exec. Until then nothing is recorded:
  * uprobes attach one at a time, so an entry probe could fire while its
@@ -163,6 +170,16 @@ static __always_inline int kind_of(long id)
 
 static __always_inline bool is_target(__u32 *tid)
 {
+	if (in_pid_ns) {
+		struct bpf_pidns_info ns;
+
+		/* Fails for a task outside the namespace: not the target. */
+		if (bpf_get_ns_current_pid_tgid(pid_ns_dev, pid_ns_ino, &ns, sizeof(ns)) ||
+		    ns.tgid != target_tgid || !ready)
+			return false;
+		*tid = ns.pid;
+		return true;
+	}
 	__u64 id = bpf_get_current_pid_tgid();
 
 	if ((__u32)(id >> 32) != target_tgid || !ready)
@@ -377,6 +394,11 @@ int on_exec(struct bpf_raw_tracepoint_args *ctx)
 	struct ev_exec *e = reserve(sizeof(*e), EV_EXEC, tid, bpf_ktime_get_ns());
 	if (e)
 		bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	/* Nothing more until the engine has attached the new image's sites
+	 * (its loader must finish first): a record of the new image before
+	 * that would be one of half its probes. The engine sees the flag
+	 * cleared, so it follows the exec even if this record was dropped. */
+	ready = 0;
 	return 0;
 }
 

@@ -375,6 +375,14 @@ impl Correlator {
     /// Feeds one event (per thread, in the order the kernel submitted them);
     /// appends what it completes to `out`.
     pub fn push(&mut self, event: Event, out: &mut Vec<Record>) {
+        // portsnoop's own word on what it traces after an exec: not a
+        // kernel event, and it ends nothing.
+        if let Event::Process(p) = &event {
+            if matches!(p.kind, ProcessEventKind::Traced { .. }) {
+                out.push(Record::Event(event));
+                return;
+            }
+        }
         self.summary.events += 1;
         match event {
             Event::Syscall(s) => self.on_syscall(s, out),
@@ -410,10 +418,12 @@ impl Correlator {
                 let why = match &p.kind {
                     ProcessEventKind::Exit { .. } => Gap::Exited,
                     ProcessEventKind::Exec => Gap::Exec,
+                    // Handled above.
+                    ProcessEventKind::Traced { .. } => return,
                 };
                 self.summary.process_end = Some(match &p.kind {
                     ProcessEventKind::Exit { code } => format!("exit (wait status {code})"),
-                    ProcessEventKind::Exec => "exec".to_string(),
+                    _ => "exec".to_string(),
                 });
                 self.flush_waits(true, out);
                 self.abandon_all(why, out);

@@ -6,25 +6,27 @@
 //! are counted in the kernel and reported in the stream where they are
 //! missing, as [`Event::Lost`].
 
+mod checks;
 mod raw;
 mod semaphore;
 mod sites;
-mod target;
 
 use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::mem::MaybeUninit;
-use std::path::PathBuf;
+use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder, UprobeOpts};
 
+pub use checks::{check_privileges, ensure_btf, own_pid_namespace};
 pub use raw::{decode, DecodeError, Decoder};
 pub use sites::{sites_in, ArgSpec, Site, Sites};
-pub use target::{check_privileges, ensure_btf, Target};
+
+use crate::target::Target;
 
 use crate::event::Event;
 use semaphore::HeldSemaphore;
@@ -43,14 +45,8 @@ pub const PROVIDER: &str = "evloop";
 pub enum Error {
     /// Not root and missing these capabilities.
     Privileges(String),
-    /// No process with this pid.
-    NoSuchProcess(u32),
-    /// The command after `--` was not found.
-    NoSuchCommand(String),
     /// The kernel has no BTF.
     NoBtf,
-    /// The command line was wrong.
-    Usage(String),
     /// The kernel refused to load the program or attach a tracepoint.
     Bpf(String, libbpf_rs::Error),
     /// The kernel refused a uprobe on a probe site.
@@ -67,14 +63,11 @@ impl fmt::Display for Error {
                 "portsnoop needs root, or the capabilities CAP_BPF and CAP_PERFMON (missing: {missing}); \
                  run it with sudo"
             ),
-            Error::NoSuchProcess(pid) => write!(f, "no such process: {pid}"),
-            Error::NoSuchCommand(cmd) => write!(f, "command not found: {cmd}"),
             Error::NoBtf => write!(
                 f,
                 "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): portsnoop needs a kernel built with \
                  CONFIG_DEBUG_INFO_BTF=y (Linux 5.15 or later; most distributions' kernels are)"
             ),
-            Error::Usage(msg) => write!(f, "{msg}"),
             Error::Bpf(what, e) => write!(f, "{what}: {e:#} (is this kernel built with BPF, BTF and uprobes?)"),
             Error::Attach(what, e) => write!(f, "{what}: {e:#}"),
             Error::Io(what, e) => write!(f, "{what}: {e}"),
@@ -105,8 +98,9 @@ impl Default for Options {
 pub struct Attached {
     /// The traced pid.
     pub pid: u32,
-    /// The executable whose probes were attached.
-    pub exe: PathBuf,
+    /// The executable whose probes were attached, as the process sees it
+    /// (escaped: the app controls it).
+    pub exe: String,
     /// Distinct `evloop` probes attached.
     pub probes: usize,
     /// Probe sites attached (a probe can have several).
@@ -148,13 +142,20 @@ impl Attached {
     }
 }
 
+/// The argument specs of each probe, by probe id, of the image attached.
+type ArgSpecs = [Vec<ArgSpec>; 11];
+
 /// A loaded and attached kernel side.
 pub struct Engine {
     skel: PortsnoopSkel<'static>,
-    _links: Vec<Link>,
-    /// Dropped after the links: the probes go quiet before their
-    /// semaphores are given back.
-    _semaphores: Vec<HeldSemaphore>,
+    _tracepoints: Vec<Link>,
+    /// The uprobes on the current image's sites.
+    site_links: Vec<Link>,
+    /// Semaphores held up by hand for sites shared with another tool's
+    /// uprobe; dropped after `site_links`, so the probes go quiet before
+    /// their semaphores are given back.
+    semaphores: Vec<HeldSemaphore>,
+    arg_specs: Rc<RefCell<ArgSpecs>>,
     ring: RingBuffer<'static>,
     decoded: Rc<RefCell<Vec<Event>>>,
     undecodable: Rc<RefCell<u64>>,
@@ -185,7 +186,13 @@ impl Engine {
             .rodata_data
             .as_deref_mut()
             .expect("the program has read-only data");
-        rodata.target_tgid = target.pid;
+        rodata.target_tgid = target.pid();
+        // In a pid namespace, the BPF side filters and reports in its pids.
+        if let Some((dev, ino)) = own_pid_namespace() {
+            rodata.in_pid_ns = 1;
+            rodata.pid_ns_dev = dev;
+            rodata.pid_ns_ino = ino;
+        }
         // Wake the consumer early only when the buffer is half full; else it
         // drains on its timer.
         rodata.wakeup_bytes = (ring_bytes / 2) as u64;
@@ -206,94 +213,10 @@ impl Engine {
             }
         }
 
-        let sites = sites_in(&target.exe, PROVIDER)
-            .map_err(|e| Error::Io(e, io::Error::other("reading USDT notes")))?;
-        let mut probes = std::collections::BTreeSet::new();
-        let mut arg_specs: [Vec<ArgSpec>; 11] = Default::default();
-        let mut semaphores = Vec::new();
-        let (mut shared_sites, mut skipped_sites) = (0, 0);
-        let mut warnings = Vec::new();
-        for site in &sites.sites {
-            let attach = |ref_ctr_offset: u64| {
-                let opts = UprobeOpts {
-                    ref_ctr_offset: ref_ctr_offset as usize,
-                    cookie: site.probe as u64,
-                    ..UprobeOpts::default()
-                };
-                // libbpf prints its own line when an attach fails; ours says
-                // which site, why, and what portsnoop did about it.
-                let libbpf_print = libbpf_rs::set_print(None);
-                let link = skel.progs.evloop_site.attach_uprobe_with_opts(
-                    target.pid as i32,
-                    &target.exe,
-                    site.offset as usize,
-                    opts,
-                );
-                libbpf_rs::set_print(libbpf_print);
-                link
-            };
-            let at = format!("{PROVIDER}:{} at {:#x}", site.probe.as_str(), site.offset);
-            let link = match attach(site.semaphore_offset) {
-                Ok(link) => link,
-                // EINVAL with a reference counter: the kernel allows one per
-                // site, and another tool's uprobe there has none (or another
-                // one). Share the site without it and hold the semaphore up
-                // ourselves (see semaphore.rs).
-                // (An odd offset is refused on its own: the counter is a u16.)
-                Err(e)
-                    if site.semaphore_offset != 0
-                        && site.semaphore_offset % 2 == 0
-                        && e.kind() == libbpf_rs::ErrorKind::InvalidInput =>
-                {
-                    let evidence = semaphore::tracefs_uprobes_at(
-                        &target.exe,
-                        site.offset,
-                        site.semaphore_offset,
-                    );
-                    let evidence = if evidence.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (tracefs has uprobe {} there)", evidence.join(", "))
-                    };
-                    let link = match attach(0) {
-                        Ok(link) => link,
-                        Err(without) => {
-                            skipped_sites += 1;
-                            warnings.push(format!(
-                                "cannot share {at} with another uprobe{evidence}: the kernel allows one \
-                                 semaphore reference counter per site and refused both ours ({e:#}) and \
-                                 none ({without:#}): skipping this site, its events are missing"
-                            ));
-                            continue;
-                        }
-                    };
-                    match HeldSemaphore::hold(target.pid, &target.exe, site) {
-                        Ok(held) => {
-                            semaphores.push(held);
-                            shared_sites += 1;
-                            warnings.push(format!(
-                                "another uprobe on {at} has no semaphore reference counter{evidence}; \
-                                 portsnoop sets the semaphore itself"
-                            ));
-                            link
-                        }
-                        Err(why) => {
-                            skipped_sites += 1;
-                            warnings.push(format!(
-                                "another uprobe on {at} has no semaphore reference counter{evidence}, \
-                                 and portsnoop cannot set the semaphore itself ({why}): skipping this \
-                                 site, its events are missing"
-                            ));
-                            continue;
-                        }
-                    }
-                }
-                Err(e) => return Err(Error::Attach(format!("attaching {at}"), e)),
-            };
-            links.push(link);
-            probes.insert(site.probe);
-            arg_specs[site.probe as usize] = site.args.clone();
-        }
+        let image = target.image();
+        let sites = attach_sites(&skel, target.pid(), &image.path)?;
+        let arg_specs = Rc::new(RefCell::new(sites.arg_specs.clone()));
+        let specs = Rc::clone(&arg_specs);
 
         let decoded = Rc::new(RefCell::new(Vec::new()));
         let undecodable = Rc::new(RefCell::new(0u64));
@@ -304,7 +227,8 @@ impl Engine {
             .add(&skel.maps.events, move |data: &[u8]| {
                 match decoder.decode(data) {
                     Ok(Event::Probe(mut p)) => {
-                        for (arg, spec) in p.args.iter_mut().zip(&arg_specs[p.name as usize]) {
+                        let specs = specs.borrow();
+                        for (arg, spec) in p.args.iter_mut().zip(&specs[p.name as usize]) {
                             *arg = spec.extend(*arg);
                         }
                         sink.borrow_mut().push(Event::Probe(p))
@@ -323,25 +247,27 @@ impl Engine {
         let threads_before_trace = if target.is_held() {
             Vec::new()
         } else {
-            threads_of(target.pid)
+            threads_of(target.pid())
         };
         let attached = Attached {
-            pid: target.pid,
-            exe: target.exe.clone(),
-            probes: probes.len(),
-            sites: sites.sites.len() - skipped_sites,
-            shared_sites,
-            skipped_sites,
+            pid: target.pid(),
+            exe: image.shown.clone(),
+            probes: sites.probes,
+            sites: sites.sites,
+            shared_sites: sites.shared,
+            skipped_sites: sites.skipped,
             dead_sites: sites.dead,
             unreadable_sites: sites.unreadable,
             tracepoints,
             threads_before_trace,
-            warnings,
+            warnings: sites.warnings,
         };
         Ok(Engine {
             skel,
-            _links: links,
-            _semaphores: semaphores,
+            _tracepoints: links,
+            site_links: sites.links,
+            semaphores: sites.semaphores,
+            arg_specs,
             ring,
             decoded,
             undecodable,
@@ -353,6 +279,62 @@ impl Engine {
     /// What was attached.
     pub fn attached(&self) -> &Attached {
         &self.attached
+    }
+
+    /// Stops recording until [`Engine::reattach`]. The kernel side also
+    /// stops by itself when the target execs.
+    pub fn pause(&mut self) {
+        set_ready(&mut self.skel, false);
+    }
+
+    /// Whether the kernel side records. False after [`Engine::pause`], and
+    /// after the target exec'd: its old image's sites are gone, and the
+    /// new image's wait for [`Engine::reattach`].
+    pub fn is_recording(&self) -> bool {
+        let bss = self
+            .skel
+            .maps
+            .bss_data
+            .as_deref()
+            .expect("the program has a .bss section");
+        // SAFETY: a u32 in the map's memory, which stays mapped for the
+        // skeleton's life; the kernel side writes it on exec.
+        unsafe { std::ptr::read_volatile(&bss.ready) != 0 }
+    }
+
+    /// After the target exec'd (and its new image's loader is done, see
+    /// [`Target::reload`]): detaches the old image's sites, attaches the
+    /// new image's, and records again. The target's threads at that moment
+    /// are in [`Attached::threads_before_trace`].
+    ///
+    /// If the new image's sites cannot be attached, recording resumes on
+    /// the kernel side only and the error is returned.
+    pub fn reattach(&mut self, target: &Target) -> Result<&Attached, Error> {
+        set_ready(&mut self.skel, false);
+        // Dropping a link detaches it; before the new ones, so that a
+        // re-exec of the same binary does not count its semaphores twice.
+        self.site_links.clear();
+        self.semaphores.clear();
+        let image = target.image();
+        let result = attach_sites(&self.skel, target.pid(), &image.path);
+        let sites = result.as_ref().ok();
+        self.attached.exe = image.shown.clone();
+        self.attached.probes = sites.map_or(0, |s| s.probes);
+        self.attached.sites = sites.map_or(0, |s| s.sites);
+        self.attached.dead_sites = sites.map_or(0, |s| s.dead);
+        self.attached.unreadable_sites = sites.map_or(0, |s| s.unreadable);
+        self.attached.shared_sites = sites.map_or(0, |s| s.shared);
+        self.attached.skipped_sites = sites.map_or(0, |s| s.skipped);
+        self.attached.warnings = sites.map_or_else(Vec::new, |s| s.warnings.clone());
+        let result = result.map(|sites| {
+            *self.arg_specs.borrow_mut() = sites.arg_specs;
+            self.site_links = sites.links;
+            self.semaphores = sites.semaphores;
+        });
+        set_ready(&mut self.skel, true);
+        // Listed after recording began again (see `attach`).
+        self.attached.threads_before_trace = threads_of(target.pid());
+        result.map(|()| &self.attached)
     }
 
     /// Waits up to `timeout` (less if the buffer fills) and puts into
@@ -424,6 +406,125 @@ impl Engine {
             .unwrap_or(0);
         dropped + *self.undecodable.borrow()
     }
+}
+
+/// One image's sites, attached.
+struct ImageSites {
+    links: Vec<Link>,
+    /// Semaphores portsnoop holds up itself (see `semaphore.rs`).
+    semaphores: Vec<HeldSemaphore>,
+    /// Distinct probes.
+    probes: usize,
+    sites: usize,
+    /// Sites shared with another tool's uprobe, and sites given up.
+    shared: usize,
+    skipped: usize,
+    dead: usize,
+    unreadable: usize,
+    arg_specs: ArgSpecs,
+    /// What the operator should know about sharing and skipping.
+    warnings: Vec<String>,
+}
+
+/// Attaches a uprobe to every valid `evloop` site of `exe` (a path that
+/// opens the target's mapped image), for `pid` only.
+fn attach_sites(skel: &PortsnoopSkel<'static>, pid: u32, exe: &Path) -> Result<ImageSites, Error> {
+    let sites = sites_in(exe, PROVIDER)
+        .map_err(|e| Error::Io(e, io::Error::other("reading USDT notes")))?;
+    let mut out = ImageSites {
+        links: Vec::new(),
+        semaphores: Vec::new(),
+        probes: 0,
+        sites: 0,
+        shared: 0,
+        skipped: 0,
+        dead: sites.dead,
+        unreadable: sites.unreadable,
+        arg_specs: Default::default(),
+        warnings: Vec::new(),
+    };
+    let mut probes = std::collections::BTreeSet::new();
+    for site in &sites.sites {
+        let attach = |ref_ctr_offset: u64| {
+            let opts = UprobeOpts {
+                ref_ctr_offset: ref_ctr_offset as usize,
+                cookie: site.probe as u64,
+                ..UprobeOpts::default()
+            };
+            // libbpf prints its own line when an attach fails; ours says
+            // which site, why, and what portsnoop did about it.
+            let libbpf_print = libbpf_rs::set_print(None);
+            let link = skel.progs.evloop_site.attach_uprobe_with_opts(
+                pid as i32,
+                exe,
+                site.offset as usize,
+                opts,
+            );
+            libbpf_rs::set_print(libbpf_print);
+            link
+        };
+        let at = format!("{PROVIDER}:{} at {:#x}", site.probe.as_str(), site.offset);
+        let link = match attach(site.semaphore_offset) {
+            Ok(link) => link,
+            // EINVAL with a reference counter: the kernel allows one per
+            // site, and another tool's uprobe there has none (or another
+            // one). Share the site without it and hold the semaphore up
+            // ourselves (see semaphore.rs).
+            // (An odd offset is refused on its own: the counter is a u16.)
+            Err(e)
+                if site.semaphore_offset != 0
+                    && site.semaphore_offset % 2 == 0
+                    && e.kind() == libbpf_rs::ErrorKind::InvalidInput =>
+            {
+                let evidence =
+                    semaphore::tracefs_uprobes_at(exe, site.offset, site.semaphore_offset);
+                let evidence = if evidence.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (tracefs has uprobe {} there)", evidence.join(", "))
+                };
+                let link = match attach(0) {
+                    Ok(link) => link,
+                    Err(without) => {
+                        out.skipped += 1;
+                        out.warnings.push(format!(
+                            "cannot share {at} with another uprobe{evidence}: the kernel allows one \
+                             semaphore reference counter per site and refused both ours ({e:#}) and \
+                             none ({without:#}): skipping this site, its events are missing"
+                        ));
+                        continue;
+                    }
+                };
+                match HeldSemaphore::hold(pid, exe, site) {
+                    Ok(held) => {
+                        out.semaphores.push(held);
+                        out.shared += 1;
+                        out.warnings.push(format!(
+                            "another uprobe on {at} has no semaphore reference counter{evidence}; \
+                             portsnoop sets the semaphore itself"
+                        ));
+                        link
+                    }
+                    Err(why) => {
+                        out.skipped += 1;
+                        out.warnings.push(format!(
+                            "another uprobe on {at} has no semaphore reference counter{evidence}, \
+                             and portsnoop cannot set the semaphore itself ({why}): skipping this \
+                             site, its events are missing"
+                        ));
+                        continue;
+                    }
+                }
+            }
+            Err(e) => return Err(Error::Attach(format!("attaching {at}"), e)),
+        };
+        out.links.push(link);
+        out.sites += 1;
+        probes.insert(site.probe);
+        out.arg_specs[site.probe as usize] = site.args.clone();
+    }
+    out.probes = probes.len();
+    Ok(out)
 }
 
 /// Starts or stops recording in the kernel side (see `ready` in the BPF

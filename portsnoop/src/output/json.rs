@@ -12,8 +12,8 @@
 //! closure, callback}. Also `epoll_ctl` {ts_ns, tid, name: "epoll_ctl",
 //! epfd, op ("ADD"/"DEL"/"MOD"), fd, events, data, rv, errno, dur_ns},
 //! `close_enter` {ts_ns, tid, fd} (a thread entered close(2): the fd's
-//! number is free from then on), `lost` {ts_ns, count} and `process` {ts_ns, tid, event ("exit"/"exec"),
-//! status}. `summary` is the last line: {events, lost_events, ops,
+//! number is free from then on), `lost` {ts_ns, count} and `process` {ts_ns, tid, event ("exit"/"exec"/"traced"),
+//! status; "traced", after an exec: exe, probes}. `summary` is the last line: {events, lost_events, ops,
 //! mismatches, incomplete, orphan_syscalls, syscalls_cut, waits,
 //! process_end, per_fd: {FD: {OP: STATS}}, per_op: {OP: STATS}} with STATS
 //! {count, bytes, mismatches, incomplete, errors: {ERRNO: n}, user_ns_log2,
@@ -77,14 +77,19 @@ fn write_record(l: &mut Line, record: &Record) {
             l.str(&json!({"type": "lost", "ts_ns": ts_ns, "count": count}).to_string());
         }
         Record::Event(Event::Process(p)) => {
-            let (event, status) = match &p.kind {
-                ProcessEventKind::Exit { code } => ("exit", Some(*code)),
-                ProcessEventKind::Exec => ("exec", None),
+            let line = match &p.kind {
+                ProcessEventKind::Exit { code } => {
+                    json!({"type": "process", "ts_ns": p.ts_ns, "tid": p.tid, "event": "exit", "status": code})
+                }
+                ProcessEventKind::Exec => {
+                    json!({"type": "process", "ts_ns": p.ts_ns, "tid": p.tid, "event": "exec", "status": null})
+                }
+                ProcessEventKind::Traced { exe, probes } => json!({
+                    "type": "process", "ts_ns": p.ts_ns, "tid": p.tid, "event": "traced",
+                    "status": null, "exe": exe, "probes": probes
+                }),
             };
-            l.str(
-                &json!({"type": "process", "ts_ns": p.ts_ns, "tid": p.tid, "event": event, "status": status})
-                    .to_string(),
-            );
+            l.str(&line.to_string());
         }
     }
 }

@@ -444,7 +444,13 @@ impl<W: Write> Output for Table<W> {
             Record::Event(Event::Process(p)) => {
                 let details = match &p.kind {
                     ProcessEventKind::Exit { code } => format!("exited (wait status {code})"),
-                    ProcessEventKind::Exec => "exec: its probes are gone".into(),
+                    ProcessEventKind::Exec => "exec: the old image's probes are gone".into(),
+                    ProcessEventKind::Traced { exe, probes: 0 } => {
+                        format!("exec: now tracing {exe}: no evloop probes, kernel side only")
+                    }
+                    ProcessEventKind::Traced { exe, probes } => {
+                        format!("exec: now tracing {exe}: {probes} evloop probes")
+                    }
                 };
                 self.push(
                     p.ts_ns,
