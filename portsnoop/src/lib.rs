@@ -12,4 +12,5 @@ pub mod engine;
 pub mod event;
 pub mod list;
 pub mod output;
+pub mod stop;
 pub mod trace;
