@@ -12,5 +12,6 @@ pub mod engine;
 pub mod event;
 pub mod list;
 pub mod output;
+pub mod stop;
 pub mod target;
 pub mod trace;

@@ -1,11 +1,25 @@
 //! Reading USDT probes from ELF `stapsdt` notes, for `portsnoop list` (the
 //! `dtrace -l -n 'evloop*:::'` of Linux) and to know what to attach.
+//!
+//! A file is never read whole: only its ELF headers and its
+//! `.note.stapsdt` section, up to [`MAX_NOTES_BYTES`]. What is not a
+//! regular ELF file is refused before anything else is read (`/dev/zero`
+//! once grew `list` to gigabytes).
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSection};
+use object::{Object, ObjectSection, ReadCache};
+
+use crate::output::escape;
+
+/// The largest `.note.stapsdt` section read: 16 MiB, some 150,000 probe
+/// sites.
+pub const MAX_NOTES_BYTES: u64 = 16 << 20;
 
 /// One USDT probe site as its note describes it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -24,36 +38,188 @@ pub struct UsdtProbe {
     pub semaphore: u64,
 }
 
-/// Why a file's probes could not be read.
+/// Why probes could not be listed.
 #[derive(Debug)]
-pub struct ListError {
-    path: PathBuf,
-    reason: String,
+pub enum ListError {
+    /// No process with this pid.
+    NoSuchProcess(u32),
+    /// `/proc/PID/maps` could not be read.
+    Maps(u32, io::Error),
+    /// The file could not be opened or read.
+    Read(PathBuf, io::Error),
+    /// A device, a directory, a FIFO...
+    NotRegular(PathBuf),
+    /// No ELF magic.
+    NotElf(PathBuf),
+    /// ELF magic, but headers that do not parse.
+    BadElf(PathBuf, object::Error),
+    /// A `.note.stapsdt` section larger than [`MAX_NOTES_BYTES`].
+    NotesTooLarge(PathBuf, u64),
+    /// Writing the list failed (a closed pipe included).
+    Write(io::Error),
 }
 
+// Paths raw: whoever prints an error escapes it (the CLI does, whole).
 impl fmt::Display for ListError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.reason)
+        let p = |p: &Path| p.display().to_string();
+        match self {
+            ListError::NoSuchProcess(pid) => write!(f, "no such process: {pid}"),
+            ListError::Maps(pid, _) => write!(f, "reading /proc/{pid}/maps"),
+            ListError::Read(path, _) => write!(f, "{}", p(path)),
+            ListError::NotRegular(path) => write!(f, "{}: not a regular file", p(path)),
+            ListError::NotElf(path) => write!(f, "{}: not an ELF file", p(path)),
+            ListError::BadElf(path, _) => write!(f, "{}: malformed ELF file", p(path)),
+            ListError::NotesTooLarge(path, size) => write!(
+                f,
+                "{}: its .note.stapsdt section is {size} bytes, more than the {} MiB portsnoop reads",
+                p(path),
+                MAX_NOTES_BYTES >> 20
+            ),
+            ListError::Write(_) => write!(f, "writing the list"),
+        }
     }
 }
 
-impl std::error::Error for ListError {}
+impl std::error::Error for ListError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ListError::Maps(_, e) | ListError::Read(_, e) | ListError::Write(e) => Some(e),
+            ListError::BadElf(_, e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// What `portsnoop list` lists.
+#[derive(Clone, Debug)]
+pub enum ListTarget {
+    /// The probes of a running process's binary and libraries.
+    Pid(u32),
+    /// The probes of a file.
+    Path(PathBuf),
+    /// Every running process with an `evloop` provider.
+    All,
+}
+
+/// `portsnoop list`: a header, then one row per probe site, on `out`; a
+/// note on stderr when there is none. Paths and note strings are escaped.
+/// Nothing is written before the target is known to be readable.
+pub fn run(what: ListTarget, out: &mut dyn Write) -> Result<(), ListError> {
+    let mut found: Vec<(Option<u32>, PathBuf, Vec<UsdtProbe>)> = Vec::new();
+    match &what {
+        ListTarget::Pid(pid) => {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(ListError::NoSuchProcess(*pid));
+            }
+            for obj in mapped_objects(*pid)? {
+                // A library that vanished or cannot be parsed has no
+                // probes to show; the others still do.
+                if let Ok(probes) = probes_in(&obj) {
+                    found.push((Some(*pid), obj, probes));
+                }
+            }
+        }
+        ListTarget::Path(path) => found.push((None, path.clone(), probes_in(path)?)),
+        ListTarget::All => {
+            for (pid, obj) in processes_with_provider(crate::engine::PROVIDER) {
+                // It may have exited since it was found.
+                if let Ok(probes) = probes_in(&obj) {
+                    found.push((Some(pid), obj, probes));
+                }
+            }
+        }
+    }
+    let w = ListError::Write;
+    writeln!(
+        out,
+        "{:>8} {:<12} {:<40} {:<26} ARGS",
+        "PID", "PROVIDER", "MODULE", "NAME"
+    )
+    .map_err(w)?;
+    for (pid, obj, probes) in &found {
+        write_rows(out, *pid, obj, probes).map_err(w)?;
+    }
+    out.flush().map_err(w)?;
+    if found.iter().all(|(_, _, probes)| probes.is_empty()) {
+        let none = match what {
+            ListTarget::Pid(pid) => format!("process {pid} has no USDT probes"),
+            ListTarget::Path(path) => format!("{} has no USDT probes", escape::path(&path)),
+            ListTarget::All => format!(
+                "no running process has an {} provider",
+                crate::engine::PROVIDER
+            ),
+        };
+        crate::output::note(format_args!("{none}"));
+    }
+    Ok(())
+}
+
+fn write_rows(
+    out: &mut dyn Write,
+    pid: Option<u32>,
+    file: &Path,
+    probes: &[UsdtProbe],
+) -> io::Result<()> {
+    let module = escape::path(file);
+    for p in probes {
+        let provider = escape::escape(&p.provider);
+        let provider = match pid {
+            Some(pid) => format!("{provider}{pid}"),
+            None => provider.into_owned(),
+        };
+        writeln!(
+            out,
+            "{:>8} {:<12} {:<40} {:<26} {}",
+            pid.map_or("-".into(), |p| p.to_string()),
+            provider,
+            module,
+            escape::Escaped(&p.name),
+            escape::Escaped(&p.args)
+        )?;
+    }
+    Ok(())
+}
 
 /// Every USDT probe site in the ELF file at `path` (empty if it has none).
+///
+/// Refuses what is not a regular file, or has no ELF magic, before reading
+/// anything else; then reads only the headers and the notes.
 pub fn probes_in(path: &Path) -> Result<Vec<UsdtProbe>, ListError> {
-    let err = |reason: String| ListError {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let data = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let file = object::File::parse(&*data).map_err(|e| err(format!("not an ELF file: {e}")))?;
-    let Some(section) = file.section_by_name(".note.stapsdt") else {
+    let read = |e| ListError::Read(path.to_path_buf(), e);
+    // O_NONBLOCK: opening a FIFO must not wait for a writer. It changes
+    // nothing for the regular files that get past the check below.
+    let mut file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(read)?;
+    if !file.metadata().map_err(read)?.is_file() {
+        return Err(ListError::NotRegular(path.to_path_buf()));
+    }
+    let mut magic = [0u8; 4];
+    match file.read_exact(&mut magic) {
+        Ok(()) if magic == *b"\x7fELF" => {}
+        Ok(()) => return Err(ListError::NotElf(path.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            return Err(ListError::NotElf(path.to_path_buf()))
+        }
+        Err(e) => return Err(read(e)),
+    }
+    // Reads what the parser asks for, when it asks: the headers, the
+    // section table, the names, the notes.
+    let cache = ReadCache::new(file);
+    let elf = object::File::parse(&cache).map_err(|e| ListError::BadElf(path.to_path_buf(), e))?;
+    let Some(section) = elf.section_by_name(".note.stapsdt") else {
         return Ok(Vec::new());
     };
+    if section.size() > MAX_NOTES_BYTES {
+        return Err(ListError::NotesTooLarge(path.to_path_buf(), section.size()));
+    }
     let notes = section
         .data()
-        .map_err(|e| err(format!("reading .note.stapsdt: {e}")))?;
-    Ok(parse_notes(notes, file.is_little_endian()))
+        .map_err(|e| ListError::BadElf(path.to_path_buf(), e))?;
+    Ok(parse_notes(notes, elf.is_little_endian()))
 }
 
 /// Parses the body of a `.note.stapsdt` section (version 3 notes); malformed
@@ -121,8 +287,14 @@ fn parse_desc(desc: &[u8], u64_at: &dyn Fn(&[u8], usize) -> Option<u64>) -> Opti
 
 /// The files a running process has mapped executable: its binary and its
 /// shared libraries, where USDT notes can live.
-pub fn mapped_objects(pid: u32) -> Vec<PathBuf> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+pub fn mapped_objects(pid: u32) -> Result<Vec<PathBuf>, ListError> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            ListError::NoSuchProcess(pid)
+        } else {
+            ListError::Maps(pid, e)
+        }
+    })?;
     let mut seen = BTreeSet::new();
     for line in maps.lines() {
         let mut fields = line.split_whitespace();
@@ -133,7 +305,7 @@ pub fn mapped_objects(pid: u32) -> Vec<PathBuf> {
             }
         }
     }
-    seen.into_iter().collect()
+    Ok(seen.into_iter().collect())
 }
 
 /// Running processes that have a provider named `provider`, with the file
@@ -155,7 +327,7 @@ pub fn processes_with_provider(provider: &str) -> Vec<(u32, PathBuf)> {
         if pid == me {
             continue;
         }
-        for obj in mapped_objects(pid) {
+        for obj in mapped_objects(pid).unwrap_or_default() {
             if probes_in(&obj).is_ok_and(|ps| ps.iter().any(|p| p.provider == provider)) {
                 out.push((pid, obj));
                 break;
@@ -212,5 +384,96 @@ mod tests {
         let mut bad = data.clone();
         bad[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(parse_notes(&bad, true).is_empty());
+    }
+
+    /// A minimal ELF64 file: the section table holds `.shstrtab` and a
+    /// `.note.stapsdt` of `note_size` bytes at offset 0 (not in the file).
+    fn elf_with_notes(note_size: u64) -> Vec<u8> {
+        let shstr = b"\0.shstrtab\0.note.stapsdt\0";
+        let shoff = (64 + shstr.len() as u64).next_multiple_of(8);
+        let mut f = b"\x7fELF\x02\x01\x01\0".to_vec();
+        f.resize(16, 0);
+        for (v, n) in [
+            (2u64, 2),
+            (62, 2),
+            (1, 4),
+            (0, 8),
+            (0, 8),
+            (shoff, 8),
+            (0, 4),
+        ] {
+            f.extend_from_slice(&v.to_le_bytes()[..n]);
+        }
+        for v in [64u16, 0, 0, 64, 3, 1] {
+            f.extend_from_slice(&v.to_le_bytes());
+        }
+        f.extend_from_slice(shstr);
+        f.resize(shoff as usize, 0);
+        let section = |name: u32, kind: u32, offset: u64, size: u64| {
+            let mut h = Vec::new();
+            h.extend_from_slice(&name.to_le_bytes());
+            h.extend_from_slice(&kind.to_le_bytes());
+            for v in [0u64, 0, offset, size] {
+                h.extend_from_slice(&v.to_le_bytes());
+            }
+            h.extend_from_slice(&[0; 8]);
+            h.extend_from_slice(&1u64.to_le_bytes());
+            h.extend_from_slice(&[0; 8]);
+            h
+        };
+        f.extend_from_slice(&[0; 64]);
+        f.extend(section(1, 3, 64, shstr.len() as u64));
+        f.extend(section(11, 7, 0, note_size));
+        f
+    }
+
+    fn temp_file(name: &str, data: &[u8]) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("portsnoop-list-{}-{name}", std::process::id()));
+        std::fs::write(&path, data).unwrap();
+        path
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_regular_elf_file_before_reading_it() {
+        assert!(matches!(
+            probes_in(Path::new("/dev/zero")),
+            Err(ListError::NotRegular(_))
+        ));
+        assert!(matches!(
+            probes_in(Path::new("/")),
+            Err(ListError::NotRegular(_))
+        ));
+        let text = temp_file("text", b"#!/bin/sh\necho hi\n");
+        let short = temp_file("short", b"\x7fEL");
+        let empty = temp_file("empty", b"");
+        for p in [&text, &short, &empty] {
+            let e = probes_in(p).unwrap_err();
+            assert!(matches!(e, ListError::NotElf(_)), "{e}");
+            assert!(e.to_string().ends_with(": not an ELF file"), "{e}");
+        }
+        let missing = probes_in(Path::new("/no/such/file")).unwrap_err();
+        assert!(matches!(&missing, ListError::Read(_, e) if e.kind() == io::ErrorKind::NotFound));
+        for p in [text, short, empty] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    #[test]
+    fn reads_only_the_notes_and_caps_them() {
+        // A note section claiming 16 GiB: refused by its size, not read.
+        let huge = temp_file("huge", &elf_with_notes(1 << 34));
+        let e = probes_in(&huge).unwrap_err();
+        assert!(
+            matches!(e, ListError::NotesTooLarge(_, n) if n == 1 << 34),
+            "{e}"
+        );
+        assert!(e.to_string().contains("more than the 16 MiB"), "{e}");
+        // An empty one parses: the crafted file is a valid ELF.
+        let empty = temp_file("empty-notes", &elf_with_notes(0));
+        assert_eq!(probes_in(&empty).unwrap(), vec![]);
+        for p in [huge, empty] {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }

@@ -1,16 +1,29 @@
 //! portsnoop: per fd, what an event loop meant to do (its `evloop` USDT
 //! probes) lined up with what the kernel did (its syscalls).
 //!
-//! The CLI only parses and dispatches; the work is in the library.
+//! The CLI parses (clap checks every argument and exits 2 on misuse),
+//! dispatches to the library, and prints the error chain of a failure as
+//! `portsnoop: what: why: cause`, escaped, with exit 1. A closed output
+//! (`portsnoop | head`) is a normal end: no message, exit 0.
 
+use std::error::Error;
 use std::ffi::OsString;
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use portsnoop::bpftrace_script;
 use portsnoop::correlate::Filter;
+use portsnoop::engine;
+use portsnoop::list::{self, ListTarget};
+use portsnoop::output::{error_chain, note};
 use portsnoop::trace::{self, Format, TraceConfig};
-use portsnoop::{bpftrace_script, list};
+
+/// The longest `-d`: ten years.
+const MAX_DURATION_SECS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,7 +46,7 @@ enum Command {
     /// binary, or every running process with an evloop provider.
     List {
         /// The process to list.
-        #[arg(short, long, conflicts_with = "path")]
+        #[arg(short, long, conflicts_with = "path", value_parser = pid_parser())]
         pid: Option<u32>,
         /// The binary to list.
         path: Option<PathBuf>,
@@ -43,11 +56,11 @@ enum Command {
 #[derive(Args, Debug)]
 struct TraceArgs {
     /// Attach to this running process.
-    #[arg(short, long, conflicts_with = "command")]
+    #[arg(short, long, conflicts_with = "command", value_parser = pid_parser())]
     pid: Option<u32>,
-    /// Stop after this many seconds.
-    #[arg(short, long, value_name = "SECONDS")]
-    duration: Option<f64>,
+    /// Stop after this many seconds (a fraction is fine; at most ten years).
+    #[arg(short, long, value_name = "SECONDS", value_parser = parse_duration)]
+    duration: Option<Duration>,
     /// Write JSON Lines instead of the table.
     #[arg(long)]
     json: bool,
@@ -62,10 +75,10 @@ struct TraceArgs {
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
     /// Only this fd.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(0..))]
     fd: Option<i32>,
     /// Only this thread.
-    #[arg(long)]
+    #[arg(long, value_parser = pid_parser())]
     tid: Option<u32>,
     /// Ring buffer size in KiB (rounded up to a power of two).
     #[arg(long, value_name = "KIB", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(4..=1048576))]
@@ -78,55 +91,69 @@ struct TraceArgs {
     command: Vec<OsString>,
 }
 
+/// A pid or tid: 1 to the largest `pid_t`.
+fn pid_parser() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=i64::from(i32::MAX))
+}
+
+/// `-d`: seconds, more than 0 and at most [`MAX_DURATION_SECS`].
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= MAX_DURATION_SECS) {
+        return Err(format!(
+            "{s} is out of range: give more than 0 and at most {MAX_DURATION_SECS} seconds (ten years)"
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Command::List { pid, path }) => list_probes(pid, path),
-        None => run_trace(cli.trace),
+    let result: Result<(), Box<dyn Error>> = match cli.command {
+        Some(Command::List { pid, path }) => {
+            let what = match (pid, path) {
+                (Some(pid), _) => ListTarget::Pid(pid),
+                (None, Some(path)) => ListTarget::Path(path),
+                (None, None) => ListTarget::All,
+            };
+            list::run(what, &mut io::stdout().lock()).map_err(Into::into)
+        }
+        None if cli.trace.bpftrace => print_bpftrace(&cli.trace).map_err(Into::into),
+        None => trace::run(trace_config(cli.trace))
+            .map(drop)
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader is gone (`| head`): it has what it wanted.
+        Err(e) if broken_pipe(&*e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("portsnoop: {}", trace::error_chain(&*e));
+            note(format_args!("{}", error_chain(&*e)));
             ExitCode::FAILURE
         }
     }
 }
 
-fn run_trace(args: TraceArgs) -> Result<(), Box<dyn std::error::Error>> {
+/// The session `args` ask for; a usage error (exit 2) if they name no
+/// target.
+fn trace_config(args: TraceArgs) -> TraceConfig {
     if args.pid.is_none() && args.command.is_empty() {
-        // clap's usage exit code, so scripts can tell misuse from failure.
-        eprintln!("portsnoop: give -p PID or -- CMD ARGS...\n\nUsage: portsnoop [OPTIONS] (-p PID | -- CMD...)\n       portsnoop list [-p PID | PATH]");
-        std::process::exit(2);
+        usage_error();
     }
-    if let Some(d) = args.duration {
-        if !(d > 0.0 && d.is_finite()) {
-            eprintln!("portsnoop: -d needs a positive number of seconds, got {d}");
-            std::process::exit(2);
-        }
-    }
-    if args.bpftrace {
-        let (pid, exe) = match args.pid {
-            Some(pid) => (
-                Some(pid),
-                std::fs::read_link(format!("/proc/{pid}/exe"))
-                    .map_err(|e| format!("no such process {pid}: {e}"))?,
-            ),
-            None => (None, PathBuf::from(&args.command[0])),
-        };
-        print!("{}", bpftrace_script::script(pid, &exe));
-        return Ok(());
-    }
-    let config = TraceConfig {
+    TraceConfig {
         pid: args.pid,
         command: args.command,
-        duration: args.duration.map(std::time::Duration::from_secs_f64),
+        duration: args.duration,
         format: if args.json {
             Format::Json
         } else {
             Format::Table
         },
-        summary: args.summary || (args.quiet && !args.json),
+        // The text summary: with --json the summary is the JSON stream's
+        // last line, and nothing else is written.
+        summary: !args.json && (args.summary || args.quiet),
         quiet: args.quiet,
         output: args.output,
         filter: Filter {
@@ -134,64 +161,50 @@ fn run_trace(args: TraceArgs) -> Result<(), Box<dyn std::error::Error>> {
             tid: args.tid,
         },
         buffer_bytes: args.buffer_kb as usize * 1024,
-    };
-    trace::run(config)?;
-    Ok(())
+    }
 }
 
-fn list_probes(pid: Option<u32>, path: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
-    let print = |pid: Option<u32>, file: &std::path::Path| -> Result<usize, list::ListError> {
-        let probes = list::probes_in(file)?;
-        for p in &probes {
-            let provider = match pid {
-                Some(pid) => format!("{}{pid}", p.provider),
-                None => p.provider.clone(),
-            };
-            println!(
-                "{:>8} {:<12} {:<40} {:<26} {}",
-                pid.map_or("-".into(), |p| p.to_string()),
-                provider,
-                file.display(),
-                p.name,
-                p.args
-            );
-        }
-        Ok(probes.len())
-    };
-    println!(
-        "{:>8} {:<12} {:<40} {:<26} ARGS",
-        "PID", "PROVIDER", "MODULE", "NAME"
-    );
-    match (pid, path) {
+fn usage_error() -> ! {
+    Cli::command()
+        .error(
+            ErrorKind::MissingRequiredArgument,
+            "give -p PID or -- CMD ARGS...",
+        )
+        .exit()
+}
+
+/// `--bpftrace`: the equivalent bpftrace script on stdout.
+fn print_bpftrace(args: &TraceArgs) -> Result<(), trace::Error> {
+    let (pid, exe) = match (args.pid, args.command.first()) {
         (Some(pid), _) => {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                return Err(format!("no such process: {pid}").into());
-            }
-            let mut n = 0;
-            for obj in list::mapped_objects(pid) {
-                n += print(Some(pid), &obj).unwrap_or(0);
-            }
-            if n == 0 {
-                eprintln!("portsnoop: process {pid} has no USDT probes");
-            }
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    trace::Error::Target(portsnoop::target::Error::NoSuchProcess(pid))
+                } else {
+                    trace::Error::Engine(engine::Error::Io(format!("reading /proc/{pid}/exe"), e))
+                }
+            })?;
+            (Some(pid), exe)
         }
-        (None, Some(path)) => {
-            if print(None, &path)? == 0 {
-                eprintln!("portsnoop: {} has no USDT probes", path.display());
-            }
+        (None, Some(cmd)) => (None, PathBuf::from(cmd)),
+        (None, None) => usage_error(),
+    };
+    let mut out = io::stdout().lock();
+    out.write_all(bpftrace_script::script(pid, &exe).as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(trace::Error::Write)
+}
+
+/// Whether `e` comes from writing to a pipe whose reader is gone.
+fn broken_pipe(e: &(dyn Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+        {
+            return true;
         }
-        (None, None) => {
-            let found = list::processes_with_provider(portsnoop::engine::PROVIDER);
-            for (pid, obj) in &found {
-                print(Some(*pid), obj)?;
-            }
-            if found.is_empty() {
-                eprintln!(
-                    "portsnoop: no running process has an {} provider",
-                    portsnoop::engine::PROVIDER
-                );
-            }
-        }
+        cause = c.source();
     }
-    Ok(())
+    false
 }

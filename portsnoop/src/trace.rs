@@ -1,19 +1,23 @@
 //! A tracing session: start or find the target, attach, then pump events
-//! from the engine through the correlator to the output until told to stop,
-//! the time is up, or the target is gone.
+//! from the engine through the correlator to the output until told to stop
+//! (SIGINT, SIGTERM, SIGHUP: see [`crate::stop`]), the time is up, the
+//! target is gone, or the output is (a closed pipe: `portsnoop | head`).
+//! Every way out goes through the same end: the target is ended if we
+//! started it, and `run` returns.
 
 use std::ffi::OsString;
+use std::fmt;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::correlate::{Correlator, Filter, Summary};
 use crate::engine::{self, Engine, Options};
 use crate::event::{Event, ProcessEvent, ProcessEventKind};
-use crate::output::{json::Json, summary::SummaryReport, table::Table, Output, SummaryOnly};
+use crate::output::escape;
+use crate::output::{error_chain, json::Json, note, table::Table, Output, SummaryOnly};
+use crate::stop::Stop;
 use crate::target::{ChildStdout, Target};
 
 /// How often the ring buffer is drained when nothing forces a wakeup.
@@ -32,6 +36,57 @@ pub enum Format {
     Json,
 }
 
+/// Why a session could not start or did not end well.
+#[derive(Debug)]
+pub enum Error {
+    /// The signal handlers or the watchdog could not be set up.
+    Setup(io::Error),
+    /// Finding, starting or following the target failed.
+    Target(crate::target::Error),
+    /// Attaching or polling failed.
+    Engine(engine::Error),
+    /// The `-o` file could not be created.
+    CreateOutput(PathBuf, io::Error),
+    /// Writing the trace failed; a broken pipe (`portsnoop | head`) too,
+    /// which the CLI takes as a normal end.
+    Write(io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Setup(_) => write!(f, "setting up signal handling"),
+            Error::Target(e) => e.fmt(f),
+            Error::Engine(e) => e.fmt(f),
+            Error::CreateOutput(path, _) => write!(f, "cannot write {}", path.display()),
+            Error::Write(_) => write!(f, "writing the trace"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // Transparent: the target's or the engine's error is this one.
+            Error::Target(e) => e.source(),
+            Error::Engine(e) => e.source(),
+            Error::Setup(e) | Error::CreateOutput(_, e) | Error::Write(e) => Some(e),
+        }
+    }
+}
+
+impl From<crate::target::Error> for Error {
+    fn from(e: crate::target::Error) -> Error {
+        Error::Target(e)
+    }
+}
+
+impl From<engine::Error> for Error {
+    fn from(e: engine::Error) -> Error {
+        Error::Engine(e)
+    }
+}
+
 /// Everything a session needs to know.
 #[derive(Debug)]
 pub struct TraceConfig {
@@ -43,7 +98,8 @@ pub struct TraceConfig {
     pub duration: Option<Duration>,
     /// Output format.
     pub format: Format,
-    /// Print the summary at the end.
+    /// Write the text summary after the table. The table only: the JSON
+    /// output's summary is its last line, always.
     pub summary: bool,
     /// Write no rows, only what the output writes at the end.
     pub quiet: bool,
@@ -56,11 +112,8 @@ pub struct TraceConfig {
 }
 
 /// Runs a session to its end and returns its summary.
-pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))?;
-    }
+pub fn run(config: TraceConfig) -> Result<Summary, Error> {
+    let stop = Stop::install().map_err(Error::Setup)?;
     // Before looking at the target: without the rights, nothing else matters.
     engine::check_privileges()?;
     // portsnoop's output owns stdout unless it goes to a file.
@@ -74,31 +127,29 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
         None => Target::spawn(&config.command, child_stdout)?,
     };
     if let Some(tid) = target.given_thread() {
-        eprintln!(
-            "portsnoop: {tid} is a thread of process {}: tracing the process",
+        note(format_args!(
+            "{tid} is a thread of process {}: tracing the process",
             target.pid()
-        );
+        ));
     }
-    if target.is_child() && child_stdout == ChildStdout::Stderr {
-        eprintln!(
-            "portsnoop: the command's stdout goes to stderr, to keep portsnoop's output on stdout clean \
-             (use -o FILE to keep them apart)"
-        );
+    if target.is_child() {
+        stop.watch_child(target.pid());
+        if child_stdout == ChildStdout::Stderr {
+            note(format_args!(
+                "the command's stdout goes to stderr, to keep portsnoop's output on stdout clean \
+                 (use -o FILE to keep them apart)"
+            ));
+        }
     }
     let sink: Box<dyn Write> = match &config.output {
-        Some(path) => Box::new(
-            File::create(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?,
-        ),
+        Some(path) => {
+            Box::new(File::create(path).map_err(|e| Error::CreateOutput(path.clone(), e))?)
+        }
         None => Box::new(io::stdout().lock()),
     };
     // Rows are small and many: write them out in large blocks.
-    let sink = BufWriter::with_capacity(1 << 16, sink);
-    let mut output: Box<dyn Output> = match (config.format, config.quiet) {
-        (Format::Table, false) => Box::new(Table::new(sink)),
-        (Format::Json, false) => Box::new(Json::new(sink)),
-        (Format::Table, true) => Box::new(SummaryOnly(Table::new(sink))),
-        (Format::Json, true) => Box::new(SummaryOnly(Json::new(sink))),
-    };
+    let sink = BufWriter::with_capacity(1 << 16, stop.progress(sink));
+    let mut output = make_output(&config, sink);
     let mut engine = Engine::attach(
         &target,
         &Options {
@@ -107,24 +158,24 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
     )?;
     let attached = engine.attached().clone();
     if attached.probes == 0 {
-        eprintln!(
-            "portsnoop: {} has no {} probes: tracing the kernel side only",
+        note(format_args!(
+            "{} has no {} probes: tracing the kernel side only",
             attached.exe,
             engine::PROVIDER
-        );
+        ));
     }
     for warning in &attached.warnings {
-        eprintln!("portsnoop: {warning}");
+        note(format_args!("{}", escape::escape(warning)));
     }
-    eprintln!(
-        "portsnoop: tracing pid {} ({}): {} {} probes{}, {} tracepoints; ready",
+    note(format_args!(
+        "tracing pid {} ({}): {} {} probes{}, {} tracepoints; ready",
         attached.pid,
         attached.exe,
         attached.probes,
         engine::PROVIDER,
         attached.sharing(),
         attached.tracepoints
-    );
+    ));
     target.release();
 
     let mut correlator = Correlator::new(config.filter.clone());
@@ -134,22 +185,27 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
         correlator.known_registration(epfd, fd, data);
     }
     let (mut events, mut records) = (Vec::new(), Vec::new());
-    let deadline = config.duration.map(|d| Instant::now() + d);
+    stop.running(config.duration);
     let mut ended: Option<ProcessEventKind> = None;
+    // The first write error ends the session; the rest of it still runs.
+    let mut write_error: Option<io::Error> = None;
     loop {
         engine.poll(POLL_INTERVAL, &mut events)?;
-        feed(&mut correlator, &mut *output, &mut events, &mut records)?;
-        if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+        if let Err(e) = feed(&mut correlator, &mut *output, &mut events, &mut records) {
+            write_error = Some(e);
+            break;
+        }
+        if stop.requested() {
             break;
         }
         if !engine.is_recording() {
             // It exec'd (the kernel side stopped recording there): the
             // exec's record first, then the new image.
             engine.poll(Duration::ZERO, &mut events)?;
-            feed(&mut correlator, &mut *output, &mut events, &mut records)?;
-            if let Some(traced) = follow_exec(&mut target, &mut engine, &mut correlator) {
-                events.push(traced);
-                feed(&mut correlator, &mut *output, &mut events, &mut records)?;
+            events.extend(follow_exec(&mut target, &mut engine, &mut correlator));
+            if let Err(e) = feed(&mut correlator, &mut *output, &mut events, &mut records) {
+                write_error = Some(e);
+                break;
             }
         }
         if let Some(code) = target.exit_status() {
@@ -167,36 +223,87 @@ pub fn run(config: TraceConfig) -> Result<Summary, Box<dyn std::error::Error>> {
             kind,
         }));
     }
-    feed(&mut correlator, &mut *output, &mut events, &mut records)?;
-    let mut summary = correlator.finish(&mut records);
-    for r in records.drain(..) {
-        output.record(&r)?;
-    }
-    summary.lost_events = summary.lost_events.max(engine.lost_total());
-    output.finish(&summary)?;
-    if config.summary {
-        let mut out: Box<dyn Write> = match &config.output {
-            Some(path) => Box::new(std::fs::OpenOptions::new().append(true).open(path)?),
-            None => Box::new(io::stdout().lock()),
-        };
-        SummaryReport::new(&summary).write(&mut out)?;
-        out.flush()?;
-    }
+    let summary = finish_output(
+        &mut correlator,
+        &mut *output,
+        &mut events,
+        &mut records,
+        &engine,
+        &mut write_error,
+    );
+    drop(output);
+    stop.output_done();
     if let Some(ProcessEventKind::Exit { code }) = ended {
-        eprintln!(
-            "portsnoop: pid {} exited ({})",
+        note(format_args!(
+            "pid {} exited ({})",
             target.pid(),
             describe_exit(code)
-        );
+        ));
     }
-    eprintln!(
-        "portsnoop: {} events, {} lost, {} ops, {} mismatches",
+    note(format_args!(
+        "{} events, {} lost, {} ops, {} mismatches",
         summary.events, summary.lost_events, summary.ops, summary.mismatches
-    );
+    ));
     // We started it: it ends with us (on an error return too, when the
     // target is dropped).
     target.end();
-    Ok(summary)
+    match write_error {
+        Some(e) => Err(Error::Write(e)),
+        None => Ok(summary),
+    }
+}
+
+/// The writer for the chosen format: JSON Lines only JSON (its summary is
+/// its last line); the table with the text summary after it if asked.
+fn make_output<W: Write + 'static>(config: &TraceConfig, sink: W) -> Box<dyn Output> {
+    if config.format == Format::Json {
+        return match config.quiet {
+            false => Box::new(Json::new(sink)),
+            true => Box::new(SummaryOnly(Json::new(sink))),
+        };
+    }
+    let mut table = Table::new(sink);
+    if config.summary {
+        table = table.with_summary();
+    }
+    match config.quiet {
+        false => Box::new(table),
+        true => Box::new(SummaryOnly(table)),
+    }
+}
+
+/// The end of the output: the last records, then the summary. After a
+/// write error nothing more is written, but the summary is still made.
+fn finish_output(
+    correlator: &mut Correlator,
+    output: &mut dyn Output,
+    events: &mut Vec<Event>,
+    records: &mut Vec<crate::correlate::Record>,
+    engine: &Engine,
+    write_error: &mut Option<io::Error>,
+) -> Summary {
+    let written = if write_error.is_some() {
+        for ev in events.drain(..) {
+            correlator.push(ev, records);
+        }
+        records.clear();
+        Ok(())
+    } else {
+        feed(correlator, output, events, records)
+    };
+    let mut summary = correlator.finish(records);
+    summary.lost_events = summary.lost_events.max(engine.lost_total());
+    let written = written.and_then(|()| {
+        for r in records.drain(..) {
+            output.record(&r)?;
+        }
+        output.finish(&summary)
+    });
+    if let Err(e) = written {
+        write_error.get_or_insert(e);
+    }
+    records.clear();
+    summary
 }
 
 /// After the target exec'd: waits for the new image's loader, attaches
@@ -212,34 +319,35 @@ fn follow_exec(
     let pid = target.pid();
     match target.reload(EXEC_SETTLE) {
         Ok(true) => {}
-        Ok(false) => eprintln!(
-            "portsnoop: pid {pid}: {}'s loader did not finish within {EXEC_SETTLE:?}: attaching anyway, \
+        Ok(false) => note(format_args!(
+            "pid {pid}: {}'s loader did not finish within {EXEC_SETTLE:?}: attaching anyway, \
              some probes may stay silent",
             target.image().shown
-        ),
+        )),
         Err(_) if !target.is_alive() => return None,
-        Err(e) => eprintln!("portsnoop: pid {pid} exec'd: {}", error_chain(&e)),
+        Err(e) => note(format_args!("pid {pid} exec'd: {}", error_chain(&e))),
     }
     match engine.reattach(target) {
-        Ok(a) if a.probes == 0 => eprintln!(
-            "portsnoop: pid {pid} exec'd {}, which has no {} probes: tracing the kernel side only",
+        Ok(a) if a.probes == 0 => note(format_args!(
+            "pid {pid} exec'd {}, which has no {} probes: tracing the kernel side only",
             a.exe,
             engine::PROVIDER
-        ),
-        Ok(a) => eprintln!(
-            "portsnoop: pid {pid} exec'd {}: now tracing {} {} probes",
+        )),
+        Ok(a) => note(format_args!(
+            "pid {pid} exec'd {}: now tracing {} {} probes",
             a.exe,
             a.probes,
             engine::PROVIDER
-        ),
-        Err(e) => eprintln!(
-            "portsnoop: pid {pid} exec'd {}: tracing the kernel side only: {e}",
-            target.image().shown
-        ),
+        )),
+        Err(e) => note(format_args!(
+            "pid {pid} exec'd {}: tracing the kernel side only: {}",
+            target.image().shown,
+            error_chain(&e)
+        )),
     }
     let attached = engine.attached();
     for warning in &attached.warnings {
-        eprintln!("portsnoop: {warning}");
+        note(format_args!("{}", escape::escape(warning)));
     }
     correlator.threads_before_trace(attached.threads_before_trace.iter().copied());
     Some(Event::Process(ProcessEvent {
@@ -250,19 +358,6 @@ fn follow_exec(
             probes: attached.probes,
         },
     }))
-}
-
-/// An error and its causes, as one line: what portsnoop was doing, then
-/// why, as deep as the causes go.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 fn feed(

@@ -12,7 +12,7 @@ use portsnoop::event::{
 use portsnoop::output::json::Json;
 use portsnoop::output::summary::{quantize, SummaryReport};
 use portsnoop::output::table::Table;
-use portsnoop::output::Output;
+use portsnoop::output::{Output, SummaryOnly};
 use serde_json::{json, Value};
 use support::{correlate, fixture, load_recording};
 
@@ -214,7 +214,8 @@ fn json_lines_follow_the_contract() {
             &json!({"type": "wait", "ts_ns": T0 + 10_000, "tid": 7, "name": "epoll_wait",
                  "epfd": 4, "rv": 2, "errno": null, "dur_ns": 5000,
                  "events": [{"fd": 9, "events": 1, "data": 2},
-                            {"fd": null, "events": 0x11, "data": 77}]})
+                            {"fd": null, "events": 0x11, "data": 77}],
+                 "events_omitted": 0})
         ]
     );
     let probes = of_type("probe");
@@ -414,4 +415,151 @@ fn the_summary_report_names_losses_and_disagreements() {
         ),
         "an op cut by the loss has no times: {text}"
     );
+}
+
+/// A wait that returned more events than the kernel side records (30):
+/// the table says how many more there were, JSON has `events_omitted`.
+#[test]
+fn a_wait_with_more_events_than_recorded_says_how_many_more() {
+    let wait = |rv: i64, n: u64| {
+        Event::EpollWait(EpollWait {
+            ts_ns: T0,
+            tid: 7,
+            name: "epoll_wait",
+            epfd: 4,
+            rv,
+            dur_ns: 2_000,
+            events: (0..n)
+                .map(|i| ReadyEvent {
+                    events: 1,
+                    data: 100 + i,
+                })
+                .collect(),
+        })
+    };
+    let (records, summary) = correlate(vec![wait(180, 30)]);
+    let table = table_of(&records, &summary);
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        rows.len(),
+        1 + 1 + 30 + 1,
+        "header, wait, 30 events, the marker:\n{table}"
+    );
+    assert_eq!(
+        rows[1],
+        "    0.000000       7 epoll_wait             - 180 events 2us"
+    );
+    assert_eq!(
+        rows[31],
+        "    0.000002       7 EPOLL_EVENT            ? fdevents 0x01 IN"
+    );
+    assert_eq!(
+        rows[32],
+        "    0.000002       7 EPOLL_EVENT            - +150 more events not recorded"
+    );
+    let json = json_of(&records, &summary);
+    let line: Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(line["type"], "wait");
+    assert_eq!(line["events"].as_array().unwrap().len(), 30);
+    assert_eq!(line["events_omitted"], 150);
+
+    // All there, or a failed wait: nothing omitted, no marker.
+    for (rv, n) in [(30, 30), (3, 3), (0, 0), (-4, 0)] {
+        let (records, summary) = correlate(vec![wait(rv, n)]);
+        assert!(!table_of(&records, &summary).contains("more events"));
+        let json = json_of(&records, &summary);
+        let line: Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+        assert_eq!(line["events_omitted"], 0, "rv {rv}");
+    }
+}
+
+/// What the traced program names (callbacks, log messages) reaches the
+/// table escaped: one row each, no byte a terminal acts on. JSON keeps the
+/// exact string, escaped as JSON.
+#[test]
+fn hostile_strings_are_escaped_in_the_table_and_exact_in_json() {
+    let hostile = "\x1b]0;pwned\x07\x1b[2J\nFAKE ROW\r\u{9b}1A\\";
+    let events = vec![
+        probe(
+            0,
+            7,
+            ProbeName::CallbackEntry,
+            [2, 2, 0xdead, 9, 1, 1],
+            &[hostile],
+        ),
+        probe(
+            1_000,
+            7,
+            ProbeName::Log,
+            [0, 0, 42, 0, 0, 0],
+            &[hostile, "f\n.rs", "m\x1b[1m"],
+        ),
+        probe(
+            2_000,
+            7,
+            ProbeName::CallbackReturn,
+            [2, 2, 0xdead, 1, 0, 0],
+            &[hostile],
+        ),
+    ];
+    let (records, summary) = correlate(events);
+    let table = table_of(&records, &summary);
+    let shown = r"\x1b]0;pwned\x07\x1b[2J\nFAKE ROW\r\u{9b}1A\\";
+    assert_eq!(
+        table.lines().collect::<Vec<_>>(),
+        [
+            "        TIME     TID SYSCALL               FD DETAILS                                  ERROR",
+            &format!("    0.000000       7 callback-entry         9 {shown} mask 0x01 closure 2"),
+            &format!("    0.000001       7 log                    - {shown}: m\\x1b[1m (f\\n.rs:42)"),
+            &format!("    0.000002       7 callback-return        - {shown} = 0x01"),
+        ]
+    );
+    assert!(
+        !table.chars().any(|c| c.is_control() && c != '\n'),
+        "no control but the rows' newlines: {table:?}"
+    );
+
+    let json = json_of(&records, &summary);
+    assert!(
+        !json.chars().any(|c| c.is_control() && c != '\n'),
+        "{json:?}"
+    );
+    let lines: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines[0]["strings"][0], hostile,
+        "JSON decodes to the exact name"
+    );
+    assert_eq!(lines[1]["strings"], json!([hostile, "f\n.rs", "m\x1b[1m"]));
+    let callback = lines.iter().find(|l| l["type"] == "op").unwrap();
+    assert_eq!(callback["callback"], hostile);
+}
+
+/// `--summary` with the table: the text report after the rows, in the same
+/// stream; with `-q` only the report. JSON never gets it (its summary is
+/// its last line).
+#[test]
+fn the_text_summary_follows_the_table_in_the_same_stream() {
+    let (records, summary) = correlate(small_stream());
+    let mut buf = Vec::new();
+    write_all(Table::new(&mut buf).with_summary(), &records, &summary);
+    let text = String::from_utf8(buf).unwrap();
+    let (rows, report) = text.split_once("\n=== summary\n").expect("a summary");
+    assert!(
+        rows.ends_with("callback-return        - echo = 0x01\n"),
+        "{rows}"
+    );
+    assert!(report.starts_with("events 8  lost 0"), "{report}");
+
+    let mut buf = Vec::new();
+    write_all(
+        SummaryOnly(Table::new(&mut buf).with_summary()),
+        &records,
+        &summary,
+    );
+    let quiet = String::from_utf8(buf).unwrap();
+    assert!(quiet.starts_with("\n=== summary\n"), "{quiet}");
+    assert_eq!(quiet, summary_of(&summary));
 }

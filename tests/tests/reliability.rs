@@ -139,7 +139,17 @@ fn a_target_that_crashes_or_execs_ends_the_trace_cleanly() {
             summary["process_end"].as_str().unwrap().starts_with("exit"),
             "{summary}"
         );
-        assert!(text.contains("=== summary"), "the --summary report follows");
+        // `--summary` adds no text to JSON: every line is JSON, the
+        // summary line last.
+        for l in text.lines() {
+            serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"));
+        }
+        assert_eq!(
+            summary,
+            json(&text.lines().map(String::from).collect::<Vec<_>>())
+                .pop()
+                .unwrap()
+        );
     }
     // exec: the target replaces itself; its probes are gone, portsnoop says so.
     let snoop = Portsnoop::start(&["--json", "--", "/bin/sh", "-c", "sleep 0.3; exec /bin/true"]);

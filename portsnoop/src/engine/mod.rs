@@ -68,14 +68,22 @@ impl fmt::Display for Error {
                 "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): portsnoop needs a kernel built with \
                  CONFIG_DEBUG_INFO_BTF=y (Linux 5.15 or later; most distributions' kernels are)"
             ),
-            Error::Bpf(what, e) => write!(f, "{what}: {e:#} (is this kernel built with BPF, BTF and uprobes?)"),
-            Error::Attach(what, e) => write!(f, "{what}: {e:#}"),
-            Error::Io(what, e) => write!(f, "{what}: {e}"),
+            // The cause is the source: shown after this, as `what: cause`.
+            Error::Bpf(what, _) => write!(f, "{what} (is this kernel built with BPF, BTF and uprobes?)"),
+            Error::Attach(what, _) | Error::Io(what, _) => write!(f, "{what}"),
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Bpf(_, e) | Error::Attach(_, e) => Some(e),
+            Error::Io(_, e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// How to set up the kernel side.
 #[derive(Clone, Debug)]

@@ -3,7 +3,10 @@
 //! The contract: `syscall` {ts_ns, tid, name, fd, rv, errno, dur_ns, arg};
 //! `probe` {ts_ns, tid, name, fd, args (the probe's `arg_count`, C ints
 //! signed), strings}; `wait` {ts_ns, tid, name, epfd, rv, errno, dur_ns,
-//! events: [{fd (null: its `epoll_ctl` was not seen), events, data}]}; `op`
+//! events: [{fd (null: its `epoll_ctl` was not seen), events, data}],
+//! events_omitted (how many more events the wait returned than `events`
+//! holds: the kernel side records the first 30; `rv` minus those, 0 when
+//! all are there or the wait failed)}; `op`
 //! {op, tid, fd, entry_ts_ns, return_ts_ns, user_rv, syscalls: [{name, rv,
 //! errno, ts_ns, dur_ns}], kernel_ns, user_ns, mismatch (null, or the
 //! disagreement between the app and the kernel), incomplete (null, or why
@@ -22,13 +25,18 @@
 //!
 //! Every line but `op` and `summary` carries its whole event, so a JSON
 //! trace can be replayed through the correlator (the crate's tests do).
+//!
+//! Strings are JSON strings: the C0 controls escaped as JSON requires, and
+//! DEL, C1 and the other characters a terminal must not get raw escaped
+//! too (`\u0080`), so the stream is safe to print ([`super::escape`]).
+//! The output is JSON Lines and nothing else, whatever the other flags.
 
 use std::io::{self, Write};
 
 use serde_json::{json, Value};
 
 use super::line::Line;
-use super::Output;
+use super::{events_omitted, Output};
 use crate::correlate::{EpollMap, Log2Hist, Op, OpStats, Record, Summary, Wait};
 use crate::event::{errno_of, EpollCtl, Event, Probe, ProbeName, ProcessEventKind, Syscall};
 
@@ -142,7 +150,8 @@ fn wait(l: &mut Line, w: &crate::event::EpollWait, fds: Option<&[Option<i32>]>) 
         l.str(r#","events":"#).u64(e.events.into());
         l.str(r#","data":"#).u64(e.data).byte(b'}');
     }
-    l.str("]}");
+    l.str(r#"],"events_omitted":"#).u64(events_omitted(w));
+    l.byte(b'}');
 }
 
 fn probe(l: &mut Line, p: &Probe) {

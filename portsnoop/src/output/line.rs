@@ -156,14 +156,27 @@ impl Line {
         self
     }
 
+    /// Appends text the traced program controls, escaped for a terminal
+    /// (see [`super::escape`]).
+    #[inline]
+    pub fn str_escaped(&mut self, s: &str) -> &mut Self {
+        super::escape::escape_into(&mut self.buf, s);
+        self
+    }
+
     /// Appends `s` as a JSON string, quoted and escaped as serde_json does
-    /// (`"`, `\\`, and control characters; everything else as it is).
+    /// (`"`, `\\`, and control characters), and also, as `\u00NN` or
+    /// `\uNNNN`, DEL, the C1 controls and the few other characters a
+    /// terminal must not get raw (see [`super::escape`]): still valid JSON,
+    /// decoding to the same string, and safe to `cat`.
     pub fn json_str(&mut self, s: &str) -> &mut Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         self.byte(b'"');
         let bytes = s.as_bytes();
         let mut from = 0;
-        for (i, &b) in bytes.iter().enumerate() {
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
             let short = match b {
                 b'"' => b'"',
                 b'\\' => b'\\',
@@ -172,8 +185,34 @@ impl Line {
                 b'\t' => b't',
                 0x08 => b'b',
                 0x0c => b'f',
-                0..=0x1f => 0,
-                _ => continue,
+                0..=0x1f | 0x7f => 0,
+                // Lead bytes of U+0080..U+00BF and U+2000..U+2FFF: on a
+                // char boundary, since every byte before was ASCII or a
+                // whole char's.
+                0xc2 | 0xe2 => {
+                    let c = s[i..].chars().next().expect("i is inside s");
+                    if !super::escape::unsafe_char(c) {
+                        i += c.len_utf8();
+                        continue;
+                    }
+                    self.put(&bytes[from..i]);
+                    let cp = c as u32;
+                    self.put(&[
+                        b'\\',
+                        b'u',
+                        HEX[(cp >> 12) as usize & 0xf],
+                        HEX[(cp >> 8) as usize & 0xf],
+                        HEX[(cp >> 4) as usize & 0xf],
+                        HEX[cp as usize & 0xf],
+                    ]);
+                    i += c.len_utf8();
+                    from = i;
+                    continue;
+                }
+                _ => {
+                    i += 1;
+                    continue;
+                }
             };
             self.put(&bytes[from..i]);
             if short != 0 {
@@ -188,7 +227,8 @@ impl Line {
                     HEX[(b & 0xf) as usize],
                 ]);
             }
-            from = i + 1;
+            i += 1;
+            from = i;
         }
         self.put(&bytes[from..]);
         self.byte(b'"')
@@ -302,7 +342,7 @@ mod tests {
 
     #[test]
     fn json_strings_are_escaped_as_serde_json_escapes_them() {
-        let all: String = (0u8..0x80).map(char::from).collect();
+        let all: String = (0u8..0x7f).map(char::from).collect();
         for s in [
             "",
             "echo",
@@ -310,7 +350,8 @@ mod tests {
             "tab\there\nnl",
             "é→x",
             all.as_str(),
-            "\u{7f}\u{1f}end",
+            "\u{1f}end",
+            "\u{a0}\u{2030}\u{e000}",
         ] {
             assert_eq!(
                 text(|l| {
@@ -319,6 +360,32 @@ mod tests {
                 serde_json::to_string(s).unwrap()
             );
         }
+    }
+
+    /// DEL, C1 and the separators and bidi controls: escaped where
+    /// serde_json leaves them raw, and decoding to the same string.
+    #[test]
+    fn json_strings_keep_terminal_controls_escaped() {
+        let all: String = (0u32..0x3000).filter_map(char::from_u32).collect();
+        for (s, want) in [
+            ("\u{7f}", r#""\u007f""#),
+            ("a\u{9b}2J", r#""a\u009b2J""#),
+            ("\u{80}\u{9f}\u{a0}", "\"\\u0080\\u009f\u{a0}\""),
+            ("x\u{2028}y\u{202e}z\u{2069}", r#""x\u2028y\u202ez\u2069""#),
+        ] {
+            assert_eq!(
+                text(|l| {
+                    l.json_str(s);
+                }),
+                want,
+                "{s:?}"
+            );
+        }
+        let got = text(|l| {
+            l.json_str(&all);
+        });
+        assert_eq!(serde_json::from_str::<String>(&got).unwrap(), all);
+        assert!(!got.chars().any(super::super::escape::unsafe_char));
     }
 
     #[test]

@@ -1,14 +1,48 @@
 //! Writers for correlated records: the seed's table, JSON Lines, and the
-//! end-of-run summary with quantize-style histograms.
+//! end-of-run summary with quantize-style histograms; portsnoop's own lines
+//! on stderr ([`note`]). Whatever the traced program controls is escaped
+//! before a terminal sees it ([`escape`]).
 
+pub mod escape;
 pub mod json;
 mod line;
 pub mod summary;
 pub mod table;
 
-use std::io;
+use std::fmt;
+use std::io::{self, Write};
 
 use crate::correlate::{Record, Summary};
+use crate::event::EpollWait;
+
+/// Writes `portsnoop: MSG` on stderr. Strings from the traced program in
+/// `MSG` must already be escaped ([`escape::Escaped`]). A stderr that is
+/// closed or broken (a hung-up terminal, `2>&1 | head`) is no reason to
+/// fail, nor to panic as `eprintln!` does: the line is dropped.
+pub fn note(msg: fmt::Arguments<'_>) {
+    let _ = writeln!(io::stderr().lock(), "portsnoop: {msg}");
+}
+
+/// An error and its causes, as one line: what portsnoop was doing, then
+/// why, as deep as the causes go. Escaped: causes can carry names the
+/// traced app controls (a path, a probe's name).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = escape::escape(&e.to_string()).into_owned();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&escape::escape(&c.to_string()));
+        cause = c.source();
+    }
+    text
+}
+
+/// How many of the events a wait returned the kernel side did not record:
+/// it keeps the first [`EpollWait::MAX_EVENTS`], and `rv` says how many
+/// there were.
+pub fn events_omitted(w: &EpollWait) -> u64 {
+    (w.rv.max(0) as u64).saturating_sub(w.events.len() as u64)
+}
 
 /// Something that writes records as they come and a summary at the end.
 pub trait Output {

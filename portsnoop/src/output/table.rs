@@ -3,14 +3,20 @@
 //!
 //! Records reach us in ring-buffer order, which across CPUs is only nearly
 //! time order, so rows wait in a short window and leave sorted by time.
+//!
+//! Strings from the traced program (callback names, log messages) are
+//! escaped ([`super::escape`]): a row is always one line, and nothing in it
+//! reaches the terminal as a control.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::Arc;
 
+use super::escape::Escaped;
 use super::line::Line;
-use super::{Output, EPOLL_MASK_NAMES};
+use super::summary::SummaryReport;
+use super::{events_omitted, Output, EPOLL_MASK_NAMES};
 use crate::correlate::{EpollMap, Record, Summary};
 use crate::event::{errno_name, errno_of, Event, ProbeName, ProcessEventKind};
 
@@ -32,6 +38,8 @@ pub struct Table<W: Write> {
     last_written: Option<u64>,
     header_done: bool,
     line: Line,
+    /// Write the text summary at the end.
+    summary: bool,
 }
 
 /// A row waiting in the window. It keeps the values, not their text: rows
@@ -58,6 +66,9 @@ enum Details {
     Wait { n: i64, dur_ns: Option<u64> },
     /// A returned epoll event: `fdevents 0x01 IN`.
     FdEvents(u32),
+    /// Returned events the kernel side did not record: `+N more events
+    /// not recorded`.
+    Omitted(u64),
     /// Read and write entries: `len N closure C`.
     LenClosure { len: u64, closure: u64 },
     /// Accept and close entries: `closure C`.
@@ -95,7 +106,15 @@ impl<W: Write> Table<W> {
             last_written: None,
             header_done: false,
             line: Line::default(),
+            summary: false,
         }
+    }
+
+    /// Also writes the text summary ([`SummaryReport`]) after the last row,
+    /// to the same output.
+    pub fn with_summary(mut self) -> Table<W> {
+        self.summary = true;
+        self
     }
 
     fn push(&mut self, ts: u64, row: Row) -> io::Result<()> {
@@ -269,6 +288,9 @@ impl Details {
                 l.str("fdevents 0x").hex2(*events as u64).byte(b' ');
                 mask_names(l, *events);
             }
+            Details::Omitted(n) => {
+                l.byte(b'+').u64(*n).str(" more events not recorded");
+            }
             Details::LenClosure { len, closure } => {
                 l.str("len ").u64(*len).str(" closure ").u64(*closure);
             }
@@ -280,14 +302,14 @@ impl Details {
                 mask,
                 closure,
             } => {
-                l.str(name)
+                l.str_escaped(name)
                     .str(" mask 0x")
                     .hex2(*mask as u32 as u64)
                     .str(" closure ")
                     .u64(*closure);
             }
             Details::CallbackReturn { name, mask } => {
-                l.str(name).str(" = 0x").hex2(*mask as u32 as u64);
+                l.str_escaped(name).str(" = 0x").hex2(*mask as u32 as u64);
             }
             Details::Rv(rv) => rv_text(l, *rv),
             Details::Text(text) => {
@@ -395,6 +417,18 @@ impl<W: Write> Output for Table<W> {
                         row(w.wait.tid, "EPOLL_EVENT", fd, Details::FdEvents(e.events)),
                     )?;
                 }
+                let omitted = events_omitted(&w.wait);
+                if omitted > 0 {
+                    self.push(
+                        end,
+                        row(
+                            w.wait.tid,
+                            "EPOLL_EVENT",
+                            FdCol::Dash,
+                            Details::Omitted(omitted),
+                        ),
+                    )?;
+                }
                 Ok(())
             }
             Record::Event(Event::Probe(p)) => {
@@ -418,13 +452,16 @@ impl<W: Write> Output for Table<W> {
                         name: name(),
                         mask: p.args[3] as i32,
                     },
-                    ProbeName::Log => Details::Text(format!(
-                        "{}: {} ({}:{})",
-                        p.strings.first().map_or("", |s| &**s),
-                        p.strings.get(2).map_or("", |s| &**s),
-                        p.strings.get(1).map_or("", |s| &**s),
-                        p.args[2] as i32
-                    )),
+                    ProbeName::Log => {
+                        let s = |i: usize| Escaped(p.strings.get(i).map_or("", |s| &**s));
+                        Details::Text(format!(
+                            "{}: {} ({}:{})",
+                            s(0),
+                            s(2),
+                            s(1),
+                            p.args[2] as i32
+                        ))
+                    }
                     _ => {
                         let rv = p.rv().unwrap_or(0);
                         return self.push(p.ts_ns, row_rv(p.tid, short, fd, Details::Rv(rv), rv));
@@ -492,9 +529,12 @@ impl<W: Write> Output for Table<W> {
         }
     }
 
-    fn finish(&mut self, _summary: &Summary) -> io::Result<()> {
+    fn finish(&mut self, summary: &Summary) -> io::Result<()> {
         for (ts, row) in std::mem::take(&mut self.pending) {
             self.write_row(ts, &row)?;
+        }
+        if self.summary {
+            SummaryReport::new(summary).write(&mut self.out)?;
         }
         self.out.flush()
     }

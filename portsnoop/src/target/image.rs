@@ -1,8 +1,6 @@
 //! The traced process's executable: how to open it, how to show it, where
 //! it is mapped and when its loader is done with it.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -33,7 +31,7 @@ impl Image {
             .map_err(|e| Error::process(format!("reading {}", path.display()), e))?;
         Ok(Image {
             path,
-            shown: escape(seen.as_os_str()),
+            shown: crate::output::escape::os_str(seen.as_os_str()),
         })
     }
 
@@ -176,32 +174,4 @@ fn page_size() -> u64 {
     } else {
         4096
     }
-}
-
-/// A name the traced app controls (its path, its arguments), made safe to
-/// print: control characters, bidirectional overrides, backslashes and
-/// bytes that are not UTF-8 are written as escapes, so nothing reaches a
-/// terminal raw.
-pub fn escape(s: &OsStr) -> String {
-    let mut out = String::new();
-    for chunk in s.as_bytes().utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\t' => out.push_str("\\t"),
-                '\r' => out.push_str("\\r"),
-                c if c.is_control()
-                    || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
-                {
-                    out.extend(c.escape_unicode())
-                }
-                c => out.push(c),
-            }
-        }
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
 }

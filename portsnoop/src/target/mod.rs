@@ -43,7 +43,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 pub use error::Error;
-pub use image::{escape, Image};
+pub use image::Image;
 
 /// How long a child we started gets to exit after `SIGTERM` before it is
 /// killed.

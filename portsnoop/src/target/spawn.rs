@@ -5,7 +5,7 @@ use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use super::{escape, ChildStdout, Error};
+use super::{ChildStdout, Error};
 
 /// Starts `argv` stopped by ptrace right after its `exec`; returns its pid.
 ///
@@ -27,7 +27,7 @@ pub(super) fn spawn_traced(argv: &[OsString], stdout: ChildStdout) -> Result<u32
     let program = argv
         .first()
         .ok_or_else(|| Error::Usage("no command given after --".into()))?;
-    let shown = escape(program);
+    let shown = crate::output::escape::os_str(program);
     let path = resolve(program).ok_or_else(|| Error::NotFound(shown.clone()))?;
     let to_c = |s: Vec<u8>| {
         CString::new(s).map_err(|_| {

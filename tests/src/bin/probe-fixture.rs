@@ -6,6 +6,10 @@
 //! Each round ends with bad input: callback names with an interior NUL, of
 //! 64 KiB, and from invalid UTF-8, each followed by a normal probe whose
 //! values must arrive intact.
+//!
+//! With `--hostile`, each round then fires a callback named [`HOSTILE`] and
+//! a `log` whose facility, file and message hold terminal controls too: a
+//! tracer must not pass them to a terminal raw.
 
 use std::io::Write;
 
@@ -17,7 +21,11 @@ const LISTEN_FD: i32 = 3;
 const CLOSURE: u64 = 0xc0ffee;
 const EVENT: u64 = 42;
 
-fn fire_round(log_line: &mut u32) {
+/// What `--hostile` names its callback: sets the terminal's title, clears
+/// the screen, starts a forged row, moves the cursor up with an 8-bit CSI.
+pub const HOSTILE: &str = "\x1b]0;pwned\x07\x1b[2J\nFAKE ROW\u{9b}1A";
+
+fn fire_round(log_line: &mut u32, hostile: bool) {
     let accept = Accept {
         fd: LISTEN_FD,
         addr: 0x1000,
@@ -85,9 +93,22 @@ fn fire_round(log_line: &mut u32) {
         };
         usdt_provider::read_entry(|| after);
     }
+
+    if hostile {
+        let evil = Callback {
+            name: HOSTILE,
+            ..cb
+        };
+        usdt_provider::callback_entry(|| evil);
+        usdt_provider::callback_return(|| (evil, 1));
+        usdt_provider::log("\x1b[31mfac\r", "evil\n.rs", 7, || {
+            "msg\x1b]0;pwned\x07\nFAKE ROW".to_string()
+        });
+    }
 }
 
 fn main() {
+    let hostile = std::env::args().skip(1).any(|a| a == "--hostile");
     // Block SIGUSR1 so it queues for sigwait instead of killing us.
     // SAFETY: plain signal-mask calls on a local set.
     let set = unsafe {
@@ -107,7 +128,7 @@ fn main() {
         if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
             std::process::exit(1);
         }
-        fire_round(&mut log_line);
+        fire_round(&mut log_line, hostile);
         let _ = writeln!(out, "log-line {log_line}");
         let _ = writeln!(out, "fired {round}");
         let _ = out.flush();

@@ -10,6 +10,12 @@
 //!
 //! Raw libc calls, not std: std picks the syscall (recvfrom for a read,
 //! writev for vectored writes, ...) and this must name each one.
+//!
+//! `syscall-fixture --many-ready N FILE` does only this instead: registers
+//! N ready eventfds on a new epoll instance and makes one `epoll_wait`
+//! that returns all N (more than the 30 a tracer records), logged as
+//! `{"name": "epoll_wait", "epfd", "rv": N, "data"}` (`data`: the first
+//! event's).
 
 use std::fmt::Write as _;
 use std::mem::{size_of, zeroed};
@@ -43,10 +49,53 @@ fn check(what: &str, rv: c_int) -> c_int {
     rv
 }
 
+/// Registers `n` ready eventfds and waits once for all of them.
+fn many_ready(n: usize, log: &mut Log) {
+    // SAFETY: plain syscalls on fds made here, into a buffer that outlives
+    // the call.
+    unsafe {
+        let ep = check("epoll_create1", libc::epoll_create1(0));
+        let mut fds = Vec::new();
+        for i in 0..n {
+            let fd = check("eventfd", libc::eventfd(1, 0));
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: 1000 + i as u64,
+            };
+            check(
+                "epoll_ctl",
+                libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev),
+            );
+            fds.push(fd);
+        }
+        let mut ready: Vec<libc::epoll_event> = vec![zeroed(); n + 8];
+        let rv = libc::epoll_wait(ep, ready.as_mut_ptr(), ready.len() as c_int, 1000);
+        assert_eq!(rv as usize, n, "every eventfd is ready");
+        let data = ready[0].u64;
+        let _ = writeln!(
+            log.0,
+            r#"{{"name":"epoll_wait","epfd":{ep},"rv":{rv},"data":{data}}}"#
+        );
+        for fd in fds.into_iter().chain([ep]) {
+            libc::close(fd);
+        }
+    }
+}
+
 fn main() {
-    let out = std::env::args()
-        .nth(1)
-        .expect("usage: syscall-fixture FILE");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, n, out] = args.as_slice() {
+        if flag == "--many-ready" {
+            let mut log = Log(String::new());
+            many_ready(n.parse().expect("--many-ready N"), &mut log);
+            std::fs::write(out, log.0).expect("writing the log");
+            return;
+        }
+    }
+    let out = args
+        .first()
+        .cloned()
+        .expect("usage: syscall-fixture [--many-ready N] FILE");
     let mut log = Log(String::new());
     let mut buf = [0u8; 64];
     // SAFETY (every block below): plain syscalls on fds this process just
