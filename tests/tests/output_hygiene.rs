@@ -4,7 +4,7 @@
 //! pipe ends the session quietly, a signal ends it even when nobody reads
 //! the output, and a bad command line or `list` target is a clear error.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -421,20 +421,13 @@ fn a_closed_pipe_ends_the_session_quietly() {
         "a process we attached to is left alone"
     );
 
-    // A child it started: read its `listening on` line (it shares the
-    // pipe), then close the pipe like `head -1`.
+    // A child it started (its stdout goes to portsnoop's stderr, to keep
+    // the trace clean): close the trace's pipe like `head -1`.
     let echo = bin("echo-mio");
     let (mut snoop, child) = Raw::start(&["--", echo.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
-    let mut reader = BufReader::new(snoop.stdout.take().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let addr: std::net::SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .parse()
-        .unwrap();
-    drop(reader);
+    let line = snoop.wait_stderr(|l| l.starts_with("listening on "));
+    let addr: std::net::SocketAddr = line["listening on ".len()..].trim().parse().unwrap();
+    drop(snoop.stdout.take());
     let mut load = background_load(addr, 2, 3000);
     let (status, _) = snoop.wait_exit(WAIT);
     let _ = load.kill();
@@ -521,19 +514,13 @@ fn a_signal_ends_the_session_with_the_output_stalled() {
         "a process we attached to is left alone"
     );
 
-    // With a child: its `listening on` line is read, then nothing more.
+    // With a child: nothing of the trace is read.
     let echo = bin("echo-mio");
     let (mut snoop, child) = Raw::start(&["--", echo.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
-    let mut out = snoop.stdout.take().unwrap();
+    let out = snoop.stdout.take().unwrap();
     let size = shrink_pipe(&out);
-    let mut first = Vec::new();
-    let mut byte = [0u8];
-    while first.last() != Some(&b'\n') {
-        out.read_exact(&mut byte).unwrap();
-        first.push(byte[0]);
-    }
-    let line = String::from_utf8(first).unwrap();
-    let addr: std::net::SocketAddr = line.trim()["listening on ".len()..].parse().unwrap();
+    let line = snoop.wait_stderr(|l| l.starts_with("listening on "));
+    let addr: std::net::SocketAddr = line["listening on ".len()..].trim().parse().unwrap();
     let mut load = background_load(addr, 2, 3000);
     wait_until_full(&out, size);
     let start = Instant::now();
