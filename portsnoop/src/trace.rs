@@ -191,7 +191,9 @@ pub fn run(config: TraceConfig) -> Result<Summary, Error> {
     let mut write_error: Option<io::Error> = None;
     loop {
         engine.poll(POLL_INTERVAL, &mut events)?;
-        if let Err(e) = feed(&mut correlator, &mut *output, &mut events, &mut records) {
+        let fed = feed(&mut correlator, &mut *output, &mut events, &mut records)
+            .and_then(|()| output.tick(engine::monotonic_ns()));
+        if let Err(e) = fed {
             write_error = Some(e);
             break;
         }

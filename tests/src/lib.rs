@@ -1,16 +1,17 @@
 //! Shared plumbing for the end-to-end tests: start the built binaries, wait
 //! (bounded) for the lines that say they are ready, attach real tracers.
 //!
-//! The tests run the release binaries in `target/release`; the README's test
-//! command builds them first. Every wait here has a deadline so a broken
-//! build or tracer fails a test instead of hanging CI.
+//! The tests run the release binaries in `target/release`, built on first
+//! use (see [`bin`]), so a plain `cargo test` works on a clean clone. Every
+//! wait here has a deadline so a broken build or tracer fails a test
+//! instead of hanging CI.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,21 +26,67 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The path of a built release binary (`echo-mio`, `portsnoop`, ...).
+/// The path of a release binary of the workspace (`echo-mio`,
+/// `portsnoop`, ...), built first if need be.
 ///
-/// Panics with the command to run when it is missing, since a test that
-/// silently skips would pass without testing anything.
+/// The first call in a test process runs `cargo build --release --workspace
+/// --bins` (a no-op when nothing changed), so a plain `cargo test` on a
+/// clean clone works, and a test never runs a binary older than the code.
+/// Cargo holds no lock while tests run, so this cannot deadlock with the
+/// `cargo test` that started us.
 pub fn bin(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let path = target.join("release").join(name);
-    assert!(
-        path.exists(),
-        "{} is not built; run `cargo build --release --workspace` first (./test.sh does)",
-        path.display()
-    );
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| cargo_build(&["build", "--release", "--workspace", "--bins"]));
+    if let Err(e) = built {
+        panic!("building the workspace's binaries failed:\n{e}");
+    }
+    let path = target_dir().join("release").join(name);
+    assert!(path.exists(), "{} is not a binary of the workspace", path.display());
     path
+}
+
+/// The path of an example binary built with every probe compiled out
+/// (`--no-default-features`, in its own target dir), built first if need
+/// be.
+pub fn noprobes_bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let dir = target_dir().join("noprobes");
+    let built = BUILT.get_or_init(|| {
+        cargo_build(&[
+            "build",
+            "--release",
+            "-p",
+            "examples",
+            "--no-default-features",
+            "--target-dir",
+            dir.to_str().expect("a UTF-8 target dir"),
+        ])
+    });
+    if let Err(e) = built {
+        panic!("building the examples without probes failed:\n{e}");
+    }
+    dir.join("release").join(name)
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Runs cargo (the one that built these tests) in the workspace; its
+/// output, if it fails.
+fn cargo_build(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .map_err(|e| format!("running cargo: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 /// Lines a child writes on one of its pipes, collected by a thread so a wait

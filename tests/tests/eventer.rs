@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::Command;
 
 use portsnoop::list::probes_in;
-use tests::{bin, run_load, workspace_root, Bpftrace, Server, WAIT};
+use tests::{bin, noprobes_bin, run_load, Bpftrace, Server, WAIT};
 
 /// One line per probe fire, `name fd rv ...`.
 const ECHO_SCRIPT: &str = r#"
@@ -145,12 +145,7 @@ fn echo_mio_has_all_eleven_probes_and_the_probes_off_build_none() {
             .collect()
     };
     assert_eq!(names(&bin("echo-mio")).len(), 11);
-    let off = workspace_root().join("target/noprobes/release/echo-mio");
-    assert!(
-        off.exists(),
-        "{} is missing: build it with `cargo build --release -p examples --no-default-features --target-dir target/noprobes` (.ci/run does)",
-        off.display()
-    );
+    let off = noprobes_bin("echo-mio");
     assert!(
         names(&off).is_empty(),
         "no evloop probe survives --no-default-features"

@@ -559,3 +559,25 @@ fn rand_suffix() -> u128 {
         .unwrap()
         .as_nanos()
 }
+
+/// A live trace shows what happened, not only what a later event pushed
+/// out: once a server goes quiet, its last rows (table) and lines (JSON)
+/// appear within a second, while portsnoop keeps running.
+#[test]
+fn a_quiet_target_still_shows_its_last_rows() {
+    let server = Server::start("echo-mio", &[]);
+    for format in [&[][..], &["--json"][..]] {
+        let pid = server.pid().to_string();
+        let mut args = vec!["-p", pid.as_str()];
+        args.extend_from_slice(format);
+        let snoop = Portsnoop::start(&args);
+        run_load(server.addr, 1, 1, 7);
+        // The echo's read of 7 bytes, then nothing more happens.
+        let seen = snoop.proc.stdout.wait_for(Duration::from_secs(5), |l| {
+            l.contains("recvfrom") && (l.contains("= 7 ") || l.contains(r#""rv":7,"#))
+        });
+        assert!(seen.is_ok(), "{format:?}: {}", seen.unwrap_err());
+        let (status, _, _) = snoop.finish();
+        assert!(status.success());
+    }
+}

@@ -306,4 +306,8 @@ impl<W: Write> Output for Json<W> {
         self.line(summary_json(summary))?;
         self.out.flush()
     }
+
+    fn tick(&mut self, _now_ns: u64) -> io::Result<()> {
+        self.out.flush()
+    }
 }

@@ -50,6 +50,13 @@ pub trait Output {
     fn record(&mut self, record: &Record) -> io::Result<()>;
     /// Writes the end-of-run summary (and flushes).
     fn finish(&mut self, summary: &Summary) -> io::Result<()>;
+    /// Called on every poll of the kernel side with the events' clock
+    /// (`CLOCK_MONOTONIC`): writes out what has waited long enough and
+    /// flushes, so a trace that goes quiet still shows its last rows
+    /// instead of keeping them until the next event or the end.
+    fn tick(&mut self, _now_ns: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// An output with its rows turned off: records are dropped, the end (the
@@ -65,6 +72,7 @@ impl<O: Output> Output for SummaryOnly<O> {
     fn finish(&mut self, summary: &Summary) -> io::Result<()> {
         self.0.finish(summary)
     }
+    // No rows: nothing waits to be written.
 }
 
 /// The epoll event bits that have names, in the order they are shown

@@ -154,7 +154,13 @@ impl<W: Write> Table<W> {
                 .map_or(0, |i| i + 1);
             self.pending.insert(at, (key, row));
         }
-        self.newest = self.newest.max(key);
+        self.advance(key)
+    }
+
+    /// Time has reached `now`: writes the rows that have left the reorder
+    /// window.
+    fn advance(&mut self, now: u64) -> io::Result<()> {
+        self.newest = self.newest.max(now);
         let watermark = self.newest.saturating_sub(REORDER_WINDOW_NS);
         while self.pending.front().is_some_and(|(t, _)| *t <= watermark) {
             let (ts, row) = self.pending.pop_front().expect("front exists");
@@ -527,6 +533,15 @@ impl<W: Write> Output for Table<W> {
                 }
             },
         }
+    }
+
+    fn tick(&mut self, now_ns: u64) -> io::Result<()> {
+        // Only once rows have been seen: before the first, `now` would
+        // become the start of the table's clock.
+        if self.t0.is_some() {
+            self.advance(now_ns)?;
+        }
+        self.out.flush()
     }
 
     fn finish(&mut self, summary: &Summary) -> io::Result<()> {
