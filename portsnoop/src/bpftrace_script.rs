@@ -8,11 +8,37 @@ use std::path::Path;
 
 use crate::event::SyscallName;
 
+/// A path that cannot go into a script: it names the executable in probe
+/// specs and a comment, and the script is run as root, so a newline or a
+/// quote in it would add lines of someone else's choosing.
+#[derive(Debug)]
+pub struct UnsafePath(pub String);
+
+impl std::fmt::Display for UnsafePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} cannot be written into a bpftrace script safely: use a path of letters, digits and /._+-@~,= \
+             (a symlink will do)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnsafePath {}
+
 /// The script for `pid` (or `$1`, to be given on bpftrace's command line)
 /// running `exe`.
-pub fn script(pid: Option<u32>, exe: &Path) -> String {
+pub fn script(pid: Option<u32>, exe: &Path) -> Result<String, UnsafePath> {
     let pid = pid.map_or("$1".to_string(), |p| p.to_string());
-    let exe = exe.display();
+    let shown = crate::output::escape::path(exe);
+    let exe = exe
+        .to_str()
+        .filter(|p| {
+            p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/._+-@~,=".contains(&b))
+        })
+        .ok_or(UnsafePath(shown))?;
     let fd_calls: Vec<String> = SyscallName::ALL
         .iter()
         .map(|s| s.as_str().to_string())
@@ -99,5 +125,20 @@ pub fn script(pid: Option<u32>, exe: &Path) -> String {
         "{}\n{{ printf(\"%-16lu %-7d %-24s %5s %s = 0x%x\\n\", nsecs, tid, probe, \"-\", str(arg2), arg3); }}",
         usdt(&["eventer-callback-return"])
     );
-    s
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_that_could_add_lines_is_refused() {
+        let ok = script(Some(7), Path::new("/opt/app-1.2/bin/echo_mio")).unwrap();
+        assert!(ok.contains("usdt:/opt/app-1.2/bin/echo_mio:evloop:"));
+        for bad in ["/tmp/a\nEND { system(\"id\") }", "/tmp/a\"b", "/tmp/a b", "/tmp/a:b"] {
+            let e = script(Some(7), Path::new(bad)).unwrap_err();
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+    }
 }

@@ -120,7 +120,7 @@ fn main() -> ExitCode {
             };
             list::run(what, &mut io::stdout().lock()).map_err(Into::into)
         }
-        None if cli.trace.bpftrace => print_bpftrace(&cli.trace).map_err(Into::into),
+        None if cli.trace.bpftrace => print_bpftrace(&cli.trace),
         None => trace::run(trace_config(cli.trace))
             .map(drop)
             .map_err(Into::into),
@@ -174,7 +174,7 @@ fn usage_error() -> ! {
 }
 
 /// `--bpftrace`: the equivalent bpftrace script on stdout.
-fn print_bpftrace(args: &TraceArgs) -> Result<(), trace::Error> {
+fn print_bpftrace(args: &TraceArgs) -> Result<(), Box<dyn Error>> {
     let (pid, exe) = match (args.pid, args.command.first()) {
         (Some(pid), _) => {
             let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| {
@@ -189,10 +189,11 @@ fn print_bpftrace(args: &TraceArgs) -> Result<(), trace::Error> {
         (None, Some(cmd)) => (None, PathBuf::from(cmd)),
         (None, None) => usage_error(),
     };
+    let script = bpftrace_script::script(pid, &exe)?;
     let mut out = io::stdout().lock();
-    out.write_all(bpftrace_script::script(pid, &exe).as_bytes())
+    out.write_all(script.as_bytes())
         .and_then(|()| out.flush())
-        .map_err(trace::Error::Write)
+        .map_err(|e| trace::Error::Write(e).into())
 }
 
 /// Whether `e` comes from writing to a pipe whose reader is gone.
