@@ -136,7 +136,12 @@ mod tests {
     fn a_path_that_could_add_lines_is_refused() {
         let ok = script(Some(7), Path::new("/opt/app-1.2/bin/echo_mio")).unwrap();
         assert!(ok.contains("usdt:/opt/app-1.2/bin/echo_mio:evloop:"));
-        for bad in ["/tmp/a\nEND { system(\"id\") }", "/tmp/a\"b", "/tmp/a b", "/tmp/a:b"] {
+        for bad in [
+            "/tmp/a\nEND { system(\"id\") }",
+            "/tmp/a\"b",
+            "/tmp/a b",
+            "/tmp/a:b",
+        ] {
             let e = script(Some(7), Path::new(bad)).unwrap_err();
             assert!(!e.to_string().contains('\n'), "{e}");
         }

@@ -41,7 +41,11 @@ pub fn bin(name: &str) -> PathBuf {
         panic!("building the workspace's binaries failed:\n{e}");
     }
     let path = target_dir().join("release").join(name);
-    assert!(path.exists(), "{} is not a binary of the workspace", path.display());
+    assert!(
+        path.exists(),
+        "{} is not a binary of the workspace",
+        path.display()
+    );
     path
 }
 
@@ -434,6 +438,21 @@ impl Portsnoop {
     pub fn finish(self) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
         self.proc.stop(libc::SIGINT)
     }
+}
+
+/// portsnoop's `--json` output, one value per line: every line must be
+/// JSON (the output is pure JSON Lines whatever the flags).
+pub fn json_lines(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect()
+}
+
+/// [`json_lines`] of a file portsnoop wrote with `-o`.
+pub fn json_file(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    json_lines(&text.lines().map(String::from).collect::<Vec<_>>())
 }
 
 /// What `echo-load` reported.

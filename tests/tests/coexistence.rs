@@ -23,7 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 use portsnoop::engine::{sites_in, Site};
 use portsnoop::event::ProbeName;
 use serde_json::Value;
-use tests::{bin, run_load, socket_count, wait_for_sockets, Portsnoop, Server};
+use tests::{bin, json_lines, run_load, socket_count, wait_for_sockets, Portsnoop, Server};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -177,14 +177,6 @@ impl PmuUprobe {
     }
 }
 
-fn parse_json(lines: &[String]) -> Vec<Value> {
-    lines
-        .iter()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
-        .collect()
-}
-
 fn probes_named(records: &[Value], probe: ProbeName) -> usize {
     records
         .iter()
@@ -214,7 +206,7 @@ fn trace(server: &Server, exe: &Path, site: &Site, before: u16, shared: bool) ->
     let stderr = err.join("\n");
     assert!(status.success(), "portsnoop failed: {status}\n{stderr}");
     Run {
-        records: parse_json(&out),
+        records: json_lines(&out),
         stderr,
         messages: load.messages,
     }

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Instant;
 
 use serde_json::Value;
-use tests::{run_load, Portsnoop, Server, WAIT};
+use tests::{json_file, run_load, Portsnoop, Server, WAIT};
 
 /// Load that keeps `addr` busy until dropped.
 struct Busy {
@@ -75,11 +75,9 @@ fn trace(pid: u32, secs: &str, extra: &[&str], name: &str) -> Vec<Value> {
     let mut snoop = Portsnoop::start(&args);
     let status = snoop.proc.wait_exit(WAIT);
     assert!(status.success(), "{status}");
-    let text = std::fs::read_to_string(&out).unwrap();
+    let records = json_file(&out);
     std::fs::remove_file(&out).ok();
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
+    records
 }
 
 fn mismatched(records: &[Value]) -> Vec<&Value> {
@@ -148,11 +146,7 @@ fn a_close_racing_an_accept_of_its_number_is_no_mismatch() {
     ]);
     let status = snoop.proc.wait_exit(WAIT);
     assert!(status.success(), "{status}");
-    let records: Vec<Value> = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = json_file(&out);
     // The race happened: the close's entry, another thread's accept of the
     // same number, then the close's own record, in the stream's order.
     let at = |pred: &dyn Fn(&Value) -> bool| records.iter().position(pred);
@@ -215,11 +209,7 @@ fn short_connections_on_a_multithreaded_runtime_find_no_mismatch() {
     }
     let (status, _, _) = snoop.finish();
     assert!(status.success());
-    let records: Vec<Value> = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = json_file(&out);
     let s = summary(&records);
     assert_eq!(
         s["per_op"]["accept"]["count"].as_u64().map(|n| n >= 600),

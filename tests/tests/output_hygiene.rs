@@ -15,7 +15,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::{bin, run_load, socket_count, wait_for_sockets, Portsnoop, Proc, Server, WAIT};
+use tests::{
+    bin, json_lines, run_load, socket_count, wait_for_sockets, Portsnoop, Proc, Server, WAIT,
+};
 
 const PROBE_FIXTURE: &str = env!("CARGO_BIN_EXE_probe-fixture");
 const SYSCALL_FIXTURE: &str = env!("CARGO_BIN_EXE_syscall-fixture");
@@ -42,13 +44,6 @@ fn has_terminal_controls(text: &str) -> bool {
     text.chars().any(|c| c.is_control() && c != '\n')
 }
 
-fn parse_all(lines: &[String]) -> Vec<Value> {
-    lines
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
-        .collect()
-}
-
 /// `--json` with `--summary` (and `-q`): every line of stdout is JSON, the
 /// last one the summary; no text histograms after it.
 #[test]
@@ -64,7 +59,7 @@ fn json_output_is_json_lines_only_whatever_the_flags() {
     for (snoop, rows) in [(full, true), (quiet, false)] {
         let (status, out, err) = snoop.finish();
         assert!(status.success(), "{status}\n{}", err.join("\n"));
-        let records = parse_all(&out);
+        let records = json_lines(&out);
         let last = records.last().expect("output");
         assert_eq!(last["type"], "summary", "the summary is the last line");
         assert_eq!(last["per_op"]["read"]["bytes"], 2 * 20 * 32);
@@ -443,7 +438,7 @@ fn a_closed_pipe_ends_the_session_quietly() {
 
 /// Makes the pipe behind `out` one page (before anything fills it) and
 /// returns its size.
-fn shrink_pipe(out: &ChildStdout) -> libc::c_int {
+fn shrink_pipe(out: &ChildStdout) {
     // SAFETY: fcntl on a pipe fd we own.
     let size = unsafe { libc::fcntl(out.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
     assert!(
@@ -451,28 +446,27 @@ fn shrink_pipe(out: &ChildStdout) -> libc::c_int {
         "F_SETPIPE_SZ: {}",
         std::io::Error::last_os_error()
     );
-    size
 }
 
-/// Waits until the writer at the other end of `out` has filled its pipe
-/// of `size` bytes, and so blocks in write(2).
-fn wait_until_full(out: &ChildStdout, size: libc::c_int) {
+/// Waits until portsnoop (`pid`) is blocked writing to its stalled pipe.
+/// Asked of the kernel (the main thread's wait channel), not guessed from
+/// the bytes queued: a one-page pipe can refuse a write with room left in
+/// its page, since a write that does not fit whole waits for a free page.
+fn wait_until_blocked(pid: u32) {
     let deadline = Instant::now() + WAIT;
+    let wchan = format!("/proc/{pid}/wchan");
     loop {
-        let mut queued: libc::c_int = 0;
-        // SAFETY: FIONREAD on a pipe fd we own, into a local.
-        unsafe { libc::ioctl(out.as_raw_fd(), libc::FIONREAD, &mut queued) };
-        if queued >= size {
+        let now = std::fs::read_to_string(&wchan).unwrap_or_default();
+        // `pipe_write`, or `anon_pipe_write` on newer kernels (6.18 here).
+        if now.ends_with("pipe_write") {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the pipe never filled: {queued} of {size}"
+            "portsnoop never blocked on its output (wchan {now:?})"
         );
         thread::sleep(Duration::from_millis(20));
     }
-    // The writer is now blocked, or about to be.
-    thread::sleep(Duration::from_millis(300));
 }
 
 /// The bound on ending with a stalled output: the 2 s grace, plus the
@@ -489,9 +483,9 @@ fn a_signal_ends_the_session_with_the_output_stalled() {
     for sig in [libc::SIGTERM, libc::SIGHUP] {
         let (mut snoop, _) = Raw::start(&["-p", &pid]);
         let out = snoop.stdout.take().unwrap();
-        let size = shrink_pipe(&out);
+        shrink_pipe(&out);
         let mut load = background_load(server.addr, 2, 3000);
-        wait_until_full(&out, size);
+        wait_until_blocked(snoop.child.id());
         snoop.signal(sig);
         let (status, took) = snoop.wait_exit(STALLED_EXIT_WITHIN);
         let _ = load.kill();
@@ -518,11 +512,11 @@ fn a_signal_ends_the_session_with_the_output_stalled() {
     let echo = bin("echo-mio");
     let (mut snoop, child) = Raw::start(&["--", echo.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
     let out = snoop.stdout.take().unwrap();
-    let size = shrink_pipe(&out);
+    shrink_pipe(&out);
     let line = snoop.wait_stderr(|l| l.starts_with("listening on "));
     let addr: std::net::SocketAddr = line["listening on ".len()..].trim().parse().unwrap();
     let mut load = background_load(addr, 2, 3000);
-    wait_until_full(&out, size);
+    wait_until_blocked(snoop.child.id());
     let start = Instant::now();
     snoop.signal(libc::SIGINT);
     let (status, _) = snoop.wait_exit(STALLED_EXIT_WITHIN);
@@ -542,9 +536,9 @@ fn the_time_limit_ends_the_session_with_the_output_stalled() {
     let server = Server::start("echo-mio", &[]);
     let (mut snoop, _) = Raw::start(&["-p", &server.pid().to_string(), "-d", "1.5"]);
     let out = snoop.stdout.take().unwrap();
-    let size = shrink_pipe(&out);
+    shrink_pipe(&out);
     let mut load = background_load(server.addr, 2, 3000);
-    wait_until_full(&out, size);
+    wait_until_blocked(snoop.child.id());
     let (status, _) = snoop.wait_exit(STALLED_EXIT_WITHIN);
     let _ = load.kill();
     let _ = load.wait();

@@ -6,15 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::{bin, run_load, socket_count, wait_for_sockets, Portsnoop, Server, WAIT};
-
-fn parse_json(lines: &[String]) -> Vec<Value> {
-    lines
-        .iter()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
-        .collect()
-}
+use tests::{bin, json_lines, run_load, socket_count, wait_for_sockets, Portsnoop, Server, WAIT};
 
 fn of_type<'a>(records: &'a [Value], t: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["type"] == t).collect()
@@ -157,7 +149,7 @@ fn trace_server(name: &str, conns: u32, msgs: u32, size: u32) -> Vec<Value> {
         "portsnoop failed: {status}\n{}",
         err.join("\n")
     );
-    parse_json(&out)
+    json_lines(&out)
 }
 
 #[test]
@@ -292,7 +284,7 @@ fn traces_a_command_from_its_first_instruction() {
     std::thread::sleep(Duration::from_millis(200));
     let (status, _, err) = snoop.finish();
     assert!(status.success(), "{}", err.join("\n"));
-    let records = parse_json(
+    let records = json_lines(
         &std::fs::read_to_string(&json)
             .unwrap()
             .lines()
@@ -338,8 +330,8 @@ fn every_traced_syscall_comes_through_with_its_values() {
             .map(String::from)
             .collect::<Vec<_>>()
     };
-    let records = parse_json(&read_lines(&json));
-    let want = parse_json(&read_lines(&expected));
+    let records = json_lines(&read_lines(&json));
+    let want = json_lines(&read_lines(&expected));
     assert!(want.len() > 25, "the fixture made its calls: {want:?}");
     let registered = &want
         .iter()
@@ -467,7 +459,7 @@ fn kernel_side_only_for_a_target_without_the_provider() {
     wait_for_sockets(server.pid(), baseline);
     let (status, out, _) = snoop.finish();
     assert!(status.success());
-    let records = parse_json(&out);
+    let records = json_lines(&out);
     let reads = of_type(&records, "syscall")
         .into_iter()
         .filter(|s| s["name"] == "recvfrom" && s["rv"] == 10)

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::{bin, run_load, socket_count, wait_for_sockets, Portsnoop, Server, WAIT};
+use tests::{bin, json_lines, run_load, socket_count, wait_for_sockets, Portsnoop, Server, WAIT};
 
 /// The values of every `evloop` semaphore in `pid`'s memory.
 fn semaphores(pid: u32) -> Vec<u16> {
@@ -36,14 +36,6 @@ fn semaphores(pid: u32) -> Vec<u16> {
             std::os::unix::fs::FileExt::read_exact_at(&mem, &mut buf, base + addr).unwrap();
             u16::from_ne_bytes(buf)
         })
-        .collect()
-}
-
-fn json(lines: &[String]) -> Vec<Value> {
-    lines
-        .iter()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
 
@@ -131,7 +123,7 @@ fn a_target_that_crashes_or_execs_ends_the_trace_cleanly() {
             "reports the {how}:\n{err}"
         );
         let text = std::fs::read_to_string(&out).unwrap();
-        let summary = json(&text.lines().map(String::from).collect::<Vec<_>>())
+        let summary = json_lines(&text.lines().map(String::from).collect::<Vec<_>>())
             .into_iter()
             .find(|r| r["type"] == "summary")
             .unwrap();
@@ -146,7 +138,7 @@ fn a_target_that_crashes_or_execs_ends_the_trace_cleanly() {
         }
         assert_eq!(
             summary,
-            json(&text.lines().map(String::from).collect::<Vec<_>>())
+            json_lines(&text.lines().map(String::from).collect::<Vec<_>>())
                 .pop()
                 .unwrap()
         );
@@ -156,7 +148,7 @@ fn a_target_that_crashes_or_execs_ends_the_trace_cleanly() {
     let mut snoop = snoop;
     let status = snoop.proc.wait_exit(WAIT);
     assert!(status.success());
-    let records = json(&snoop.proc.stdout.all());
+    let records = json_lines(&snoop.proc.stdout.all());
     assert!(
         records
             .iter()
@@ -177,7 +169,7 @@ fn fd_reuse_never_merges_two_connections() {
     }
     let (status, out, _) = snoop.finish();
     assert!(status.success());
-    let records = json(&out);
+    let records = json_lines(&out);
     let ops: Vec<&Value> = records
         .iter()
         .filter(|r| r["type"] == "op" && r["op"] != "callback")
@@ -225,7 +217,7 @@ fn a_thousand_connections_are_all_accounted_for() {
     wait_for_sockets(server.pid(), base);
     let (status, out, _) = snoop.finish();
     assert!(status.success());
-    let records = json(&out);
+    let records = json_lines(&out);
     let summary = records.last().unwrap();
     assert_eq!(summary["type"], "summary");
     let count = |op: &str, pred: &dyn Fn(&Value) -> bool| {
@@ -262,7 +254,7 @@ fn forced_ring_buffer_overflow_is_counted_shown_and_marks_ops_incomplete() {
     );
     let (status, out, err) = snoop.finish();
     assert!(status.success());
-    let records = json(&out);
+    let records = json_lines(&out);
     let summary = records.last().unwrap();
     let lost = summary["lost_events"].as_u64().unwrap();
     assert!(

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tests::{
-    bin, is_gone, run_load, socket_count, wait_for_sockets, wait_gone, Portsnoop, Server, WAIT,
+    bin, is_gone, json_file, json_lines, run_load, socket_count, wait_for_sockets, wait_gone,
+    Portsnoop, Server, WAIT,
 };
 
 fn tempdir(tag: &str) -> PathBuf {
@@ -25,18 +26,6 @@ fn tempdir(tag: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn json(lines: &[String]) -> Vec<Value> {
-    lines
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-fn json_file(path: &std::path::Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    json(&text.lines().map(String::from).collect::<Vec<_>>())
 }
 
 fn summary(records: &[Value]) -> &Value {
@@ -243,7 +232,7 @@ fn a_thread_id_traces_its_process_and_a_kernel_thread_is_refused() {
         "{err}"
     );
     assert!(err.contains(&format!("tracing pid {pid} ")), "{err}");
-    let records = json(&out);
+    let records = json_lines(&out);
     assert!(
         records.iter().filter(|r| r["type"] == "probe").count() >= 40,
         "the process's probes are seen: {}",
@@ -296,7 +285,7 @@ fn json_on_stdout_stays_json_with_a_command() {
     let (status, out, err) = snoop.finish();
     assert!(status.success(), "{}", err.join("\n"));
     // Every line of stdout is JSON: the server's own line went to stderr.
-    let records = json(&out);
+    let records = json_lines(&out);
     assert!(records.iter().any(|r| r["type"] == "probe"));
     assert!(
         err.iter().any(|l| l.contains("stdout goes to stderr")),
@@ -342,7 +331,7 @@ fn a_process_in_another_mount_namespace_is_traced_through_its_own_binary() {
         err.contains(&format!("({}): 11 evloop probes", app.display())),
         "the path as the process sees it, with echo-mio's probes:\n{err}"
     );
-    let records = json(&out);
+    let records = json_lines(&out);
     assert!(
         records.iter().filter(|r| r["type"] == "probe").count() >= 40,
         "{}",
@@ -359,7 +348,7 @@ fn portsnoop_in_a_pid_namespace_sees_its_own_pids() {
     let trace = dir.join("trace.json");
     let echo = bin("echo-mio");
     let mut snoop = Portsnoop::start_under(
-        &["unshare", "-pf", "--mount-proc"],
+        &["unshare", "-pf", "--kill-child", "--mount-proc"],
         &[
             "--json",
             "-o",
