@@ -181,11 +181,11 @@ fn write_rows(
     Ok(())
 }
 
-/// Every USDT probe site in the ELF file at `path` (empty if it has none).
-///
-/// Refuses what is not a regular file, or has no ELF magic, before reading
-/// anything else; then reads only the headers and the notes.
-pub fn probes_in(path: &Path) -> Result<Vec<UsdtProbe>, ListError> {
+/// Opens the ELF file at `path` to be read on demand: the parser reads the
+/// headers, the section table and the sections it is asked for, never the
+/// whole file. Refuses what is not a regular file, or has no ELF magic,
+/// before reading anything else.
+pub fn open_elf(path: &Path) -> Result<ReadCache<File>, ListError> {
     let read = |e| ListError::Read(path.to_path_buf(), e);
     // O_NONBLOCK: opening a FIFO must not wait for a writer. It changes
     // nothing for the regular files that get past the check below.
@@ -206,9 +206,13 @@ pub fn probes_in(path: &Path) -> Result<Vec<UsdtProbe>, ListError> {
         }
         Err(e) => return Err(read(e)),
     }
-    // Reads what the parser asks for, when it asks: the headers, the
-    // section table, the names, the notes.
-    let cache = ReadCache::new(file);
+    Ok(ReadCache::new(file))
+}
+
+/// Every USDT probe site in the ELF file at `path` (empty if it has none),
+/// reading only the headers and the notes (see [`open_elf`]).
+pub fn probes_in(path: &Path) -> Result<Vec<UsdtProbe>, ListError> {
+    let cache = open_elf(path)?;
     let elf = object::File::parse(&cache).map_err(|e| ListError::BadElf(path.to_path_buf(), e))?;
     let Some(section) = elf.section_by_name(".note.stapsdt") else {
         return Ok(Vec::new());

@@ -74,8 +74,13 @@ pub struct Sites {
 
 /// The `provider` sites of the ELF file at `path`.
 pub fn sites_in(path: &Path, provider: &str) -> Result<Sites, String> {
-    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file = object::File::parse(&*data)
+    // Only the headers and the sections needed are read: a binary can be
+    // hundreds of megabytes.
+    let data = list::open_elf(path).map_err(|e| match std::error::Error::source(&e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    })?;
+    let file = object::File::parse(&data)
         .map_err(|e| format!("{}: not an ELF file: {e}", path.display()))?;
     let Some(notes) = file.section_by_name(".note.stapsdt") else {
         return Ok(Sites::default());
