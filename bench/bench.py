@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """Side-by-side benchmarks on one machine in one run: echo throughput of the
-four servers with no tracer, then the cost per traced event of portsnoop,
+servers with no tracer, a real framework (hyper) on plain vs evloop tokio
+sockets (requests/s untraced and under portsnoop -q, socket syscalls per
+request counted in the kernel), then the cost per traced event of portsnoop,
 strace and bpftrace on the same workload, then portsnoop's capacity and its
 own footprint. Rounds alternate between contenders so drift hits all alike;
 medians and ratios are printed and written as JSON.
+
+BENCH_QUICK=1 runs every part short (2 rounds, small loads): a check that
+the bench works, not figures to quote.
 
 Run through bench/run.sh, which builds everything first.
 """
@@ -21,7 +26,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
 NOPROBES = os.path.join(ROOT, "target", "noprobes", "release")
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2" if QUICK else "5"))
 WAIT = 30
 
 
@@ -77,8 +83,8 @@ class Proc:
         time.sleep(0.05)
 
 
-def server(path):
-    s = Proc([path, "--listen", "127.0.0.1:0"])
+def server(path, *extra):
+    s = Proc([path, "--listen", "127.0.0.1:0", *extra])
     addr = s.wait_line(lambda l: l.startswith("listening on ")).split()[-1]
     return s, addr
 
@@ -133,12 +139,14 @@ def echo_throughput(results):
         "echo-mio": os.path.join(REL, "echo-mio"),
         "echo-mio (probes compiled out)": os.path.join(NOPROBES, "echo-mio"),
         "echo-tokio": os.path.join(REL, "echo-tokio"),
+        "echo-tokio-plain": os.path.join(REL, "echo-tokio-plain"),
     }
+    conns, msgs = (4, 2000) if QUICK else (8, 10000)
     rates = {k: [] for k in servers}
     for _ in range(ROUNDS):
         for name, path in servers.items():
             s, addr = server(path)
-            rate, _, _ = load(addr, 8, 10000, 64)
+            rate, _, _ = load(addr, conns, msgs, 64)
             rates[name].append(rate)
             s.stop(signal.SIGTERM)
     base = statistics.median(rates["echo-mio-plain"])
@@ -150,13 +158,143 @@ def echo_throughput(results):
     # The probes' own cost: each round's instrumented run against the same
     # round's compiled-out run (the machine drifts between rounds).
     paired = statistics.median(a / b for a, b in zip(rates["echo-mio"], rates["echo-mio (probes compiled out)"]))
-    results["echo_throughput"] = {"load": "8 conns x 10000 msgs x 64 B, no tracer", "rows": rows,
-                                  "instrumented_vs_compiled_out_paired": round(paired, 3)}
-    print("\n== echo throughput, no tracer attached (8 conns x 10000 msgs x 64 B; median of %d) ==" % ROUNDS)
+    # evloop's tokio sockets against tokio's own, the same way.
+    tokio_rounds = [a / b for a, b in zip(rates["echo-tokio"], rates["echo-tokio-plain"])]
+    tokio_paired = statistics.median(tokio_rounds)
+    results["echo_throughput"] = {"load": f"{conns} conns x {msgs} msgs x 64 B, no tracer", "rows": rows,
+                                  "instrumented_vs_compiled_out_paired": round(paired, 3),
+                                  "echo_tokio_vs_tokio_plain_paired": round(tokio_paired, 3),
+                                  "echo_tokio_vs_tokio_plain_rounds": [round(x, 3) for x in tokio_rounds]}
+    print("\n== echo throughput, no tracer attached (%d conns x %d msgs x 64 B; median of %d) ==" % (conns, msgs, ROUNDS))
     print("%-34s %14s %10s" % ("server", "msgs/s", "vs plain"))
     for row in rows:
         print("%-34s %14d %10.3f" % (row["server"], row["median_msgs_per_sec"], row["ratio_to_plain_mio"]))
     print("echo-mio vs its probes compiled out, round by round (median): %.3f" % paired)
+    print("echo-tokio (evloop sockets, instrumented tasks) vs echo-tokio-plain (tokio's sockets), round by round: "
+          "median %.3f, rounds %s" % (tokio_paired, " ".join("%.3f" % x for x in tokio_rounds)))
+
+
+HYPER_BUILDS = {"plain": ["--plain"], "evloop": []}
+HELLO = "Hello, World!"
+
+
+def http_load(addr, conns, reqs):
+    r = subprocess.run([os.path.join(REL, "http-load"), "--addr", addr, "--conns", str(conns), "--reqs", str(reqs),
+                        "--body", HELLO, "--timeout", "60"], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError(f"http-load failed: {r.stderr}")
+    kv = dict(x.split("=") for x in r.stdout.strip().splitlines()[-1].split())
+    return float(kv["reqs_per_sec"]), int(kv["requests"])
+
+
+def syscall_names():
+    """x86-64/arm64 syscall numbers -> names, from the kernel headers that
+    scripts/setup.sh installs (linux-libc-dev)."""
+    names = {}
+    for path in ("/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "/usr/include/aarch64-linux-gnu/asm/unistd.h",
+                 "/usr/include/asm-generic/unistd.h"):
+        if os.path.exists(path):
+            with open(path) as f:
+                for m in re.finditer(r"#define __NR3?2?_(\w+)\s+(\d+)\b", f.read()):
+                    names.setdefault(int(m.group(2)), m.group(1))
+            break
+    return names
+
+
+# The socket and readiness syscalls a request costs; the rest (futex,
+# sched_yield, timers) is runtime housekeeping, listed separately.
+SOCKET_CALLS = {"read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg", "accept", "accept4",
+                "close", "shutdown", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "setsockopt",
+                "getsockopt", "getpeername", "getsockname"}
+
+
+def count_syscalls(argv, conns, reqs):
+    """One load against a fresh server while bpftrace counts the server's
+    syscalls in the kernel (raw_syscalls, one probe; strace would stop the
+    process at each and change what it measures). Returns ({name: count},
+    requests)."""
+    s, addr = server(*argv)
+    pid = s.p.pid
+    script = ('BEGIN { printf("counting\\n"); } '
+              f'tracepoint:raw_syscalls:sys_enter /pid == {pid}/ {{ @[args->id] = count(); }}')
+    bt = Proc(["bpftrace", "-B", "line", "-e", script])
+    bt.wait_line(lambda l: l == "counting")  # printed by BEGIN, after attaching
+    _, requests = http_load(addr, conns, reqs)
+    bt.stop()
+    s.stop(signal.SIGTERM)
+    names = syscall_names()
+    counts = {}
+    for l in bt.out:
+        m = re.match(r"@\[(\d+)\]: (\d+)", l)
+        if m:
+            n = int(m.group(1))
+            counts[names.get(n, f"sys_{n}")] = int(m.group(2))
+    # bt.out keeps 64 lines: enough, a server makes a few dozen kinds.
+    return counts, requests
+
+
+def http_bench(results):
+    """hello-hyper on tokio's sockets vs evloop's: the same hyper server,
+    alternating build and tracer round by round."""
+    hyper = os.path.join(REL, "hello-hyper")
+    conns, reqs = (4, 1000) if QUICK else (8, 5000)
+    modes = ["untraced", "portsnoop -q"]
+    rates = {(b, m): [] for b in HYPER_BUILDS for m in modes}
+    for _ in range(ROUNDS):
+        for build, extra in HYPER_BUILDS.items():
+            for mode in modes:
+                s, addr = server(hyper, *extra)
+                tracer = None
+                if mode == "portsnoop -q":
+                    tracer = Proc([os.path.join(REL, "portsnoop"), "-q", "-p", str(s.p.pid), "-o", "/dev/null"],
+                                  stdout=False)
+                    tracer.wait_line(lambda l: l.endswith("; ready"), where="err")
+                rate, _ = http_load(addr, conns, reqs)
+                rates[(build, mode)].append(rate)
+                if tracer is not None:
+                    tracer.stop()
+                s.stop(signal.SIGTERM)
+
+    def paired(a, b):
+        rounds = [x / y for x, y in zip(rates[a], rates[b])]
+        return round(statistics.median(rounds), 3), [round(x, 3) for x in rounds]
+
+    ratios = {
+        "evloop_vs_plain_untraced": paired(("evloop", "untraced"), ("plain", "untraced")),
+        "evloop_vs_plain_traced": paired(("evloop", "portsnoop -q"), ("plain", "portsnoop -q")),
+        "plain_traced_vs_untraced": paired(("plain", "portsnoop -q"), ("plain", "untraced")),
+        "evloop_traced_vs_untraced": paired(("evloop", "portsnoop -q"), ("evloop", "untraced")),
+    }
+    per_req = {}
+    for build, extra in HYPER_BUILDS.items():
+        counts, requests = count_syscalls([hyper, *extra], conns, reqs)
+        sock = {k: v for k, v in counts.items() if k in SOCKET_CALLS}
+        per_req[build] = {
+            "requests": requests,
+            "all_per_request": round(sum(counts.values()) / requests, 3),
+            "socket_per_request": round(sum(sock.values()) / requests, 3),
+            "by_name_per_request": {k: round(v / requests, 3)
+                                    for k, v in sorted(counts.items(), key=lambda kv: -kv[1]) if v / requests >= 0.01},
+        }
+    results["http_hyper"] = {
+        "load": f"http-load: {conns} keep-alive conns x {reqs} GET / each; hello-hyper, 2 tokio workers",
+        "rows": [{"build": b, "tracer": m, "median_reqs_per_sec": round(statistics.median(r)),
+                  "runs": [round(x) for x in r]} for (b, m), r in rates.items()],
+        "paired_ratios": {k: {"median": v[0], "rounds": v[1]} for k, v in ratios.items()},
+        "syscalls": per_req,
+    }
+    print(f"\n== hyper hello-world: tokio sockets (plain) vs evloop sockets ({conns} keep-alive conns x {reqs} "
+          f"requests; median of {ROUNDS}) ==")
+    print("%-8s %-14s %12s   %s" % ("build", "tracer", "reqs/s", "rounds"))
+    for (b, m), r in rates.items():
+        print("%-8s %-14s %12d   %s" % (b, m, statistics.median(r), " ".join("%d" % x for x in r)))
+    print("paired ratios (round by round, median; rounds):")
+    for k, (med, rounds) in ratios.items():
+        print("  %-28s %.3f   %s" % (k, med, " ".join("%.3f" % x for x in rounds)))
+    print("syscalls per request, counted in the kernel (bpftrace raw_syscalls, one run each):")
+    for b, p in per_req.items():
+        top = ", ".join(f"{k} {v}" for k, v in list(p["by_name_per_request"].items())[:8])
+        print(f"  {b:7s} all {p['all_per_request']:.2f}, socket/epoll {p['socket_per_request']:.2f}  ({top})")
 
 
 STRACE_CALLS = "read,readv,recvfrom,recvmsg,write,writev,sendto,sendmsg,accept,accept4,connect,shutdown,close," \
@@ -219,7 +357,7 @@ def trace_cost(results):
     # 60k messages, ~650k events: long enough that one-time costs (portsnoop's buffers
     # growing, first touches) are amortized as they are in a real trace. BENCH_TRACE_MSGS
     # (per connection) changes it; strace takes about 1 s per 1000.
-    conns, msgs, size = 4, int(os.environ.get("BENCH_TRACE_MSGS", "15000")), 64
+    conns, msgs, size = 4, int(os.environ.get("BENCH_TRACE_MSGS", "2000" if QUICK else "15000")), 64
     modes = ["untraced", "portsnoop", "bpftrace", "strace"]
     secs = {m: [] for m in modes}
     busy = {m: [] for m in modes}
@@ -293,7 +431,7 @@ def capacity(results):
     snoop.wait_line(lambda l: l.endswith("; ready"), where="err")
     ready = time.time() - t0
     conns, size, msgs = 16, 16, 1000
-    deadline, done, t1 = time.time() + 10, 0, time.time()
+    deadline, done, t1 = time.time() + (3 if QUICK else 10), 0, time.time()
     while time.time() < deadline:
         load(addr, conns, msgs, size)
         done += conns * msgs
@@ -328,9 +466,14 @@ def capacity(results):
 
 def main():
     results = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} cores, {os.uname().release}"}
-    which = sys.argv[1:] or ["echo", "trace", "capacity"]
+    which = sys.argv[1:] or ["echo", "http", "trace", "capacity"]
+    unknown = set(which) - {"echo", "http", "trace", "capacity"}
+    if unknown:
+        sys.exit(f"bench.py: unknown part(s) {sorted(unknown)}; parts: echo http trace capacity")
     if "echo" in which:
         echo_throughput(results)
+    if "http" in which:
+        http_bench(results)
     if "trace" in which:
         trace_cost(results)
     if "capacity" in which:

@@ -124,6 +124,25 @@ pub(crate) fn callback<'a>(args: impl Fn() -> Callback<'a>, f: impl FnOnce() -> 
     }
 }
 
+/// Fires `eventer-callback-entry` alone: for a frame whose return fires
+/// later, from a guard's drop (`mio::Callback`).
+#[inline(always)]
+pub(crate) fn callback_entry<'a>(args: impl FnOnce() -> Callback<'a>) {
+    #[cfg(feature = "probes")]
+    usdt_provider::callback_entry(args);
+    #[cfg(not(feature = "probes"))]
+    let _ = args;
+}
+
+/// Fires `eventer-callback-return` alone; `rv` is the new mask.
+#[inline(always)]
+pub(crate) fn callback_return<'a>(args: impl FnOnce() -> (Callback<'a>, i32)) {
+    #[cfg(feature = "probes")]
+    usdt_provider::callback_return(args);
+    #[cfg(not(feature = "probes"))]
+    let _ = args;
+}
+
 /// Fires `log`, formatting only while a tracer listens.
 #[inline(always)]
 pub(crate) fn log<M: AsRef<str>>(facility: &str, file: &str, line: u32, msg: impl FnOnce() -> M) {

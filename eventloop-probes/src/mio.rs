@@ -7,6 +7,22 @@
 //! per-socket id; `mask` is READ for reads and accepts, WRITE for writes,
 //! 0 for closes (the wrapper does not know what woke the app).
 //!
+//! What the wrappers cannot see is where the app's callbacks begin and end:
+//! frame each event's handling with [`Callback`] (a guard) or [`callback`]
+//! (a closure), and the trace shows `eventer-callback-entry/return` around
+//! the I/O, named, as the eventer's callbacks are:
+//!
+//! ```no_run
+//! # use eventloop_probes::mio::{Mask, TcpStream};
+//! # fn handle(conn: &mut TcpStream, event: &mio::event::Event) -> std::io::Result<bool> { Ok(false) }
+//! # fn on_event(conn: &mut TcpStream, event: &mio::event::Event) -> std::io::Result<()> {
+//! let mut cb = conn.callback("echo", event); // callback-entry: fd, ready mask
+//! let done = handle(conn, event)?;           // its reads and writes, framed
+//! cb.set_mask(if done { Mask::NONE } else { Mask::READ });
+//! // callback-return (rv: the mask set) when `cb` drops, on `?` too
+//! # Ok(()) }
+//! ```
+//!
 //! ```
 //! use std::io::{Read, Write};
 //! use eventloop_probes::mio::{TcpListener, TcpStream};
@@ -32,6 +48,8 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+#![deny(missing_docs)]
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, RawFd};
@@ -42,12 +60,109 @@ use mio::{event, Interest, Registry, Token};
 use usdt_provider::mask::{READ, WRITE};
 use usdt_provider::{Accept, Close, Io};
 
+pub use crate::eventer::Mask;
 use crate::fire;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 fn new_id() -> u64 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One callback's frame: `eventer-callback-entry` when entered,
+/// `eventer-callback-return` when dropped, with the mask last given to
+/// [`set_mask`](Callback::set_mask) as `rv` (the ready mask if none was:
+/// "unchanged"; [`Mask::NONE`] says the app is done with the fd).
+///
+/// portsnoop pairs the wrappers' accepts, reads, writes and closes inside
+/// the frame with it (the callback's name on each op). The frame is
+/// per thread and must not be held across another frame on the same thread.
+/// While the probes are disabled it costs a few stores and two
+/// semaphore checks; the name is copied only while a tracer listens.
+///
+/// ```
+/// use eventloop_probes::mio::{Callback, Mask};
+///
+/// let mut cb = Callback::enter(7, "timer-check", -1, Mask::TIMER);
+/// // ... the callback's work ...
+/// cb.set_mask(Mask::NONE); // done
+/// drop(cb);                // callback-return fires here
+/// ```
+#[derive(Debug)]
+#[must_use = "the frame ends (callback-return fires) when the guard drops"]
+pub struct Callback<'n> {
+    closure: u64,
+    name: &'n str,
+    fd: RawFd,
+    ready: Mask,
+    rv: Mask,
+}
+
+impl<'n> Callback<'n> {
+    /// Fires `eventer-callback-entry` for the callback `name` on `fd` (-1
+    /// for none), woken with `ready`; `closure` is the same id every time
+    /// this callback runs (a wrapper's [`probe_id`](TcpStream::probe_id)).
+    #[inline]
+    pub fn enter(closure: u64, name: &'n str, fd: RawFd, ready: Mask) -> Callback<'n> {
+        let cb = Callback {
+            closure,
+            name,
+            fd,
+            ready,
+            rv: ready,
+        };
+        fire::callback_entry(|| cb.args());
+        cb
+    }
+
+    /// The mask the callback returns: what it waits for next, or
+    /// [`Mask::NONE`] when it is done with the fd.
+    #[inline]
+    pub fn set_mask(&mut self, mask: Mask) {
+        self.rv = mask;
+    }
+
+    fn args(&self) -> usdt_provider::Callback<'n> {
+        usdt_provider::Callback {
+            closure: self.closure,
+            // libmtev passes the event; a wrapper's id names it as well.
+            event: self.closure,
+            name: self.name,
+            fd: self.fd,
+            mask: self.ready.bits(),
+            newmask: self.ready.bits(),
+        }
+    }
+}
+
+impl Drop for Callback<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        fire::callback_return(|| (self.args(), self.rv.bits()));
+    }
+}
+
+/// Runs `f` framed as callback `name` (see [`Callback`]); `f` returns the
+/// new mask, which is the return probe's `rv`.
+///
+/// ```
+/// use eventloop_probes::mio::{callback, Mask};
+///
+/// let next = callback(1, "tick", -1, Mask::TIMER, || Mask::TIMER);
+/// assert_eq!(next, Mask::TIMER);
+/// ```
+#[inline]
+pub fn callback(
+    closure: u64,
+    name: &str,
+    fd: RawFd,
+    ready: Mask,
+    f: impl FnOnce() -> Mask,
+) -> Mask {
+    let mut cb = Callback::enter(closure, name, fd, ready);
+    let next = f();
+    cb.set_mask(next);
+    next
 }
 
 /// The parts every wrapper shares: the socket (taken on drop, to close it
@@ -86,6 +201,13 @@ macro_rules! wrapper {
             /// The wrapped mio socket (its I/O is not traced).
             pub fn get_ref(&self) -> &$inner {
                 self.get()
+            }
+
+            /// Frames the handling of `event` on this socket as callback
+            /// `name`: see [`Callback::enter`] (`closure` is
+            /// [`probe_id`](Self::probe_id), the ready mask `event`'s).
+            pub fn callback<'n>(&self, name: &'n str, event: &mio::event::Event) -> Callback<'n> {
+                Callback::enter(self.id, name, self.as_raw_fd(), Mask::of_event(event))
             }
         }
 

@@ -1,137 +1,93 @@
-//! What a callback gets: its fd's I/O, each call bracketed by probes, and
-//! ways to change the loop (register, add timers, stop).
+//! What a callback gets: its source's I/O, each call bracketed by probes,
+//! and ways to change the loop (register, add timers, stop).
 
 use std::borrow::Cow;
 use std::io;
-use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use usdt_provider::{Accept, Close, Io};
 
 use super::event_loop::StopHandle;
-use super::source::{not_for, Source};
-use super::Callback;
+use super::handler::{Handler, Sourced, Timed};
+use super::source::{unsupported, Listener, Source};
+use super::Mask;
 use crate::fire;
 
 /// A change a callback asked for, applied once it returns (the loop's
 /// tables are borrowed while it runs).
 pub(crate) enum Pending {
     Register {
-        source: Source,
+        handler: Box<dyn Handler>,
         name: Cow<'static, str>,
-        mask: i32,
-        callback: Callback,
+        mask: Mask,
     },
     Timer {
+        handler: Box<dyn Handler>,
         name: Cow<'static, str>,
         after: Duration,
         repeat: Option<Duration>,
-        callback: Callback,
     },
 }
 
-/// The context a callback runs in: its own source, and the loop.
-pub struct Ctx<'a> {
-    pub(crate) source: &'a mut Option<Source>,
+/// The parts of the loop a callback may touch.
+pub(crate) struct LoopRef<'a> {
     pub(crate) registry: &'a mio::Registry,
     pub(crate) pending: &'a mut Vec<Pending>,
     pub(crate) stop: &'a StopHandle,
-    pub(crate) closure: u64,
-    pub(crate) mask: i32,
 }
 
-impl Ctx<'_> {
+/// The context a callback runs in: its own source of type `S` (`()` for a
+/// timer), and the loop.
+pub struct Ctx<'a, S = ()> {
+    pub(crate) source: &'a mut Option<S>,
+    pub(crate) lp: LoopRef<'a>,
+    pub(crate) closure: u64,
+    pub(crate) fd: RawFd,
+    pub(crate) mask: Mask,
+}
+
+impl<S> Ctx<'_, S> {
     /// The fd this callback is for; -1 for timers and after [`Ctx::close`].
     pub fn fd(&self) -> RawFd {
-        self.source.as_ref().map_or(-1, Source::fd)
+        self.fd
     }
 
     /// The mask the callback was called with.
-    pub fn mask(&self) -> i32 {
+    pub fn mask(&self) -> Mask {
         self.mask
     }
 
-    /// Accepts one connection on a [`Source::TcpListener`] (one `accept4`),
-    /// bracketed by `eventer-accept-entry/return`; `rv` is the new fd.
-    pub fn accept(&mut self) -> io::Result<(mio::net::TcpStream, SocketAddr)> {
-        let args = Accept {
-            fd: self.fd(),
-            addr: 0,
-            addrlen: 0,
-            mask: self.mask,
-            closure: self.closure,
-        };
-        match self.source.as_mut() {
-            Some(Source::TcpListener(l)) => {
-                fire::accept(args, || l.accept(), |(s, _)| s.as_raw_fd())
-            }
-            _ => Err(not_for("accept", "this source")),
-        }
+    /// The source itself (e.g. for `peer_addr`); `None` for timers and
+    /// after [`Ctx::close`]. I/O done on it directly is not traced.
+    pub fn source(&mut self) -> Option<&mut S> {
+        self.source.as_mut()
     }
 
-    /// Reads once (one `recvfrom`/`read`), bracketed by
-    /// `eventer-read-entry/return`; `rv` is the byte count or `-errno`.
-    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (ptr, len) = fire::buf_args(buf);
-        let io = Io {
-            fd: self.fd(),
-            buf: ptr,
-            len,
-            mask: self.mask,
-            closure: self.closure,
-        };
-        match self.source.as_mut() {
-            Some(s) => fire::read(io, || s.read(buf)),
-            None => Err(not_for("read", "a closed or timer event")),
-        }
-    }
-
-    /// Writes once (one `sendto`/`write`), bracketed by
-    /// `eventer-write-entry/return`; `rv` is the byte count or `-errno`.
-    pub fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let (ptr, len) = fire::buf_args(buf);
-        let io = Io {
-            fd: self.fd(),
-            buf: ptr,
-            len,
-            mask: self.mask,
-            closure: self.closure,
-        };
-        match self.source.as_mut() {
-            Some(s) => fire::write(io, || s.write(buf)),
-            None => Err(not_for("write", "a closed or timer event")),
-        }
-    }
-
-    /// Deregisters and closes the source (one `close`), bracketed by
-    /// `eventer-close-entry/return`. The callback should then return 0.
-    pub fn close(&mut self) -> io::Result<()> {
-        match self.source.take() {
-            Some(source) => close_source(self.registry, source, self.mask, self.closure),
-            None => Err(not_for("close", "a closed or timer event")),
-        }
-    }
-
-    /// Registers a new source once this callback returns.
-    pub fn register<F>(
+    /// Registers `source` once this callback returns; see
+    /// [`Eventer::register`](super::Eventer::register).
+    pub fn register<T, F>(
         &mut self,
-        source: Source,
+        source: T,
         name: impl Into<Cow<'static, str>>,
-        mask: i32,
+        mask: Mask,
         callback: F,
     ) where
-        F: FnMut(&mut Ctx<'_>, i32) -> i32 + 'static,
+        T: Source,
+        F: FnMut(&mut Ctx<'_, T>, Mask) -> Mask + 'static,
     {
-        self.pending.push(Pending::Register {
-            source,
+        self.lp.pending.push(Pending::Register {
+            handler: Box::new(Sourced {
+                source: Some(source),
+                callback,
+            }),
             name: name.into(),
             mask,
-            callback: Box::new(callback),
         });
     }
 
-    /// Adds a timer once this callback returns; see [`super::Eventer::add_timer`].
+    /// Adds a timer once this callback returns; see
+    /// [`Eventer::add_timer`](super::Eventer::add_timer).
     pub fn add_timer<F>(
         &mut self,
         name: impl Into<Cow<'static, str>>,
@@ -139,33 +95,101 @@ impl Ctx<'_> {
         repeat: Option<Duration>,
         callback: F,
     ) where
-        F: FnMut(&mut Ctx<'_>, i32) -> i32 + 'static,
+        F: FnMut(&mut Ctx<'_>, Mask) -> Mask + 'static,
     {
-        self.pending.push(Pending::Timer {
+        self.lp.pending.push(Pending::Timer {
+            handler: Box::new(Timed { callback }),
             name: name.into(),
             after,
             repeat,
-            callback: Box::new(callback),
         });
     }
 
     /// Stops the loop after this round of callbacks.
     pub fn stop(&self) {
-        self.stop.stop();
+        self.lp.stop.stop();
+    }
+
+    fn io(&self, buf: &[u8]) -> Io {
+        let (ptr, len) = fire::buf_args(buf);
+        Io {
+            fd: self.fd,
+            buf: ptr,
+            len,
+            mask: self.mask.bits(),
+            closure: self.closure,
+        }
+    }
+}
+
+impl<S: Source> Ctx<'_, S> {
+    /// Reads once ([`Source::read`]: one syscall), bracketed by
+    /// `eventer-read-entry/return`; `rv` is the byte count or `-errno`.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let io = self.io(buf);
+        match self.source.as_mut() {
+            Some(s) => fire::read(io, || s.read(buf)),
+            None => Err(unsupported("read after close")),
+        }
+    }
+
+    /// Writes once ([`Source::write`]: one syscall), bracketed by
+    /// `eventer-write-entry/return`; `rv` is the byte count or `-errno`.
+    pub fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let io = self.io(buf);
+        match self.source.as_mut() {
+            Some(s) => fire::write(io, || s.write(buf)),
+            None => Err(unsupported("write after close")),
+        }
+    }
+
+    /// Deregisters and closes the source (one `close`), bracketed by
+    /// `eventer-close-entry/return`. The callback should then return
+    /// [`Mask::NONE`].
+    pub fn close(&mut self) -> io::Result<()> {
+        match self.source.take() {
+            Some(source) => {
+                self.fd = -1;
+                close_source(self.lp.registry, source, self.mask, self.closure)
+            }
+            None => Err(unsupported("close after close")),
+        }
+    }
+}
+
+impl<L: Listener> Ctx<'_, L> {
+    /// Accepts one connection ([`Listener::accept`]: one `accept4`),
+    /// bracketed by `eventer-accept-entry/return`; `rv` is the new fd.
+    pub fn accept(&mut self) -> io::Result<(L::Conn, L::Addr)> {
+        let args = Accept {
+            fd: self.fd,
+            addr: 0,
+            addrlen: 0,
+            mask: self.mask.bits(),
+            closure: self.closure,
+        };
+        match self.source.as_mut() {
+            Some(l) => fire::accept(args, || l.accept(), |(c, _)| c.as_raw_fd()),
+            None => Err(unsupported("accept after close")),
+        }
     }
 }
 
 /// The one way a source is closed, by a callback or by the loop when a
-/// callback returns 0, so both fire the same probes.
-pub(crate) fn close_source(
+/// callback returns NONE, so both fire the same probes.
+pub(crate) fn close_source<S: Source>(
     registry: &mio::Registry,
-    mut source: Source,
-    mask: i32,
+    mut source: S,
+    mask: Mask,
     closure: u64,
 ) -> io::Result<()> {
     // close(2) would drop the fd from epoll anyway; mio asks for the
     // deregister, and it keeps epoll_ctl(DEL) visible to portsnoop.
-    let _ = registry.deregister(source.as_mio());
-    let fd = source.into_raw_fd();
-    fire::close(Close { fd, mask, closure })
+    let _ = registry.deregister(&mut source);
+    let fd: OwnedFd = source.into();
+    fire::close(Close {
+        fd: fd.into_raw_fd(),
+        mask: mask.bits(),
+        closure,
+    })
 }

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token, Waker};
 use usdt_provider::Callback as CallbackArgs;
 
-use super::context::{close_source, Ctx, Pending};
+use super::context::{Ctx, LoopRef, Pending};
+use super::handler::{Handler, Sourced, Timed};
 use super::source::Source;
 use super::timer::Timers;
-use super::{Callback, EXCEPTION, READ, TIMER, WRITE};
+use super::Mask;
 use crate::fire;
 
 const WAKER: Token = Token(usize::MAX);
@@ -43,10 +44,10 @@ struct Registration {
     /// Stable for the registration's life: the probes' `closure`.
     id: u64,
     name: Cow<'static, str>,
-    mask: i32,
-    source: Option<Source>,
-    /// Taken out while the callback runs.
-    callback: Option<Callback>,
+    mask: Mask,
+    handler: Box<dyn Handler>,
+    /// Timers have no fd; they come due in `Timers`.
+    is_timer: bool,
     /// For timers: the re-arm period, if recurrent.
     repeat: Option<Duration>,
 }
@@ -54,10 +55,19 @@ struct Registration {
 /// A libmtev-style event loop on one thread. See the [module docs](super).
 pub struct Eventer {
     poll: Poll,
+    /// Filled by each wait and read in place: no allocation per round.
     events: Events,
+    core: Core,
+}
+
+/// Everything a dispatch changes, apart from `poll` and `events`, so a
+/// round can walk the events while callbacks change the tables.
+struct Core {
     slots: Vec<Option<Registration>>,
     free: Vec<usize>,
     timers: Timers,
+    /// What callbacks asked for this round; applied after it, and its
+    /// capacity kept for the next.
     pending: Vec<Pending>,
     stop: StopHandle,
     next_id: u64,
@@ -71,40 +81,50 @@ impl Eventer {
         Ok(Eventer {
             poll,
             events: Events::with_capacity(1024),
-            slots: Vec::new(),
-            free: Vec::new(),
-            timers: Timers::default(),
-            pending: Vec::new(),
-            stop: StopHandle {
-                flag: Arc::new(AtomicBool::new(false)),
-                waker,
+            core: Core {
+                slots: Vec::new(),
+                free: Vec::new(),
+                timers: Timers::default(),
+                pending: Vec::new(),
+                stop: StopHandle {
+                    flag: Arc::new(AtomicBool::new(false)),
+                    waker,
+                },
+                next_id: 1,
             },
-            next_id: 1,
         })
     }
 
     /// A handle that stops [`Eventer::run`] from elsewhere.
     pub fn stop_handle(&self) -> StopHandle {
-        self.stop.clone()
+        self.core.stop.clone()
     }
 
-    /// Watches `source` for `mask` (READ/WRITE/EXCEPTION) and calls
-    /// `callback` with the ready mask; its return is the new mask (0: close).
-    pub fn register<F>(
+    /// Watches `source` for `mask` (READ and/or WRITE; EXCEPTION always
+    /// comes) and calls `callback` with the ready mask; its return is the
+    /// new mask ([`Mask::NONE`]: the eventer closes the source). `name` is
+    /// what the callback probes carry.
+    pub fn register<S, F>(
         &mut self,
-        source: Source,
+        source: S,
         name: impl Into<Cow<'static, str>>,
-        mask: i32,
+        mask: Mask,
         callback: F,
     ) -> io::Result<()>
     where
-        F: FnMut(&mut Ctx<'_>, i32) -> i32 + 'static,
+        S: Source,
+        F: FnMut(&mut Ctx<'_, S>, Mask) -> Mask + 'static,
     {
-        self.insert_source(source, name.into(), mask, Box::new(callback))
+        let handler = Box::new(Sourced {
+            source: Some(source),
+            callback,
+        });
+        self.core
+            .insert_source(self.poll.registry(), handler, name.into(), mask)
     }
 
-    /// Calls `callback` with mask TIMER (fd -1) after `after`, then every
-    /// `repeat` for as long as it returns non-zero.
+    /// Calls `callback` with [`Mask::TIMER`] (fd -1) after `after`, then
+    /// every `repeat` for as long as it returns non-empty.
     pub fn add_timer<F>(
         &mut self,
         name: impl Into<Cow<'static, str>>,
@@ -112,14 +132,15 @@ impl Eventer {
         repeat: Option<Duration>,
         callback: F,
     ) where
-        F: FnMut(&mut Ctx<'_>, i32) -> i32 + 'static,
+        F: FnMut(&mut Ctx<'_>, Mask) -> Mask + 'static,
     {
-        self.insert_timer(name.into(), after, repeat, Box::new(callback));
+        self.core
+            .insert_timer(Box::new(Timed { callback }), name.into(), after, repeat);
     }
 
     /// How many sources and timers are registered.
     pub fn len(&self) -> usize {
-        self.slots.len() - self.free.len()
+        self.core.slots.len() - self.core.free.len()
     }
 
     /// Whether nothing is registered.
@@ -129,17 +150,19 @@ impl Eventer {
 
     /// Runs until stopped. Errors only if waiting itself fails.
     pub fn run(&mut self) -> io::Result<()> {
-        while !self.stop.is_stopped() {
+        while !self.core.stop.is_stopped() {
             self.run_once(None)?;
         }
         Ok(())
     }
 
     /// Waits once (at most `max_wait`, or until the next timer) and runs
-    /// every ready callback and due timer.
+    /// every ready callback and due timer. Allocates nothing itself: the
+    /// events buffer and the tables are reused round after round.
     pub fn run_once(&mut self, max_wait: Option<Duration>) -> io::Result<()> {
         let now = Instant::now();
         let until_timer = self
+            .core
             .timers
             .next_deadline()
             .map(|at| at.saturating_duration_since(now));
@@ -152,111 +175,98 @@ impl Eventer {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
         }
-        let ready: Vec<(usize, i32)> = self
-            .events
-            .iter()
-            .filter(|e| e.token() != WAKER)
-            .map(|e| (e.token().0, ready_mask(e)))
-            .collect();
-        for (slot, mask) in ready {
-            self.dispatch(slot, mask);
-        }
-        let now = Instant::now();
-        while let Some(id) = self.timers.pop_due(now) {
-            if let Some(slot) = self.slot_of_timer(id) {
-                self.dispatch(slot, TIMER);
+        let registry = self.poll.registry();
+        // Callbacks cannot add or free slots while the round runs (their
+        // changes wait in `pending`), so every token still names its slot.
+        for e in self.events.iter() {
+            if e.token() != WAKER {
+                self.core.dispatch(registry, e.token().0, Mask::of_event(e));
             }
         }
-        self.apply_pending();
+        let now = Instant::now();
+        while let Some(id) = self.core.timers.pop_due(now) {
+            if let Some(slot) = self.core.slot_of_timer(id) {
+                self.core.dispatch(registry, slot, Mask::TIMER);
+            }
+        }
+        self.core.apply_pending(registry);
         Ok(())
     }
+}
 
+impl Core {
     fn slot_of_timer(&self, id: u64) -> Option<usize> {
         // Timers are few; a scan beats keeping a second index in sync.
         self.slots
             .iter()
-            .position(|r| r.as_ref().is_some_and(|r| r.id == id && r.source.is_none()))
+            .position(|r| r.as_ref().is_some_and(|r| r.id == id && r.is_timer))
     }
 
-    fn dispatch(&mut self, slot: usize, ready: i32) {
+    fn dispatch(&mut self, registry: &mio::Registry, slot: usize, ready: Mask) {
         let Some(reg) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
             return; // closed earlier in this round
         };
-        let Some(mut callback) = reg.callback.take() else {
-            return;
-        };
-        let ready = if ready == TIMER {
-            TIMER
+        let ready = if reg.is_timer {
+            ready & Mask::TIMER
         } else {
-            ready & (reg.mask | EXCEPTION)
+            ready & (reg.mask | Mask::EXCEPTION)
         };
-        if ready == 0 {
-            reg.callback = Some(callback);
+        if ready.is_empty() {
             return;
         }
         let Registration {
             id,
             name,
             mask,
-            source,
+            handler,
             ..
         } = reg;
         let (id, old_mask) = (*id, *mask);
-        let fd = source.as_ref().map_or(-1, Source::fd);
+        let fd = handler.fd();
         let name: &str = name;
-        let mut ctx = Ctx {
-            source,
-            registry: self.poll.registry(),
+        let lp = LoopRef {
+            registry,
             pending: &mut self.pending,
             stop: &self.stop,
-            closure: id,
-            mask: ready,
         };
         let args = || CallbackArgs {
             closure: id,
             event: slot as u64,
             name,
             fd,
-            mask: ready,
-            newmask: old_mask,
+            mask: ready.bits(),
+            newmask: old_mask.bits(),
         };
-        let new_mask = fire::callback(args, || callback(&mut ctx, ready));
-        reg.callback = Some(callback);
-        self.after_callback(slot, new_mask);
+        let new_mask = fire::callback(args, || handler.call(lp, id, ready).bits());
+        self.after_callback(registry, slot, Mask::from_bits(new_mask));
     }
 
-    fn after_callback(&mut self, slot: usize, new_mask: i32) {
+    fn after_callback(&mut self, registry: &mio::Registry, slot: usize, new_mask: Mask) {
         let Some(reg) = self.slots[slot].as_mut() else {
             return;
         };
-        let is_timer = reg.source.is_none() && reg.mask == TIMER;
-        if is_timer {
-            match (reg.repeat, new_mask) {
-                (Some(every), m) if m != 0 => self.timers.schedule(Instant::now() + every, reg.id),
+        if reg.is_timer {
+            match reg.repeat {
+                Some(every) if !new_mask.is_empty() => {
+                    self.timers.schedule(Instant::now() + every, reg.id)
+                }
                 _ => self.remove(slot),
             }
             return;
         }
-        if new_mask == 0 || reg.source.is_none() {
-            if let Some(source) = reg.source.take() {
-                let (mask, id) = (reg.mask, reg.id);
-                if let Err(e) = close_source(self.poll.registry(), source, mask, id) {
-                    fire::log("eventer", file!(), line!(), || {
-                        format!("close of {} failed: {e}", reg.name)
-                    });
-                }
+        if new_mask.is_empty() || reg.handler.fd() < 0 {
+            if let Some(Err(e)) = reg.handler.close(registry, reg.mask, reg.id) {
+                fire::log("eventer", file!(), line!(), || {
+                    format!("close of {} failed: {e}", reg.name)
+                });
             }
             self.remove(slot);
             return;
         }
         if new_mask != reg.mask {
             reg.mask = new_mask;
-            let source = reg.source.as_mut().expect("checked above");
-            if let Err(e) =
-                self.poll
-                    .registry()
-                    .reregister(source.as_mio(), Token(slot), interest(new_mask))
-            {
+            let source = reg.handler.mio_source().expect("open: checked above");
+            if let Err(e) = registry.reregister(source, Token(slot), interest(new_mask)) {
                 fire::log("eventer", file!(), line!(), || {
                     format!("reregister of {} failed: {e}", reg.name)
                 });
@@ -264,49 +274,57 @@ impl Eventer {
         }
     }
 
-    fn apply_pending(&mut self) {
-        for p in std::mem::take(&mut self.pending) {
+    fn apply_pending(&mut self, registry: &mio::Registry) {
+        if self.pending.is_empty() {
+            return;
+        }
+        // Drained from a vector taken out and put back, so its capacity
+        // serves the next round.
+        let mut pending = std::mem::take(&mut self.pending);
+        for p in pending.drain(..) {
             match p {
                 Pending::Register {
-                    source,
+                    handler,
                     name,
                     mask,
-                    callback,
                 } => {
-                    if let Err(e) = self.insert_source(source, name, mask, callback) {
+                    if let Err(e) = self.insert_source(registry, handler, name, mask) {
                         fire::log("eventer", file!(), line!(), || {
                             format!("register failed: {e}")
                         });
                     }
                 }
                 Pending::Timer {
+                    handler,
                     name,
                     after,
                     repeat,
-                    callback,
-                } => self.insert_timer(name, after, repeat, callback),
+                } => self.insert_timer(handler, name, after, repeat),
             }
         }
+        self.pending = pending;
     }
 
     fn insert_source(
         &mut self,
-        mut source: Source,
+        registry: &mio::Registry,
+        mut handler: Box<dyn Handler>,
         name: Cow<'static, str>,
-        mask: i32,
-        callback: Callback,
+        mask: Mask,
     ) -> io::Result<()> {
         let slot = self.free_slot();
-        self.poll
-            .registry()
-            .register(source.as_mio(), Token(slot), interest(mask))?;
+        let source = handler.mio_source().expect("a new source is open");
+        if let Err(e) = registry.register(source, Token(slot), interest(mask)) {
+            self.free.push(slot);
+            return Err(e);
+        }
         let id = self.new_id();
         self.slots[slot] = Some(Registration {
             id,
             name,
             mask,
-            source: Some(source),
-            callback: Some(callback),
+            handler,
+            is_timer: false,
             repeat: None,
         });
         Ok(())
@@ -314,19 +332,19 @@ impl Eventer {
 
     fn insert_timer(
         &mut self,
+        handler: Box<dyn Handler>,
         name: Cow<'static, str>,
         after: Duration,
         repeat: Option<Duration>,
-        callback: Callback,
     ) {
         let slot = self.free_slot();
         let id = self.new_id();
         self.slots[slot] = Some(Registration {
             id,
             name,
-            mask: TIMER,
-            source: None,
-            callback: Some(callback),
+            mask: Mask::TIMER,
+            handler,
+            is_timer: true,
             repeat,
         });
         self.timers.schedule(Instant::now() + after, id);
@@ -359,40 +377,18 @@ impl Drop for Eventer {
     fn drop(&mut self) {
         // Close what is still open through the probes, so a trace shows
         // every fd's end.
-        for slot in 0..self.slots.len() {
-            if let Some(Registration {
-                source: Some(source),
-                mask,
-                id,
-                ..
-            }) = self.slots[slot].take()
-            {
-                let _ = close_source(self.poll.registry(), source, mask, id);
-            }
+        let registry = self.poll.registry();
+        for reg in self.core.slots.iter_mut().flatten() {
+            let _ = reg.handler.close(registry, reg.mask, reg.id);
         }
     }
 }
 
-fn interest(mask: i32) -> Interest {
-    match (mask & READ != 0, mask & WRITE != 0) {
-        (_, false) => Interest::READABLE,
-        (false, true) => Interest::WRITABLE,
-        (true, true) => Interest::READABLE | Interest::WRITABLE,
-    }
-}
-
-fn ready_mask(e: &mio::event::Event) -> i32 {
-    let mut m = 0;
-    if e.is_readable() || e.is_read_closed() {
-        m |= READ;
-    }
-    if e.is_writable() || e.is_write_closed() {
-        m |= WRITE;
-    }
-    if e.is_error() {
-        m |= EXCEPTION;
-    }
-    m
+/// mio cannot wait for nothing: a mask without READ or WRITE (EXCEPTION
+/// alone) waits for READABLE, and `dispatch` hands the callback only the
+/// bits it asked for (and EXCEPTION).
+fn interest(mask: Mask) -> Interest {
+    mask.interest().unwrap_or(Interest::READABLE)
 }
 
 #[cfg(test)]
@@ -412,13 +408,13 @@ mod tests {
             Duration::from_millis(1),
             Some(Duration::from_millis(1)),
             move |ctx, mask| {
-                assert_eq!(mask, TIMER);
+                assert_eq!(mask, Mask::TIMER);
                 assert_eq!(ctx.fd(), -1);
                 *r.borrow_mut() += 1;
                 if *r.borrow() == 3 {
-                    0
+                    Mask::NONE
                 } else {
-                    TIMER
+                    Mask::TIMER
                 }
             },
         );
@@ -437,35 +433,30 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let saw_eagain = Rc::new(RefCell::new(false));
         let eagain = Rc::clone(&saw_eagain);
-        ev.register(
-            Source::TcpListener(listener),
-            "accept",
-            READ,
-            move |ctx, _| loop {
-                match ctx.accept() {
-                    Ok((conn, _)) => {
-                        let eagain = Rc::clone(&eagain);
-                        ctx.register(Source::TcpStream(conn), "echo", READ, move |ctx, _| {
-                            let mut buf = [0u8; 64];
-                            loop {
-                                match ctx.read(&mut buf) {
-                                    Ok(0) => return 0,
-                                    Ok(n) => {
-                                        ctx.write(&buf[..n]).unwrap();
-                                    }
-                                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                        *eagain.borrow_mut() = true;
-                                        return READ;
-                                    }
-                                    Err(_) => return 0,
+        ev.register(listener, "accept", Mask::READ, move |ctx, _| loop {
+            match ctx.accept() {
+                Ok((conn, _)) => {
+                    let eagain = Rc::clone(&eagain);
+                    ctx.register(conn, "echo", Mask::READ, move |ctx, _| {
+                        let mut buf = [0u8; 64];
+                        loop {
+                            match ctx.read(&mut buf) {
+                                Ok(0) => return Mask::NONE,
+                                Ok(n) => {
+                                    ctx.write(&buf[..n]).unwrap();
                                 }
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                    *eagain.borrow_mut() = true;
+                                    return Mask::READ;
+                                }
+                                Err(_) => return Mask::NONE,
                             }
-                        });
-                    }
-                    Err(_) => return READ,
+                        }
+                    });
                 }
-            },
-        )
+                Err(_) => return Mask::READ,
+            }
+        })
         .unwrap();
         // The client stays connected until told, so the server's read after
         // the echo finds nothing (EAGAIN) rather than the hang-up.
@@ -494,6 +485,60 @@ mod tests {
             ev.run_once(Some(Duration::from_millis(20))).unwrap();
         }
         assert_eq!(ev.len(), 1);
+    }
+
+    #[test]
+    fn unix_listener_and_pipe_are_sources_too() {
+        let mut ev = Eventer::new().unwrap();
+        let dir = std::env::temp_dir().join(format!("evloop-uds-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let listener = mio::net::UnixListener::bind(&dir).unwrap();
+        let (sender, receiver) = mio::unix::pipe::new().unwrap();
+        let got = Rc::new(RefCell::new(Vec::new()));
+        let g = Rc::clone(&got);
+        // Accepts one Unix connection, then writes its bytes into the pipe
+        // (a Sender is a write-only source).
+        let mut sender = Some(sender);
+        ev.register(listener, "uds-accept", Mask::READ, move |ctx, _| {
+            while let Ok((conn, _peer)) = ctx.accept() {
+                let mut pipe_out = sender.take().expect("one connection");
+                ctx.register(conn, "uds-read", Mask::READ, move |ctx, _| {
+                    let mut buf = [0u8; 16];
+                    loop {
+                        match ctx.read(&mut buf) {
+                            Ok(0) => return Mask::NONE,
+                            Ok(n) => {
+                                std::io::Write::write_all(&mut pipe_out, &buf[..n]).unwrap();
+                            }
+                            Err(_) => return Mask::READ,
+                        }
+                    }
+                });
+            }
+            Mask::READ
+        })
+        .unwrap();
+        ev.register(receiver, "pipe-read", Mask::READ, move |ctx, _| {
+            let mut buf = [0u8; 16];
+            while let Ok(n @ 1..) = ctx.read(&mut buf) {
+                g.borrow_mut().extend_from_slice(&buf[..n]);
+            }
+            // A pipe's read end cannot be written: no syscall, Unsupported.
+            assert_eq!(
+                ctx.write(b"x").unwrap_err().kind(),
+                io::ErrorKind::Unsupported
+            );
+            Mask::READ
+        })
+        .unwrap();
+        let mut client = std::os::unix::net::UnixStream::connect(&dir).unwrap();
+        client.write_all(b"via uds").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.borrow().len() < 7 && Instant::now() < deadline {
+            ev.run_once(Some(Duration::from_millis(20))).unwrap();
+        }
+        let _ = std::fs::remove_file(&dir);
+        assert_eq!(&got.borrow()[..], b"via uds");
     }
 
     #[test]

@@ -9,8 +9,9 @@
 
 use std::io::ErrorKind::{Interrupted, WouldBlock};
 
-use eventloop_probes::eventer::{Ctx, Eventer, Source, READ};
+use eventloop_probes::eventer::{Ctx, Eventer, Mask};
 use examples::{announce, die, on_shutdown_signal, parse_listen};
+use mio::net::TcpStream;
 
 /// The service's own provider. Like `evloop`'s, its probes take integers;
 /// the path is an address of NUL-terminated bytes (see `Request::path_arg`).
@@ -45,28 +46,23 @@ fn main() {
         .unwrap_or_else(|e| die("custom-provider: local_addr", e));
     let mut ev = Eventer::new().unwrap_or_else(|e| die("custom-provider: epoll", e));
     let mut next_id = 0u64;
-    ev.register(
-        Source::TcpListener(listener),
-        "accept",
-        READ,
-        move |ctx, _| {
-            loop {
-                match ctx.accept() {
-                    Ok((conn, _)) => {
-                        let mut pending = Vec::new();
-                        let first_id = next_id;
-                        next_id += 1 << 32; // room for 2^32 requests per connection
-                        let mut served = 0u64;
-                        ctx.register(Source::TcpStream(conn), "shop", READ, move |ctx, _| {
-                            serve(ctx, &mut pending, first_id, &mut served)
-                        });
-                    }
-                    Err(e) if e.kind() == Interrupted => continue,
-                    Err(_) => return READ,
+    ev.register(listener, "accept", Mask::READ, move |ctx, _| {
+        loop {
+            match ctx.accept() {
+                Ok((conn, _)) => {
+                    let mut pending = Vec::new();
+                    let first_id = next_id;
+                    next_id += 1 << 32; // room for 2^32 requests per connection
+                    let mut served = 0u64;
+                    ctx.register(conn, "shop", Mask::READ, move |ctx, _| {
+                        serve(ctx, &mut pending, first_id, &mut served)
+                    });
                 }
+                Err(e) if e.kind() == Interrupted => continue,
+                Err(_) => return Mask::READ,
             }
-        },
-    )
+        }
+    })
     .unwrap_or_else(|e| die("custom-provider: register", e));
     let stop = ev.stop_handle();
     on_shutdown_signal(move || stop.stop()).unwrap_or_else(|e| die("custom-provider: signals", e));
@@ -77,15 +73,20 @@ fn main() {
 }
 
 /// Reads what is there; answers each complete line with `ok <line>`.
-fn serve(ctx: &mut Ctx<'_>, pending: &mut Vec<u8>, first_id: u64, served: &mut u64) -> i32 {
+fn serve(
+    ctx: &mut Ctx<'_, TcpStream>,
+    pending: &mut Vec<u8>,
+    first_id: u64,
+    served: &mut u64,
+) -> Mask {
     let mut buf = [0u8; 4096];
     loop {
         match ctx.read(&mut buf) {
-            Ok(0) => return 0,
+            Ok(0) => return Mask::NONE,
             Ok(n) => pending.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == WouldBlock => break,
             Err(e) if e.kind() == Interrupted => continue,
-            Err(_) => return 0,
+            Err(_) => return Mask::NONE,
         }
     }
     while let Some(end) = pending.iter().position(|&b| b == b'\n') {
@@ -107,5 +108,5 @@ fn serve(ctx: &mut Ctx<'_>, pending: &mut Vec<u8>, first_id: u64, served: &mut u
         let status: u16 = if sent == reply.len() { 200 } else { 503 };
         shop::request__done!(|| (req.id, status, sent as u64));
     }
-    READ
+    Mask::READ
 }
