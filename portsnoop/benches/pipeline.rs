@@ -100,7 +100,7 @@ fn echo_session(rounds: u64) -> Vec<Event> {
 /// `epoll_ctl`: without it every wait would wait for it, out of order.
 fn correlator() -> Correlator {
     let mut c = Correlator::new(Filter::default());
-    c.known_registration(4, 9, 2);
+    c.known_registration(1, 4, 9, 2);
     c
 }
 

@@ -451,6 +451,17 @@ fn follow_processes(
         for (epfd, fd, data) in crate::correlate::registrations_of(pid) {
             correlator.known_registration(pid, epfd, fd, data);
         }
+        // As strace -f says "Process N attached": from here on its events
+        // are in the trace (the exe is shown escaped).
+        if matches!(change, engine::Change::Forked(_)) {
+            note(format_args!(
+                "following pid {pid} ({}): {} {} probes{}",
+                attached.exe,
+                attached.probes,
+                engine::PROVIDER,
+                attached.sharing()
+            ));
+        }
         if matches!(change, engine::Change::Exec(_)) {
             events.push(Event::Process(ProcessEvent {
                 ts_ns: engine::monotonic_ns(),
