@@ -568,3 +568,36 @@ fn the_text_summary_follows_the_table_in_the_same_stream() {
     assert!(quiet.starts_with("\n=== summary\n"), "{quiet}");
     assert_eq!(quiet, summary_of(&summary));
 }
+
+/// `-f`: a PID column, and fork rows; fd 5 of two processes side by side.
+#[test]
+fn table_with_pids_shows_each_rows_process() {
+    use portsnoop::event::{ProcessEvent, ProcessEventKind};
+    let in_pid = |pid: u32, ev: Event| match ev {
+        Event::Syscall(mut s) => {
+            s.pid = pid;
+            Event::Syscall(s)
+        }
+        other => other,
+    };
+    let events = vec![
+        Event::Process(ProcessEvent {
+            ts_ns: T0,
+            pid: 1,
+            tid: 1,
+            kind: ProcessEventKind::Fork { child: 42 },
+        }),
+        in_pid(1, syscall(1_000, 1, SyscallName::Write, 5, 3, 1_000)),
+        in_pid(42, syscall(2_000, 42, SyscallName::Write, 5, 4, 1_000)),
+    ];
+    let (records, summary) = correlate(events);
+    let mut buf = Vec::new();
+    write_all(Table::new(&mut buf).with_pids(), &records, &summary);
+    let expected = lines(&[
+        "        TIME     PID     TID SYSCALL               FD DETAILS                                  ERROR",
+        "    0.000000       1       1 PROCESS                - fork: child 42",
+        "    0.000001       1       1 write                  5 = 3 (arg 64) 1us",
+        "    0.000002      42      42 write                  5 = 4 (arg 64) 1us",
+    ]);
+    assert_eq!(String::from_utf8(buf).unwrap(), expected);
+}

@@ -58,15 +58,23 @@ fn follow_forks_traces_every_worker_with_its_own_pid() {
     let (workers, addr) = workers_and_addr(&snoop);
     assert_eq!(workers.len(), WORKERS);
     // Each worker's probes are attached before the load: its whole
-    // connections are in the trace.
-    for w in &workers {
-        let line = format!("portsnoop: following pid {w} ");
-        snoop
+    // connections are in the trace. (The notes come in any order.)
+    let mut followed = BTreeSet::new();
+    while followed.len() < WORKERS {
+        let line = snoop
             .proc
             .stderr
-            .wait_for(WAIT, |l| l.starts_with(&line))
-            .unwrap_or_else(|e| panic!("worker {w} not followed: {e}"));
+            .wait_for(WAIT, |l| l.starts_with("portsnoop: following pid "))
+            .unwrap_or_else(|e| panic!("workers {workers:?} not all followed: {e}"));
+        followed.insert(
+            line.split_whitespace()
+                .nth(3)
+                .unwrap()
+                .parse::<u32>()
+                .unwrap(),
+        );
     }
+    assert_eq!(followed, workers.iter().copied().collect());
     let load = run_load(addr, 8, 20, 64);
     assert_eq!(load.ok_conns, 8);
     let (status, _, stderr) = snoop.finish();

@@ -15,6 +15,13 @@
 //! probes for: an app without probes, or a `shutdown`, is not a
 //! disagreement.
 //!
+//! Fds are per process: with `-f` several processes are traced, forked from
+//! one image and so handing out the same numbers. Everything keyed by fd
+//! (the eventer's fds, fd lives, closes and accepts, epoll maps, orphans)
+//! is keyed by (pid, fd), and every op carries its `pid`. Thread ids are
+//! unique across processes, so per-thread state stays keyed by tid. A
+//! process's exit or exec ends only its own ops.
+//!
 //! A mismatch is only ever what the app and the kernel really disagreed
 //! on. What the trace cannot see whole is [`Op::incomplete`] instead, with
 //! the reason, and never a mismatch:

@@ -1,6 +1,7 @@
 //! Load, attach, poll: the BPF side, yielding typed [`Event`]s. Nothing else.
 //!
-//! The kernel side (`bpf/portsnoop.bpf.c`) filters by the target's tgid,
+//! The kernel side (`bpf/portsnoop.bpf.c`) filters by the target's tgid (with
+//! `-f`, by the set of followed processes' tgids: see [`Change`]),
 //! joins each syscall's enter and exit, and submits records to a ring buffer
 //! without waking us; we drain it on a short timer. Records that did not fit
 //! are counted in the kernel and reported in the stream where they are
