@@ -20,6 +20,7 @@ fn echo_session(rounds: u64) -> Vec<Event> {
     let probe = |ts, name, args| {
         Event::Probe(Probe {
             ts_ns: ts,
+            pid: 1,
             tid: 7,
             name,
             args,
@@ -29,6 +30,7 @@ fn echo_session(rounds: u64) -> Vec<Event> {
     let sys = |ts, name, rv| {
         Event::Syscall(Syscall {
             ts_ns: ts,
+            pid: 1,
             tid: 7,
             name,
             fd: 9,
@@ -40,6 +42,7 @@ fn echo_session(rounds: u64) -> Vec<Event> {
     for _ in 0..rounds {
         ev.push(Event::EpollWait(EpollWait {
             ts_ns: next(500),
+            pid: 1,
             tid: 7,
             name: "epoll_wait",
             epfd: 4,
@@ -50,6 +53,7 @@ fn echo_session(rounds: u64) -> Vec<Event> {
         ev.push(Event::Probe(Probe {
             // After the wait has returned (it lasted 2000 ns): one thread.
             ts_ns: next(2300),
+            pid: 1,
             tid: 7,
             name: ProbeName::CallbackEntry,
             args: [2, 2, 0, 9, 1, 1],
@@ -81,6 +85,7 @@ fn echo_session(rounds: u64) -> Vec<Event> {
         }
         ev.push(Event::Probe(Probe {
             ts_ns: next(200),
+            pid: 1,
             tid: 7,
             name: ProbeName::CallbackReturn,
             args: [2, 2, 0, 1, 0, 0],
@@ -95,7 +100,7 @@ fn echo_session(rounds: u64) -> Vec<Event> {
 /// `epoll_ctl`: without it every wait would wait for it, out of order.
 fn correlator() -> Correlator {
     let mut c = Correlator::new(Filter::default());
-    c.known_registration(4, 9, 2);
+    c.known_registration(1, 4, 9, 2);
     c
 }
 

@@ -50,6 +50,19 @@ impl Event {
         }
     }
 
+    /// The process it happened in, if it belongs to one.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Event::Syscall(e) => Some(e.pid),
+            Event::CloseEnter(e) => Some(e.pid),
+            Event::EpollCtl(e) => Some(e.pid),
+            Event::EpollWait(e) => Some(e.pid),
+            Event::Probe(e) => Some(e.pid),
+            Event::Lost { .. } => None,
+            Event::Process(e) => Some(e.pid),
+        }
+    }
+
     /// The thread it happened on, if it belongs to one.
     pub fn tid(&self) -> Option<u32> {
         match self {
@@ -190,6 +203,9 @@ impl OpKind {
 pub struct Syscall {
     /// Entry time.
     pub ts_ns: u64,
+    /// Process id (tgid): with `-f` several processes are traced, and an
+    /// fd number means something only within its process.
+    pub pid: u32,
     /// Thread id (the kernel's pid of the thread).
     pub tid: u32,
     /// Which syscall.
@@ -223,6 +239,8 @@ impl Syscall {
 pub struct CloseEnter {
     /// Entry time (the close's `Syscall` has the same `ts_ns`).
     pub ts_ns: u64,
+    /// Process id (tgid).
+    pub pid: u32,
     /// Thread id.
     pub tid: u32,
     /// The fd being closed.
@@ -234,6 +252,8 @@ pub struct CloseEnter {
 pub struct EpollCtl {
     /// Entry time.
     pub ts_ns: u64,
+    /// Process id (tgid).
+    pub pid: u32,
     /// Thread id.
     pub tid: u32,
     /// The epoll instance.
@@ -266,6 +286,8 @@ pub struct ReadyEvent {
 pub struct EpollWait {
     /// Entry time.
     pub ts_ns: u64,
+    /// Process id (tgid).
+    pub pid: u32,
     /// Thread id.
     pub tid: u32,
     /// `"epoll_wait"`, `"epoll_pwait"` or `"epoll_pwait2"`.
@@ -393,6 +415,8 @@ impl ProbeName {
 pub struct Probe {
     /// When it fired.
     pub ts_ns: u64,
+    /// Process id (tgid).
+    pub pid: u32,
     /// Thread id.
     pub tid: u32,
     /// Which probe.
@@ -447,7 +471,9 @@ impl Probe {
 pub struct ProcessEvent {
     /// When.
     pub ts_ns: u64,
-    /// The thread that exited or exec'd.
+    /// The process it happened to (with `-f`, the parent of a fork).
+    pub pid: u32,
+    /// The thread that exited, exec'd or forked.
     pub tid: u32,
     /// What happened.
     pub kind: ProcessEventKind,
@@ -464,6 +490,12 @@ pub enum ProcessEventKind {
     },
     /// The process called `execve`: its old image's probes are gone.
     Exec,
+    /// With `-f`: the process forked `child`, which is traced too from
+    /// when its probes are attached (what it does before is not recorded).
+    Fork {
+        /// The new process's pid.
+        child: u32,
+    },
     /// After an exec, portsnoop traces the new image (from portsnoop, not
     /// the kernel: it follows [`ProcessEventKind::Exec`] once the new
     /// image's probes are attached).

@@ -80,6 +80,10 @@ struct TraceArgs {
     /// Only this thread.
     #[arg(long, value_parser = pid_parser())]
     tid: Option<u32>,
+    /// Follow forks, like `strace -f`: also trace the processes the target
+    /// forks (and theirs), each row with its own pid (a PID column).
+    #[arg(short = 'f', long)]
+    follow_forks: bool,
     /// Ring buffer size in KiB (rounded up to a power of two).
     #[arg(long, value_name = "KIB", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(4..=1048576))]
     buffer_kb: u32,
@@ -161,6 +165,7 @@ fn trace_config(args: TraceArgs) -> TraceConfig {
             tid: args.tid,
         },
         buffer_bytes: args.buffer_kb as usize * 1024,
+        follow_forks: args.follow_forks,
     }
 }
 

@@ -109,6 +109,8 @@ pub struct TraceConfig {
     pub filter: Filter,
     /// Ring buffer size.
     pub buffer_bytes: usize,
+    /// `-f`: also trace the processes the target forks, and theirs.
+    pub follow_forks: bool,
 }
 
 /// Runs a session to its end and returns its summary.
@@ -154,6 +156,7 @@ pub fn run(config: TraceConfig) -> Result<Summary, Error> {
         &target,
         &Options {
             buffer_bytes: config.buffer_bytes,
+            follow_forks: config.follow_forks,
         },
     )?;
     let attached = engine.attached().clone();
@@ -179,10 +182,13 @@ pub fn run(config: TraceConfig) -> Result<Summary, Error> {
     target.release();
 
     let mut correlator = Correlator::new(config.filter.clone());
+    if config.follow_forks {
+        correlator.set_root(attached.pid);
+    }
     correlator.threads_before_trace(attached.threads_before_trace.iter().copied());
     // Attached to a running loop: its fds were registered before we looked.
     for (epfd, fd, data) in crate::correlate::registrations_of(attached.pid) {
-        correlator.known_registration(epfd, fd, data);
+        correlator.known_registration(attached.pid, epfd, fd, data);
     }
     let (mut events, mut records) = (Vec::new(), Vec::new());
     stop.running(config.duration);
@@ -210,6 +216,16 @@ pub fn run(config: TraceConfig) -> Result<Summary, Error> {
                 break;
             }
         }
+        // -f: after the fork records just fed (a child's own records come
+        // only once it is attached here, so its threads are known first).
+        let changes = engine.follow_changes();
+        if !changes.is_empty() {
+            events.extend(follow_processes(&changes, &mut engine, &mut correlator));
+            if let Err(e) = feed(&mut correlator, &mut *output, &mut events, &mut records) {
+                write_error = Some(e);
+                break;
+            }
+        }
         if let Some(code) = target.exit_status() {
             ended = Some(ProcessEventKind::Exit { code });
             break;
@@ -221,6 +237,7 @@ pub fn run(config: TraceConfig) -> Result<Summary, Error> {
     if let Some(kind) = ended.clone() {
         events.push(Event::Process(ProcessEvent {
             ts_ns: engine::monotonic_ns(),
+            pid: target.pid(),
             tid: target.pid(),
             kind,
         }));
@@ -265,6 +282,9 @@ fn make_output<W: Write + 'static>(config: &TraceConfig, sink: W) -> Box<dyn Out
         };
     }
     let mut table = Table::new(sink);
+    if config.follow_forks {
+        table = table.with_pids();
+    }
     if config.summary {
         table = table.with_summary();
     }
@@ -354,12 +374,109 @@ fn follow_exec(
     correlator.threads_before_trace(attached.threads_before_trace.iter().copied());
     Some(Event::Process(ProcessEvent {
         ts_ns: engine::monotonic_ns(),
+        pid,
         tid: pid,
         kind: ProcessEventKind::Traced {
             exe: attached.exe.clone(),
             probes: attached.probes,
         },
     }))
+}
+
+/// With `-f`: attaches each new child's probes (its image is its parent's,
+/// loaded already: nothing to wait for), re-attaches a child that exec'd
+/// (after its loader, as [`follow_exec`] does for the target), and
+/// detaches the ones gone. Returns the events that say what is traced
+/// after an exec.
+///
+/// What a child did between its fork (or exec) and this attach is not in
+/// the trace: the kernel side records it only from here on, and its
+/// threads are handed to the correlator as begun before the trace, so
+/// nothing it was in the middle of becomes a mismatch. An exec pauses
+/// only its own process; the wait for its loader holds up this loop (not
+/// the others' recording: their records wait in the ring buffer).
+fn follow_processes(
+    changes: &[engine::Change],
+    engine: &mut Engine,
+    correlator: &mut Correlator,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    for change in changes {
+        let (pid, image) = match *change {
+            engine::Change::Gone(pid) => {
+                engine.detach_process(pid);
+                continue;
+            }
+            engine::Change::Forked(pid) => (pid, crate::target::Image::of(pid).map(|i| (i, true))),
+            engine::Change::Exec(pid) => (pid, crate::target::exec_image(pid, EXEC_SETTLE)),
+        };
+        let image = match image {
+            Ok((image, true)) => image,
+            Ok((image, false)) => {
+                note(format_args!(
+                    "pid {pid}: {}'s loader did not finish within {EXEC_SETTLE:?}: attaching \
+                     anyway, some probes may stay silent",
+                    image.shown
+                ));
+                image
+            }
+            // Gone already (its exit comes from the kernel side), or its
+            // image unreadable: recorded on the kernel side only, so it is
+            // not tried again every poll.
+            Err(e) => {
+                if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    note(format_args!(
+                        "pid {pid}: tracing the kernel side only: {}",
+                        error_chain(&e)
+                    ));
+                }
+                engine.record_without_sites(pid);
+                continue;
+            }
+        };
+        let attached = match engine.attach_process(pid, &image) {
+            Ok(a) => a,
+            Err(e) => {
+                note(format_args!(
+                    "pid {pid} ({}): tracing the kernel side only: {}",
+                    image.shown,
+                    error_chain(&e)
+                ));
+                continue;
+            }
+        };
+        for warning in &attached.warnings {
+            note(format_args!("{}", escape::escape(warning)));
+        }
+        correlator.threads_before_trace(attached.threads_before_trace.iter().copied());
+        // Epoll registrations it inherited or made before the attach.
+        for (epfd, fd, data) in crate::correlate::registrations_of(pid) {
+            correlator.known_registration(pid, epfd, fd, data);
+        }
+        // As strace -f says "Process N attached": from here on its events
+        // are in the trace (the exe is shown escaped).
+        if matches!(change, engine::Change::Forked(_)) {
+            note(format_args!(
+                "following pid {pid} ({}): {} {} probes{}",
+                attached.exe,
+                attached.probes,
+                engine::PROVIDER,
+                attached.sharing()
+            ));
+        }
+        if matches!(change, engine::Change::Exec(_)) {
+            events.push(Event::Process(ProcessEvent {
+                ts_ns: engine::monotonic_ns(),
+                pid,
+                tid: pid,
+                kind: ProcessEventKind::Traced {
+                    exe: attached.exe.clone(),
+                    probes: attached.probes,
+                },
+            }));
+        }
+    }
+    events
 }
 
 fn feed(

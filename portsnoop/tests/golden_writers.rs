@@ -21,6 +21,7 @@ const T0: u64 = 5_000_000_000;
 fn probe(ts: u64, tid: u32, name: ProbeName, args: [u64; 6], strings: &[&str]) -> Event {
     Event::Probe(Probe {
         ts_ns: T0 + ts,
+        pid: 1,
         tid,
         name,
         args,
@@ -31,6 +32,7 @@ fn probe(ts: u64, tid: u32, name: ProbeName, args: [u64; 6], strings: &[&str]) -
 fn syscall(ts: u64, tid: u32, name: SyscallName, fd: i32, rv: i64, dur_ns: u64) -> Event {
     Event::Syscall(Syscall {
         ts_ns: T0 + ts,
+        pid: 1,
         tid,
         name,
         fd,
@@ -47,6 +49,7 @@ fn small_stream() -> Vec<Event> {
     vec![
         Event::EpollCtl(EpollCtl {
             ts_ns: T0,
+            pid: 1,
             tid: 7,
             epfd: 4,
             op: 1,
@@ -58,6 +61,7 @@ fn small_stream() -> Vec<Event> {
         }),
         Event::EpollWait(EpollWait {
             ts_ns: T0 + 10_000,
+            pid: 1,
             tid: 7,
             name: "epoll_wait",
             epfd: 4,
@@ -194,7 +198,7 @@ fn json_lines_follow_the_contract() {
     assert_eq!(
         of_type("epoll_ctl"),
         [
-            &json!({"type": "epoll_ctl", "ts_ns": T0, "tid": 7, "name": "epoll_ctl", "epfd": 4,
+            &json!({"type": "epoll_ctl", "ts_ns": T0, "pid": 1, "tid": 7, "name": "epoll_ctl", "epfd": 4,
                  "op": "ADD", "fd": 9, "events": 0x8000_0001u32, "data": 2, "rv": 0,
                  "errno": null, "dur_ns": 1500})
         ]
@@ -202,16 +206,16 @@ fn json_lines_follow_the_contract() {
     assert_eq!(
         of_type("syscall"),
         [
-            &json!({"type": "syscall", "ts_ns": T0 + 22_000, "tid": 7, "name": "recvfrom",
+            &json!({"type": "syscall", "ts_ns": T0 + 22_000, "pid": 1, "tid": 7, "name": "recvfrom",
                     "fd": 9, "rv": -11, "errno": 11, "dur_ns": 1000, "arg": 64}),
-            &json!({"type": "syscall", "ts_ns": T0 + 12_500, "tid": 8, "name": "write",
+            &json!({"type": "syscall", "ts_ns": T0 + 12_500, "pid": 1, "tid": 8, "name": "write",
                     "fd": 1, "rv": 5, "errno": null, "dur_ns": 2000, "arg": 64}),
         ]
     );
     assert_eq!(
         of_type("wait"),
         [
-            &json!({"type": "wait", "ts_ns": T0 + 10_000, "tid": 7, "name": "epoll_wait",
+            &json!({"type": "wait", "ts_ns": T0 + 10_000, "pid": 1, "tid": 7, "name": "epoll_wait",
                  "epfd": 4, "rv": 2, "errno": null, "dur_ns": 5000,
                  "events": [{"fd": 9, "events": 1, "data": 2},
                             {"fd": null, "events": 0x11, "data": 77}],
@@ -222,13 +226,13 @@ fn json_lines_follow_the_contract() {
     assert_eq!(probes.len(), 4);
     assert_eq!(
         probes[0],
-        &json!({"type": "probe", "ts_ns": T0 + 20_000, "tid": 7,
+        &json!({"type": "probe", "ts_ns": T0 + 20_000, "pid": 1, "tid": 7,
                 "name": "eventer-callback-entry", "fd": 9,
                 "args": [2, 2, 0xdead, 9, 1, 1], "strings": ["echo"]})
     );
     assert_eq!(
         probes[2],
-        &json!({"type": "probe", "ts_ns": T0 + 24_000, "tid": 7,
+        &json!({"type": "probe", "ts_ns": T0 + 24_000, "pid": 1, "tid": 7,
                 "name": "eventer-read-return", "fd": 9,
                 "args": [9, 0x1000, 64, 1, 2, 5], "strings": []}),
         "only arg_count arguments, ints signed"
@@ -241,14 +245,14 @@ fn json_lines_follow_the_contract() {
     assert_eq!(
         of_type("op"),
         [
-            &json!({"type": "op", "op": "read", "tid": 7, "fd": 9,
+            &json!({"type": "op", "op": "read", "pid": 1, "tid": 7, "fd": 9,
                     "entry_ts_ns": T0 + 21_000, "return_ts_ns": T0 + 24_000, "user_rv": 5,
                     "syscalls": [{"name": "recvfrom", "rv": -11, "errno": 11,
                                   "ts_ns": T0 + 22_000, "dur_ns": 1000}],
                     "kernel_ns": 1000, "user_ns": 2000,
                     "mismatch": "user rv 5 != kernel rv -11 (recvfrom)",
                     "incomplete": null, "closure": 2, "callback": "echo"}),
-            &json!({"type": "op", "op": "callback", "tid": 7, "fd": 9,
+            &json!({"type": "op", "op": "callback", "pid": 1, "tid": 7, "fd": 9,
                     "entry_ts_ns": T0 + 20_000, "return_ts_ns": T0 + 30_000, "user_rv": 1,
                     "syscalls": [], "kernel_ns": 0, "user_ns": 10_000, "mismatch": null,
                     "incomplete": null, "closure": 2, "callback": "echo"}),
@@ -424,6 +428,7 @@ fn a_wait_with_more_events_than_recorded_says_how_many_more() {
     let wait = |rv: i64, n: u64| {
         Event::EpollWait(EpollWait {
             ts_ns: T0,
+            pid: 1,
             tid: 7,
             name: "epoll_wait",
             epfd: 4,
@@ -562,4 +567,37 @@ fn the_text_summary_follows_the_table_in_the_same_stream() {
     let quiet = String::from_utf8(buf).unwrap();
     assert!(quiet.starts_with("\n=== summary\n"), "{quiet}");
     assert_eq!(quiet, summary_of(&summary));
+}
+
+/// `-f`: a PID column, and fork rows; fd 5 of two processes side by side.
+#[test]
+fn table_with_pids_shows_each_rows_process() {
+    use portsnoop::event::{ProcessEvent, ProcessEventKind};
+    let in_pid = |pid: u32, ev: Event| match ev {
+        Event::Syscall(mut s) => {
+            s.pid = pid;
+            Event::Syscall(s)
+        }
+        other => other,
+    };
+    let events = vec![
+        Event::Process(ProcessEvent {
+            ts_ns: T0,
+            pid: 1,
+            tid: 1,
+            kind: ProcessEventKind::Fork { child: 42 },
+        }),
+        in_pid(1, syscall(1_000, 1, SyscallName::Write, 5, 3, 1_000)),
+        in_pid(42, syscall(2_000, 42, SyscallName::Write, 5, 4, 1_000)),
+    ];
+    let (records, summary) = correlate(events);
+    let mut buf = Vec::new();
+    write_all(Table::new(&mut buf).with_pids(), &records, &summary);
+    let expected = lines(&[
+        "        TIME     PID     TID SYSCALL               FD DETAILS                                  ERROR",
+        "    0.000000       1       1 PROCESS                - fork: child 42",
+        "    0.000001       1       1 write                  5 = 3 (arg 64) 1us",
+        "    0.000002      42      42 write                  5 = 4 (arg 64) 1us",
+    ]);
+    assert_eq!(String::from_utf8(buf).unwrap(), expected);
 }

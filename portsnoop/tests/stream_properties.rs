@@ -119,6 +119,7 @@ fn apply(stream: &mut Vec<Event>, d: &Damage) {
                 a,
                 Event::Process(ProcessEvent {
                     ts_ns,
+                    pid: 1,
                     tid: 24609,
                     kind: ProcessEventKind::Exit { code: 9 },
                 }),

@@ -12,6 +12,8 @@
 #define EV_EXEC 6
 #define EV_LOST 7
 #define EV_CLOSE_ENTER 8
+#define EV_FORK 9
+#define EV_EXIT 10
 
 /* Syscall kinds, in the order of event.rs's SyscallName::ALL, then epoll. */
 #define SC_READ 0
@@ -51,10 +53,14 @@
 #define LOG_FILE_LEN 64
 #define LOG_MSG_LEN 128
 
+/* pid is the process (tgid) the record is from: with -f several are
+ * traced, and fd numbers only mean something within one process. */
 struct ev_header {
 	__u32 type;
 	__u32 tid;
 	__u64 ts_ns;
+	__u32 pid;
+	__u32 pad;
 };
 
 struct ev_syscall {
@@ -126,6 +132,21 @@ struct ev_close_enter {
 
 struct ev_exec {
 	struct ev_header h;
+};
+
+/* -f: the traced process h.pid forked process `child`. */
+struct ev_fork {
+	struct ev_header h;
+	__u32 child;
+	__u32 pad;
+};
+
+/* -f: a followed process (not the main target, whose end portsnoop
+ * sees itself) exited; `code` is the kernel's exit_code. */
+struct ev_exit {
+	struct ev_header h;
+	__s32 code;
+	__u32 pad;
 };
 
 #endif

@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 
 #include "event.h"
 
@@ -40,8 +41,35 @@ const volatile __u64 pid_ns_ino = 0;
  * app never got wrong. What was under way when it flips is the consumer's
  * to treat as begun before the trace. */
 volatile __u32 ready = 0;
+/* -f: trace the processes in `traced` (the target, and what it and its
+ * followed children fork) instead of target_tgid alone. A rodata flag, so
+ * that without -f the verifier drops the map lookup and the filter stays
+ * one compare. Not with in_pid_ns (refused by the engine): a child's tgid
+ * read from its task_struct is a global pid. */
+const volatile __u32 follow = 0;
 /* Wake the consumer only once this much is waiting. */
 const volatile __u64 wakeup_bytes = 1 << 20;
+
+/* -f: the traced processes, by tgid; the value is that process's own
+ * `ready` (see above): 0 from its fork or exec until the engine has
+ * attached its image's sites, so a child's or a re-exec'd image's half
+ * attached probes are never recorded, while the other processes go on
+ * being recorded. The engine scans it, so it follows a fork or an exec
+ * even if its record was dropped. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} traced SEC(".maps");
+
+/* The fields of a task the fork and exit programs read, relocated by
+ * libbpf against the kernel's BTF (CO-RE): no vmlinux.h needed. */
+struct task_struct {
+	int pid;
+	int tgid;
+	int exit_code;
+} __attribute__((preserve_access_index));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -168,7 +196,7 @@ static __always_inline int kind_of(long id)
 #define EPOLL_EVENT_SIZE 16
 #endif
 
-static __always_inline bool is_target(__u32 *tid)
+static __always_inline bool is_target(__u32 *pid, __u32 *tid)
 {
 	if (in_pid_ns) {
 		struct bpf_pidns_info ns;
@@ -177,13 +205,22 @@ static __always_inline bool is_target(__u32 *tid)
 		if (bpf_get_ns_current_pid_tgid(pid_ns_dev, pid_ns_ino, &ns, sizeof(ns)) ||
 		    ns.tgid != target_tgid || !ready)
 			return false;
+		*pid = ns.tgid;
 		*tid = ns.pid;
 		return true;
 	}
 	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = (__u32)(id >> 32);
 
-	if ((__u32)(id >> 32) != target_tgid || !ready)
+	if (follow) {
+		__u32 *recording = bpf_map_lookup_elem(&traced, &tgid);
+
+		if (!recording || !*recording || !ready)
+			return false;
+	} else if (tgid != target_tgid || !ready) {
 		return false;
+	}
+	*pid = tgid;
 	*tid = (__u32)id;
 	return true;
 }
@@ -204,7 +241,7 @@ static __always_inline void count_drop(void)
  * if drops are unreported and still cannot be: then the record must be
  * dropped too, or it would arrive after a gap nobody announced (the
  * consumer can free room between the two reserves). */
-static __always_inline bool report_drops(__u32 tid, __u64 ts)
+static __always_inline bool report_drops(__u32 pid, __u32 tid, __u64 ts)
 {
 	__u32 zero = 0;
 	__u64 *p = bpf_map_lookup_elem(&unreported, &zero);
@@ -223,6 +260,8 @@ static __always_inline bool report_drops(__u32 tid, __u64 ts)
 	l->h.type = EV_LOST;
 	l->h.tid = tid;
 	l->h.ts_ns = ts;
+	l->h.pid = pid;
+	l->h.pad = 0;
 	l->count = n;
 	bpf_ringbuf_submit(l, 0);
 	return true;
@@ -234,9 +273,9 @@ static __always_inline __u64 submit_flags(void)
 									     : BPF_RB_NO_WAKEUP;
 }
 
-static __always_inline void *reserve(__u64 size, __u32 type, __u32 tid, __u64 ts)
+static __always_inline void *reserve(__u64 size, __u32 type, __u32 pid, __u32 tid, __u64 ts)
 {
-	struct ev_header *h = report_drops(tid, ts) ? bpf_ringbuf_reserve(&events, size, 0) : 0;
+	struct ev_header *h = report_drops(pid, tid, ts) ? bpf_ringbuf_reserve(&events, size, 0) : 0;
 
 	if (!h) {
 		count_drop();
@@ -245,16 +284,18 @@ static __always_inline void *reserve(__u64 size, __u32 type, __u32 tid, __u64 ts
 	h->type = type;
 	h->tid = tid;
 	h->ts_ns = ts;
+	h->pid = pid;
+	h->pad = 0;
 	return h;
 }
 
 SEC("raw_tracepoint/sys_enter")
 int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
-	__u32 tid;
+	__u32 pid, tid;
 	__u64 a[4];
 
-	if (!is_target(&tid))
+	if (!is_target(&pid, &tid))
 		return 0;
 	int kind = kind_of((long)ctx->args[1]);
 	if (kind < 0 || syscall_args(ctx->args[0], a))
@@ -294,7 +335,7 @@ int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	 * this close's. Said at entry, the end of the fd's life is in the
 	 * stream before any reuse of its number can be. */
 	if (kind == SC_CLOSE) {
-		struct ev_close_enter *c = reserve(sizeof(*c), EV_CLOSE_ENTER, tid, v->ts_ns);
+		struct ev_close_enter *c = reserve(sizeof(*c), EV_CLOSE_ENTER, pid, tid, v->ts_ns);
 		if (c) {
 			c->fd = v->fd;
 			c->pad = 0;
@@ -316,9 +357,9 @@ int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 SEC("raw_tracepoint/sys_exit")
 int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 {
-	__u32 tid;
+	__u32 pid, tid;
 
-	if (!is_target(&tid))
+	if (!is_target(&pid, &tid))
 		return 0;
 	struct inflight *v = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, 0);
 	if (!v || !v->ts_ns)
@@ -329,7 +370,7 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	__u32 kind = v->kind;
 
 	if (kind == SC_EPOLL_CTL) {
-		struct ev_epoll_ctl *e = reserve(sizeof(*e), EV_EPOLL_CTL, tid, ts);
+		struct ev_epoll_ctl *e = reserve(sizeof(*e), EV_EPOLL_CTL, pid, tid, ts);
 		if (e) {
 			e->epfd = v->fd;
 			e->op = v->ctl_op;
@@ -341,7 +382,7 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 			bpf_ringbuf_submit(e, submit_flags());
 		}
 	} else if (kind >= SC_EPOLL_WAIT) {
-		struct ev_epoll_wait *e = reserve(sizeof(*e), EV_EPOLL_WAIT, tid, ts);
+		struct ev_epoll_wait *e = reserve(sizeof(*e), EV_EPOLL_WAIT, pid, tid, ts);
 		if (e) {
 			__s64 rv = ret;
 			__u32 n = rv > WAIT_MAX_EVENTS ? WAIT_MAX_EVENTS : (rv > 0 ? (__u32)rv : 0);
@@ -369,7 +410,7 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 			bpf_ringbuf_submit(e, submit_flags());
 		}
 	} else {
-		struct ev_syscall *e = reserve(sizeof(*e), EV_SYSCALL, tid, ts);
+		struct ev_syscall *e = reserve(sizeof(*e), EV_SYSCALL, pid, tid, ts);
 		if (e) {
 			e->kind = kind;
 			e->fd = v->fd;
@@ -387,18 +428,82 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 SEC("raw_tracepoint/sched_process_exec")
 int on_exec(struct bpf_raw_tracepoint_args *ctx)
 {
-	__u32 tid;
+	__u32 pid, tid;
 
-	if (!is_target(&tid))
+	if (!is_target(&pid, &tid))
 		return 0;
-	struct ev_exec *e = reserve(sizeof(*e), EV_EXEC, tid, bpf_ktime_get_ns());
+	struct ev_exec *e = reserve(sizeof(*e), EV_EXEC, pid, tid, bpf_ktime_get_ns());
 	if (e)
 		bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 	/* Nothing more until the engine has attached the new image's sites
 	 * (its loader must finish first): a record of the new image before
 	 * that would be one of half its probes. The engine sees the flag
-	 * cleared, so it follows the exec even if this record was dropped. */
-	ready = 0;
+	 * cleared, so it follows the exec even if this record was dropped.
+	 * With -f only this process's flag: the others go on recording. */
+	if (follow) {
+		__u32 paused = 0;
+
+		bpf_map_update_elem(&traced, &pid, &paused, BPF_EXIST);
+	} else {
+		ready = 0;
+	}
+	return 0;
+}
+
+/* -f: sched_process_fork(struct task_struct *parent, struct task_struct
+ * *child), in the parent. A new thread shares its process's tgid, which
+ * is already traced: only a new process is added. Not recorded until the
+ * engine has attached its sites (value 0): uprobes are per process, and
+ * the parent's do not fire in the child. */
+SEC("raw_tracepoint/sched_process_fork")
+int on_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+	if (!follow)
+		return 0;
+	struct task_struct *parent = (struct task_struct *)ctx->args[0];
+	struct task_struct *child = (struct task_struct *)ctx->args[1];
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	__u32 ctgid = BPF_CORE_READ(child, tgid);
+
+	if (ptgid == ctgid || !bpf_map_lookup_elem(&traced, &ptgid))
+		return 0;
+	__u32 paused = 0;
+
+	if (bpf_map_update_elem(&traced, &ctgid, &paused, BPF_NOEXIST))
+		return 0; /* the map is full: the child is not followed */
+	struct ev_fork *e = reserve(sizeof(*e), EV_FORK, ptgid, (__u32)bpf_get_current_pid_tgid(),
+				    bpf_ktime_get_ns());
+	if (e) {
+		e->child = ctgid;
+		e->pad = 0;
+		/* The child waits unrecorded until the engine attaches it. */
+		bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	}
+	return 0;
+}
+
+/* -f: sched_process_exit, in the exiting thread. The group leader's exit
+ * ends a followed process (a leader that leaves by itself while its other
+ * threads run on ends it early: rare, and then only its trace is cut
+ * short). The main target's end the session sees itself, with its wait
+ * status. */
+SEC("raw_tracepoint/sched_process_exit")
+int on_process_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	if (!follow)
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = (__u32)(id >> 32);
+
+	if ((__u32)id != tgid || tgid == target_tgid || bpf_map_delete_elem(&traced, &tgid))
+		return 0;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct ev_exit *e = reserve(sizeof(*e), EV_EXIT, tgid, tgid, bpf_ktime_get_ns());
+	if (e) {
+		e->code = BPF_CORE_READ(task, exit_code);
+		e->pad = 0;
+		bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	}
 	return 0;
 }
 
@@ -411,9 +516,9 @@ int on_exec(struct bpf_raw_tracepoint_args *ctx)
 SEC("uprobe")
 int evloop_site(struct pt_regs *ctx)
 {
-	__u32 tid;
+	__u32 pid, tid;
 
-	if (!is_target(&tid))
+	if (!is_target(&pid, &tid))
 		return 0;
 	__u32 probe = (__u32)bpf_get_attach_cookie(ctx);
 	__u64 ts = bpf_ktime_get_ns();
@@ -421,7 +526,7 @@ int evloop_site(struct pt_regs *ctx)
 	__u64 a3 = PT_REGS_PARM4(ctx), a4 = PT_REGS_PARM5(ctx), a5 = PT_REGS_PARM6(ctx);
 
 	if (probe == PR_LOG) {
-		struct ev_log *e = reserve(sizeof(*e), EV_LOG, tid, ts);
+		struct ev_log *e = reserve(sizeof(*e), EV_LOG, pid, tid, ts);
 		if (!e)
 			return 0;
 		e->args[0] = a0;
@@ -437,8 +542,8 @@ int evloop_site(struct pt_regs *ctx)
 	/* Only the callback probes carry a name: the others' records stop
 	 * before it, half the bytes through the ring buffer and both caches. */
 	bool named = probe == PR_CALLBACK_ENTRY || probe == PR_CALLBACK_RETURN;
-	struct ev_probe *e = named ? reserve(sizeof(*e), EV_PROBE, tid, ts)
-				   : reserve(__builtin_offsetof(struct ev_probe, name), EV_PROBE, tid, ts);
+	struct ev_probe *e = named ? reserve(sizeof(*e), EV_PROBE, pid, tid, ts)
+				   : reserve(__builtin_offsetof(struct ev_probe, name), EV_PROBE, pid, tid, ts);
 	if (!e)
 		return 0;
 	e->probe = probe;

@@ -145,6 +145,7 @@ mod tests {
     fn ctl(op: i32, fd: i32, data: u64) -> EpollCtl {
         EpollCtl {
             ts_ns: 0,
+            pid: 1,
             tid: 1,
             epfd: 3,
             op,

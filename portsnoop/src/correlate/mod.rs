@@ -15,6 +15,13 @@
 //! probes for: an app without probes, or a `shutdown`, is not a
 //! disagreement.
 //!
+//! Fds are per process: with `-f` several processes are traced, forked from
+//! one image and so handing out the same numbers. Everything keyed by fd
+//! (the eventer's fds, fd lives, closes and accepts, epoll maps, orphans)
+//! is keyed by (pid, fd), and every op carries its `pid`. Thread ids are
+//! unique across processes, so per-thread state stays keyed by tid. A
+//! process's exit or exec ends only its own ops.
+//!
 //! A mismatch is only ever what the app and the kernel really disagreed
 //! on. What the trace cannot see whole is [`Op::incomplete`] instead, with
 //! the reason, and never a mismatch:
@@ -35,11 +42,11 @@
 //! use portsnoop::correlate::{Correlator, Filter, Record};
 //! use portsnoop::event::{Event, Probe, ProbeName, Syscall, SyscallName};
 //!
-//! let probe = |ts, name, args| Event::Probe(Probe { ts_ns: ts, tid: 1, name, args, strings: vec![] });
+//! let probe = |ts, name, args| Event::Probe(Probe { ts_ns: ts, pid: 1, tid: 1, name, args, strings: vec![] });
 //! let mut c = Correlator::new(Filter::default());
 //! let mut out = Vec::new();
 //! c.push(probe(10, ProbeName::ReadEntry, [9, 0, 64, 1, 7, 0]), &mut out);
-//! c.push(Event::Syscall(Syscall { ts_ns: 11, tid: 1, name: SyscallName::Recvfrom, fd: 9, rv: 5, dur_ns: 2, arg: 64 }), &mut out);
+//! c.push(Event::Syscall(Syscall { ts_ns: 11, pid: 1, tid: 1, name: SyscallName::Recvfrom, fd: 9, rv: 5, dur_ns: 2, arg: 64 }), &mut out);
 //! c.push(probe(14, ProbeName::ReadReturn, [9, 0, 64, 1, 7, 5]), &mut out);
 //! let op = out.iter().find_map(|r| match r { Record::Op(op) => Some(op), _ => None }).unwrap();
 //! assert_eq!((op.user_rv, op.syscalls.len(), op.mismatch.clone()), (Some(5), 1, None));
@@ -108,6 +115,8 @@ pub struct Wait {
 pub struct Op {
     /// accept/read/write/close/callback.
     pub kind: OpKind,
+    /// Process (tgid): `fd` is a number in this process's fd table.
+    pub pid: u32,
     /// Thread.
     pub tid: u32,
     /// The fd.
@@ -142,8 +151,10 @@ pub struct Op {
 }
 
 impl Op {
+    #[allow(clippy::too_many_arguments)]
     fn open(
         kind: OpKind,
+        pid: u32,
         tid: u32,
         fd: i32,
         ts: u64,
@@ -152,6 +163,7 @@ impl Op {
     ) -> Box<Op> {
         Box::new(Op {
             kind,
+            pid,
             tid,
             fd,
             entry_ts_ns: ts,
@@ -280,6 +292,8 @@ impl Gap {
 #[allow(clippy::vec_box)]
 #[derive(Debug)]
 struct Thread {
+    /// Its process.
+    pid: u32,
     /// Open eventer ops, oldest first.
     open: Vec<Box<Op>>,
     /// Open callbacks, outermost first.
@@ -294,8 +308,9 @@ struct Thread {
 }
 
 impl Thread {
-    fn new(gap: Option<Gap>) -> Thread {
+    fn new(pid: u32, gap: Option<Gap>) -> Thread {
         Thread {
+            pid,
             open: Vec::new(),
             callbacks: Vec::new(),
             ops_gap: gap,
@@ -309,10 +324,11 @@ impl Thread {
 pub struct Correlator {
     filter: Filter,
     threads: HashMap<u32, Thread>,
-    epoll: EpollMap,
-    /// Fds the eventer has touched since their last close: a syscall on one
-    /// of these outside any op is an orphan worth showing.
-    eventer_fds: HashSet<i32>,
+    /// Per process: fd numbers, and so epoll instances, are per process.
+    epoll: HashMap<u32, EpollMap>,
+    /// Fds the eventer has touched since their last close, as (pid, fd): a
+    /// syscall on one of these outside any op is an orphan worth showing.
+    eventer_fds: HashSet<(u32, i32)>,
     /// Waits with unresolved events, and the event count by which they go
     /// out resolved or not.
     pending_waits: std::collections::VecDeque<(Wait, u64)>,
@@ -324,6 +340,9 @@ pub struct Correlator {
     lost_any: bool,
     /// Threads in `close(2)`, by tid.
     closing: HashMap<u32, Closing>,
+    /// With `-f`, the process portsnoop started or attached to: only its
+    /// end is the summary's `process_end` (a followed child's is a row).
+    root: Option<u32>,
     summary: Summary,
 }
 
@@ -355,6 +374,14 @@ impl Correlator {
         }
     }
 
+    /// Why thread `tid` may be inside an op whose entry is not in the trace.
+    fn ops_gap(&self, tid: u32) -> Option<Gap> {
+        match self.threads.get(&tid) {
+            Some(t) => t.ops_gap,
+            None => self.unseen_thread_gap(tid),
+        }
+    }
+
     /// Why a thread's past may be missing, for a thread with no state yet.
     fn unseen_thread_gap(&self, tid: u32) -> Option<Gap> {
         if self.before_trace.contains(&tid) {
@@ -366,10 +393,16 @@ impl Correlator {
         }
     }
 
-    /// Learns an epoll registration made before tracing began, so events
-    /// for it resolve to its fd (see [`registrations_of`]).
-    pub fn known_registration(&mut self, epfd: i32, fd: i32, data: u64) {
-        self.epoll.known(epfd, fd, data);
+    /// Learns an epoll registration of process `pid` made before tracing
+    /// began, so events for it resolve to its fd (see [`registrations_of`]).
+    pub fn known_registration(&mut self, pid: u32, epfd: i32, fd: i32, data: u64) {
+        self.epoll.entry(pid).or_default().known(epfd, fd, data);
+    }
+
+    /// With `-f`: `pid` is the process traced from the start; the others
+    /// are its followed descendants, whose exit ends only their own ops.
+    pub fn set_root(&mut self, pid: u32) {
+        self.root = Some(pid);
     }
 
     /// Feeds one event (per thread, in the order the kernel submitted them);
@@ -388,7 +421,7 @@ impl Correlator {
             Event::Syscall(s) => self.on_syscall(s, out),
             Event::CloseEnter(c) => self.on_close_enter(c, out),
             Event::EpollCtl(c) => {
-                self.epoll.apply(&c);
+                self.epoll.entry(c.pid).or_default().apply(&c);
                 self.emit_event(Event::EpollCtl(c), out);
             }
             Event::EpollWait(w) => {
@@ -418,25 +451,43 @@ impl Correlator {
                 let why = match &p.kind {
                     ProcessEventKind::Exit { .. } => Gap::Exited,
                     ProcessEventKind::Exec => Gap::Exec,
+                    // A new process ends nothing: its own tracing starts
+                    // when the engine has attached it, and the engine says
+                    // which of its threads were running by then.
+                    ProcessEventKind::Fork { .. } => {
+                        out.push(Record::Event(Event::Process(p)));
+                        return;
+                    }
                     // Handled above.
                     ProcessEventKind::Traced { .. } => return,
                 };
-                self.summary.process_end = Some(match &p.kind {
-                    ProcessEventKind::Exit { code } => format!("exit (wait status {code})"),
-                    _ => "exec".to_string(),
-                });
-                self.flush_waits(true, out);
-                self.abandon_all(why, out);
-                if why == Gap::Exec {
-                    // A new image: its threads, fds in use by its eventer
-                    // and epoll instances (created close-on-exec) start
-                    // afresh. Its tracing starts afresh too, and the engine
-                    // says which threads were running by then.
-                    self.threads.clear();
-                    self.closing.clear();
-                    self.eventer_fds.clear();
-                    self.epoll = EpollMap::default();
+                if self.root.is_none_or(|root| root == p.pid) {
+                    self.summary.process_end = Some(match &p.kind {
+                        ProcessEventKind::Exit { code } => format!("exit (wait status {code})"),
+                        _ => "exec".to_string(),
+                    });
                 }
+                self.flush_waits(true, out);
+                // Only this process's ops end: with -f the others go on.
+                self.abandon_process(why, p.pid, out);
+                // Exited, or a new image: its threads, fds in use by its
+                // eventer and epoll instances (created close-on-exec)
+                // start afresh. After an exec its tracing starts afresh
+                // too, and the engine says which threads were running by
+                // then.
+                let pid = p.pid;
+                let gone: Vec<u32> = self
+                    .threads
+                    .iter()
+                    .filter(|(_, t)| t.pid == pid)
+                    .map(|(tid, _)| *tid)
+                    .collect();
+                for tid in gone {
+                    self.threads.remove(&tid);
+                    self.closing.remove(&tid);
+                }
+                self.eventer_fds.retain(|(p, _)| *p != pid);
+                self.epoll.remove(&pid);
                 out.push(Record::Event(Event::Process(p)));
             }
         }
@@ -449,7 +500,10 @@ impl Correlator {
         while let Some((rec, deadline)) = self.pending_waits.front_mut() {
             for (fd, e) in rec.fds.iter_mut().zip(&rec.wait.events) {
                 if fd.is_none() {
-                    *fd = self.epoll.resolve(rec.wait.epfd, e.data);
+                    *fd = self
+                        .epoll
+                        .get(&rec.wait.pid)
+                        .and_then(|m| m.resolve(rec.wait.epfd, e.data));
                 }
             }
             if !(all || *deadline <= self.summary.events || rec.fds.iter().all(Option::is_some)) {
@@ -503,19 +557,17 @@ impl Correlator {
             } else {
                 self.summary.syscalls_cut += 1;
             }
-        } else if entered.map_or(self.eventer_fds.contains(&fd), |c| c.eventer_fd)
+        } else if entered.map_or(self.eventer_fds.contains(&(s.pid, fd)), |c| c.eventer_fd)
             // connect and shutdown have no eventer probe to be inside of.
             && !matches!(s.name.op(), OpKind::Connect | OpKind::Shutdown)
         {
             self.summary.orphan_syscalls += 1;
-            let (callback, gap) = match self.threads.get(&s.tid) {
-                Some(t) => (
-                    t.callbacks.last().and_then(|c| c.callback.clone()),
-                    t.ops_gap,
-                ),
-                None => (None, self.unseen_thread_gap(s.tid)),
-            };
-            let mut op = Op::open(s.name.op(), s.tid, fd, s.ts_ns, None, callback);
+            let callback = self
+                .threads
+                .get(&s.tid)
+                .and_then(|t| t.callbacks.last().and_then(|c| c.callback.clone()));
+            let gap = self.ops_gap(s.tid);
+            let mut op = Op::open(s.name.op(), s.pid, s.tid, fd, s.ts_ns, None, callback);
             op.syscalls.push(s.clone());
             op.kernel_ns = s.dur_ns;
             match gap {
@@ -527,8 +579,14 @@ impl Correlator {
         // The fd's life ended (close) or a new one began (accept returned
         // its number): an op still open on it must not take the next
         // life's syscalls.
+        // A close whose entry was not seen ends the fd's life here only if
+        // the entry was not missed: one that began before the trace or in
+        // a loss freed the number at an unknown point, and another thread
+        // may have the number already.
         let life_over = match s.name.op() {
-            OpKind::Close if is_close && entered.is_none() => Some((fd, "fd closed")),
+            OpKind::Close if is_close && entered.is_none() && self.ops_gap(s.tid).is_none() => {
+                Some((fd, "fd closed"))
+            }
             OpKind::Accept if s.rv >= 0 => {
                 i32::try_from(s.rv).ok().map(|n| (n, "fd reused by accept"))
             }
@@ -536,10 +594,10 @@ impl Correlator {
         };
         if let Some((fd, why)) = life_over {
             if why == "fd closed" {
-                self.eventer_fds.remove(&fd);
-                self.epoll.closed(fd);
+                self.eventer_fds.remove(&(s.pid, fd));
+                self.epoll.entry(s.pid).or_default().closed(fd);
             }
-            self.end_fd_life(fd, why, None, out);
+            self.end_fd_life(s.pid, fd, why, None, out);
         }
         self.emit_event(Event::Syscall(s), out);
     }
@@ -549,7 +607,7 @@ impl Correlator {
     /// here, not when the close's record arrives. The closing thread's own
     /// ops on it are left to take the close.
     fn on_close_enter(&mut self, c: crate::event::CloseEnter, out: &mut Vec<Record>) {
-        let eventer_fd = self.eventer_fds.remove(&c.fd);
+        let eventer_fd = self.eventer_fds.remove(&(c.pid, c.fd));
         self.closing.insert(
             c.tid,
             Closing {
@@ -562,20 +620,28 @@ impl Correlator {
                 op.closing = true;
             }
         }
-        self.epoll.closed(c.fd);
-        self.end_fd_life(c.fd, "fd closed", Some(c.tid), out);
+        self.epoll.entry(c.pid).or_default().closed(c.fd);
+        self.end_fd_life(c.pid, c.fd, "fd closed", Some(c.tid), out);
         self.emit_event(Event::CloseEnter(c), out);
     }
 
-    /// Ends every op still open on `fd` (on any thread but `closer`) that
+    /// Ends every op still open on `fd` of process `pid` (on any thread but
+    /// `closer`; another process's fd of the same number is another fd) that
     /// is not itself closing it: it never returned within the fd's life,
     /// which is a disagreement. The op that closes it waits for its return
     /// (another thread's accept may get the number first) but takes no
     /// more syscalls after the close.
-    fn end_fd_life(&mut self, fd: i32, why: &str, closer: Option<u32>, out: &mut Vec<Record>) {
+    fn end_fd_life(
+        &mut self,
+        pid: u32,
+        fd: i32,
+        why: &str,
+        closer: Option<u32>,
+        out: &mut Vec<Record>,
+    ) {
         let mut ended = Vec::new();
         for (tid, thread) in self.threads.iter_mut() {
-            if Some(*tid) == closer {
+            if Some(*tid) == closer || thread.pid != pid {
                 continue;
             }
             let mut i = 0;
@@ -598,12 +664,12 @@ impl Correlator {
         }
     }
 
-    /// The state of thread `tid`, made on first sight.
-    fn thread(&mut self, tid: u32) -> &mut Thread {
+    /// The state of thread `tid` of process `pid`, made on first sight.
+    fn thread(&mut self, pid: u32, tid: u32) -> &mut Thread {
         if !self.threads.contains_key(&tid) {
             let gap = self.unseen_thread_gap(tid);
             self.before_trace.remove(&tid);
-            self.threads.insert(tid, Thread::new(gap));
+            self.threads.insert(tid, Thread::new(pid, gap));
         }
         self.threads.get_mut(&tid).expect("inserted above")
     }
@@ -613,7 +679,7 @@ impl Correlator {
             self.emit_event(Event::Probe(p), out);
             return;
         };
-        let thread = self.thread(p.tid);
+        let thread = self.thread(p.pid, p.tid);
         let mut done = Vec::new();
         let mut new_eventer_fd = None;
         let mut closes_eventer_fd = false;
@@ -622,6 +688,7 @@ impl Correlator {
                 let fd = p.fd().unwrap_or(-1);
                 let op = Op::open(
                     kind,
+                    p.pid,
                     p.tid,
                     fd,
                     p.ts_ns,
@@ -652,6 +719,7 @@ impl Correlator {
                     None => {
                         let mut op = Op::open(
                             kind,
+                            p.pid,
                             p.tid,
                             -1,
                             p.ts_ns,
@@ -684,9 +752,15 @@ impl Correlator {
                     });
                     done.push(oldest);
                 }
-                thread
-                    .open
-                    .push(Op::open(kind, p.tid, fd, p.ts_ns, p.closure(), callback));
+                thread.open.push(Op::open(
+                    kind,
+                    p.pid,
+                    p.tid,
+                    fd,
+                    p.ts_ns,
+                    p.closure(),
+                    callback,
+                ));
                 thread.ops_gap = None;
                 new_eventer_fd = Some(fd);
             } else {
@@ -705,7 +779,8 @@ impl Correlator {
                         done.push(op);
                     }
                     None => {
-                        let mut op = Op::open(kind, p.tid, fd, p.ts_ns, p.closure(), callback);
+                        let mut op =
+                            Op::open(kind, p.pid, p.tid, fd, p.ts_ns, p.closure(), callback);
                         op.close(p.ts_ns, rv);
                         op.orphan_return(thread.ops_gap);
                         closes_eventer_fd = kind == OpKind::Close;
@@ -722,11 +797,11 @@ impl Correlator {
         }
         if closes_eventer_fd {
             if let Some(fd) = p.fd() {
-                self.eventer_fds.remove(&fd);
+                self.eventer_fds.remove(&(p.pid, fd));
             }
         }
         if let Some(fd) = new_eventer_fd {
-            self.eventer_fds.insert(fd);
+            self.eventer_fds.insert((p.pid, fd));
         }
         self.emit_event(Event::Probe(p), out);
         for op in done {
@@ -735,7 +810,21 @@ impl Correlator {
     }
 
     fn abandon_all(&mut self, gap: Gap, out: &mut Vec<Record>) {
-        let mut threads: Vec<u32> = self.threads.keys().copied().collect();
+        self.abandon_threads(gap, None, out);
+    }
+
+    /// Ends process `pid`'s open ops (exit, exec): the others go on.
+    fn abandon_process(&mut self, gap: Gap, pid: u32, out: &mut Vec<Record>) {
+        self.abandon_threads(gap, Some(pid), out);
+    }
+
+    fn abandon_threads(&mut self, gap: Gap, pid: Option<u32>, out: &mut Vec<Record>) {
+        let mut threads: Vec<u32> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| pid.is_none_or(|pid| t.pid == pid))
+            .map(|(tid, _)| *tid)
+            .collect();
         threads.sort_unstable();
         for tid in threads {
             let thread = self.threads.get_mut(&tid).expect("key listed above");

@@ -7,6 +7,8 @@ use super::*;
 use crate::event::{EpollCtl, EpollWait, ProcessEvent, ReadyEvent, SyscallName};
 
 const T: u32 = 100;
+/// The process of every event but where a test says otherwise.
+const P: u32 = 99;
 
 fn probe(ts: u64, tid: u32, name: ProbeName, args: [u64; 6]) -> Event {
     let strings = match name {
@@ -15,6 +17,7 @@ fn probe(ts: u64, tid: u32, name: ProbeName, args: [u64; 6]) -> Event {
     };
     Event::Probe(Probe {
         ts_ns: ts,
+        pid: P,
         tid,
         name,
         args,
@@ -29,6 +32,7 @@ fn io(ts: u64, name: ProbeName, fd: i32, rv: i64) -> Event {
 fn sys(ts: u64, name: SyscallName, fd: i32, rv: i64) -> Event {
     Event::Syscall(Syscall {
         ts_ns: ts,
+        pid: P,
         tid: T,
         name,
         fd,
@@ -212,6 +216,7 @@ fn threads_without_probes_leave_no_state() {
         c.push(
             Event::Syscall(Syscall {
                 ts_ns: u64::from(tid),
+                pid: P,
                 tid,
                 name: SyscallName::Write,
                 fd: 1,
@@ -302,6 +307,7 @@ fn an_op_left_open_across_a_close_and_reuse_ends_at_the_close() {
     let on = |tid, ts, name, fd, rv| {
         Event::Syscall(Syscall {
             ts_ns: ts,
+            pid: P,
             tid,
             name,
             fd,
@@ -384,6 +390,7 @@ fn waits_resolve_through_epoll_ctl_and_dup_fds() {
     let ctl = |ts, epfd, op, fd, data| {
         Event::EpollCtl(EpollCtl {
             ts_ns: ts,
+            pid: P,
             tid: T,
             epfd,
             op,
@@ -397,6 +404,7 @@ fn waits_resolve_through_epoll_ctl_and_dup_fds() {
     let wait = |ts, epfd, datas: &[u64]| {
         Event::EpollWait(EpollWait {
             ts_ns: ts,
+            pid: P,
             tid: T,
             name: "epoll_wait",
             epfd,
@@ -447,6 +455,7 @@ fn a_wait_waits_briefly_for_another_threads_epoll_ctl() {
     // return the new fd and be submitted before the ADD's record.
     let w = Event::EpollWait(EpollWait {
         ts_ns: 5,
+        pid: P,
         tid: 1,
         name: "epoll_wait",
         epfd: 4,
@@ -459,6 +468,7 @@ fn a_wait_waits_briefly_for_another_threads_epoll_ctl() {
     });
     let c = Event::EpollCtl(EpollCtl {
         ts_ns: 4,
+        pid: P,
         tid: 2,
         epfd: 4,
         op: 1,
@@ -528,6 +538,7 @@ fn process_end_flushes_open_ops() {
         io(1, ProbeName::ReadEntry, 9, 0),
         Event::Process(ProcessEvent {
             ts_ns: 2,
+            pid: P,
             tid: T,
             kind: ProcessEventKind::Exit { code: 9 },
         }),
@@ -597,6 +608,7 @@ fn any_event() -> impl Strategy<Value = Event> {
             |(ts, tid, n, fd, rv)| {
                 Event::Syscall(Syscall {
                     ts_ns: ts,
+                    pid: P,
                     tid,
                     name: SyscallName::ALL[n],
                     fd,
@@ -630,6 +642,7 @@ fn any_event() -> impl Strategy<Value = Event> {
             |(ts, tid, fd, data, op)| {
                 Event::EpollCtl(EpollCtl {
                     ts_ns: ts,
+                    pid: P,
                     tid,
                     epfd: 2,
                     op,
@@ -644,6 +657,7 @@ fn any_event() -> impl Strategy<Value = Event> {
         (0u64..1000, tid, proptest::collection::vec(0u64..6, 0..4)).prop_map(|(ts, tid, datas)| {
             Event::EpollWait(EpollWait {
                 ts_ns: ts,
+                pid: P,
                 tid,
                 name: "epoll_wait",
                 epfd: 2,
@@ -735,7 +749,12 @@ fn sys_on(ts: u64, tid: u32, name: SyscallName, fd: i32, rv: i64) -> Event {
 }
 
 fn close_enter(ts: u64, tid: u32, fd: i32) -> Event {
-    Event::CloseEnter(crate::event::CloseEnter { ts_ns: ts, tid, fd })
+    Event::CloseEnter(crate::event::CloseEnter {
+        ts_ns: ts,
+        pid: P,
+        tid,
+        fd,
+    })
 }
 
 fn run_after_attach(before: &[u32], events: Vec<Event>) -> (Vec<Record>, Summary) {
@@ -1134,6 +1153,7 @@ mod simulated {
     fn slot_sys(tid: u32, name: SyscallName, slot: usize, rv: i64) -> Event {
         Event::Syscall(Syscall {
             ts_ns: 0,
+            pid: P,
             tid,
             name,
             fd: -1 - slot as i32,
@@ -1223,4 +1243,258 @@ proptest! {
         let (out, s) = run_after_attach(before, cut.clone());
         prop_assert_eq!(s.mismatches, 0, "{:?}\n{:?}", cut, out.iter().filter(|r| matches!(r, Record::Op(o) if o.mismatch.is_some())).collect::<Vec<_>>());
     }
+}
+
+/// With `-f`: events of process `pid` (its main thread's tid is `pid`).
+mod per_process {
+    use super::*;
+
+    const A: u32 = 10;
+    const B: u32 = 20;
+
+    fn io_in(pid: u32, ts: u64, name: ProbeName, fd: i32, rv: i64) -> Event {
+        Event::Probe(Probe {
+            ts_ns: ts,
+            pid,
+            tid: pid,
+            name,
+            args: [fd as u64, 0x1000, 64, 1, 7, rv as u64],
+            strings: vec![],
+        })
+    }
+
+    fn sys_in(pid: u32, ts: u64, name: SyscallName, fd: i32, rv: i64) -> Event {
+        Event::Syscall(Syscall {
+            ts_ns: ts,
+            pid,
+            tid: pid,
+            name,
+            fd,
+            rv,
+            dur_ns: 1,
+            arg: 64,
+        })
+    }
+
+    /// A close probe whose close returned 0.
+    fn close_in(pid: u32, ts: u64, name: ProbeName, fd: i32) -> Event {
+        Event::Probe(Probe {
+            ts_ns: ts,
+            pid,
+            tid: pid,
+            name,
+            args: [fd as u64, 1, 7, 0, 0, 0],
+            strings: vec![],
+        })
+    }
+
+    fn close_enter_in(pid: u32, ts: u64, fd: i32) -> Event {
+        Event::CloseEnter(crate::event::CloseEnter {
+            ts_ns: ts,
+            pid,
+            tid: pid,
+            fd,
+        })
+    }
+
+    fn process(pid: u32, ts: u64, kind: ProcessEventKind) -> Event {
+        Event::Process(ProcessEvent {
+            ts_ns: ts,
+            pid,
+            tid: pid,
+            kind,
+        })
+    }
+
+    #[test]
+    fn the_same_fd_number_in_two_processes_is_two_fds() {
+        use ProbeName::*;
+        let (out, s) = run(vec![
+            // Both use "fd 5", interleaved.
+            io_in(A, 1, ReadEntry, 5, 0),
+            io_in(B, 2, ReadEntry, 5, 0),
+            sys_in(A, 3, SyscallName::Recvfrom, 5, 3),
+            // B's read ends and B closes its fd 5, then accepts a new 5,
+            // while A's read on its own fd 5 is still open.
+            sys_in(B, 4, SyscallName::Recvfrom, 5, 7),
+            io_in(B, 5, ReadReturn, 5, 7),
+            close_in(B, 6, CloseEntry, 5),
+            close_enter_in(B, 7, 5),
+            sys_in(B, 7, SyscallName::Close, 5, 0),
+            close_in(B, 8, CloseReturn, 5),
+            sys_in(B, 9, SyscallName::Accept4, 3, 5),
+            // A syscall on B's new fd 5 outside any op: B's eventer has not
+            // touched this life of it, so it is not an orphan in B.
+            sys_in(B, 10, SyscallName::Write, 5, 2),
+            io_in(A, 11, ReadReturn, 5, 3),
+        ]);
+        let ops = ops(&out);
+        assert_eq!(s.mismatches, 0, "{ops:#?}");
+        assert_eq!(s.orphan_syscalls, 0);
+        let a: Vec<_> = ops.iter().filter(|o| o.pid == A).collect();
+        assert_eq!(a.len(), 1);
+        assert_eq!(
+            (a[0].fd, a[0].user_rv, a[0].syscalls.len()),
+            (5, Some(3), 1)
+        );
+        assert_eq!(a[0].syscalls[0].pid, A);
+        assert_eq!(ops.iter().filter(|o| o.pid == B).count(), 2);
+        assert!(ops.iter().all(|o| o.incomplete.is_none()));
+    }
+
+    #[test]
+    fn an_orphan_is_an_orphan_of_its_own_process_only() {
+        use ProbeName::*;
+        let (out, s) = run(vec![
+            io_in(A, 1, ReadEntry, 5, 0),
+            sys_in(A, 2, SyscallName::Read, 5, 1),
+            io_in(A, 3, ReadReturn, 5, 1),
+            // B's fd 5 is not A's eventer fd.
+            sys_in(B, 4, SyscallName::Read, 5, 1),
+            // A's is.
+            sys_in(A, 5, SyscallName::Read, 5, 1),
+        ]);
+        assert_eq!(s.orphan_syscalls, 1);
+        let orphan = ops(&out)
+            .into_iter()
+            .find(|o| o.mismatch.is_some())
+            .expect("A's orphan");
+        assert_eq!((orphan.pid, orphan.entry_ts_ns), (A, 5));
+    }
+
+    #[test]
+    fn a_followed_process_exit_ends_only_its_own_ops() {
+        use ProbeName::*;
+        let mut c = Correlator::new(Filter::default());
+        c.set_root(A);
+        let mut out = Vec::new();
+        for e in [
+            io_in(A, 1, ReadEntry, 5, 0),
+            process(A, 2, ProcessEventKind::Fork { child: B }),
+            io_in(B, 3, ReadEntry, 5, 0),
+            process(B, 4, ProcessEventKind::Exit { code: 9 }),
+            sys_in(A, 5, SyscallName::Read, 5, 4),
+            io_in(A, 6, ReadReturn, 5, 4),
+        ] {
+            c.push(e, &mut out);
+        }
+        let s = c.finish(&mut out);
+        let ops = ops(&out);
+        let b = ops.iter().find(|o| o.pid == B).expect("B's op");
+        assert_eq!(b.incomplete.as_deref(), Some("process exited"));
+        assert_eq!(b.mismatch, None);
+        let a = ops.iter().find(|o| o.pid == A).expect("A's op");
+        assert_eq!(
+            (a.user_rv, a.mismatch.clone(), a.incomplete.clone()),
+            (Some(4), None, None)
+        );
+        // The session's end is the root's, not a followed child's.
+        assert_eq!(s.process_end, None);
+        assert_eq!(s.mismatches, 0);
+        assert!(out.iter().any(|r| matches!(
+            r,
+            Record::Event(Event::Process(ProcessEvent {
+                kind: ProcessEventKind::Fork { child: B },
+                ..
+            }))
+        )));
+    }
+
+    #[test]
+    fn a_forked_child_attached_late_begins_before_the_trace() {
+        use ProbeName::*;
+        let mut c = Correlator::new(Filter::default());
+        c.set_root(A);
+        let mut out = Vec::new();
+        c.push(process(A, 1, ProcessEventKind::Fork { child: B }), &mut out);
+        // The session attaches B and hands over its threads: it was inside
+        // a read (entered before its probes were attached) by then.
+        c.threads_before_trace([B]);
+        // Its accept, entered before the attach, returns now; then it goes
+        // on as traced from the start.
+        for e in [
+            sys_in(B, 2, SyscallName::Accept4, 3, 7),
+            io_in(B, 3, AcceptReturn, 3, 7),
+            io_in(B, 4, ReadEntry, 7, 0),
+            sys_in(B, 5, SyscallName::Read, 7, 2),
+            io_in(B, 6, ReadReturn, 7, 2),
+        ] {
+            c.push(e, &mut out);
+        }
+        let s = c.finish(&mut out);
+        assert_eq!(s.mismatches, 0, "{:#?}", ops(&out));
+        let ops = ops(&out);
+        assert_eq!(ops[0].incomplete.as_deref(), Some("began before the trace"));
+        assert_eq!(
+            (ops[1].pid, ops[1].user_rv, ops[1].incomplete.clone()),
+            (B, Some(2), None)
+        );
+    }
+
+    #[test]
+    fn epoll_registrations_are_per_process() {
+        let ctl = |pid, fd| {
+            Event::EpollCtl(EpollCtl {
+                ts_ns: 1,
+                pid,
+                tid: pid,
+                epfd: 3,
+                op: 1,
+                fd,
+                events: 1,
+                data: 7,
+                rv: 0,
+                dur_ns: 1,
+            })
+        };
+        let wait = |pid| {
+            Event::EpollWait(EpollWait {
+                ts_ns: 2,
+                pid,
+                tid: pid,
+                name: "epoll_wait",
+                epfd: 3,
+                rv: 1,
+                dur_ns: 1,
+                events: vec![ReadyEvent { events: 1, data: 7 }],
+            })
+        };
+        let (out, _) = run(vec![ctl(A, 5), ctl(B, 6), wait(A), wait(B)]);
+        let resolved: Vec<_> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Wait(w) => Some((w.wait.pid, w.fds.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(resolved, vec![(A, vec![Some(5)]), (B, vec![Some(6)])]);
+    }
+}
+/// A close entered before the trace (or in a loss) and returned after it:
+/// its number may be another thread's by the time its record comes, so
+/// that record ends no op on the number (found by the property below).
+#[test]
+fn a_close_whose_entry_came_before_the_trace_ends_no_new_life() {
+    const A: u32 = 1;
+    const B: u32 = 2;
+    let rd = |ts, name, rv: i64| probe(ts, B, name, [5, 0x1000, 64, 1, 7, rv as u64]);
+    let stream = vec![
+        // (Before the trace: A entered close(5); the number was freed.)
+        sys_on(1, B, SyscallName::Accept4, 3, 5),
+        probe(2, B, ProbeName::AcceptReturn, [3, 0, 0, 0, 1, 5]),
+        rd(3, ProbeName::ReadEntry, 0),
+        sys_on(0, A, SyscallName::Close, 5, 0),
+        sys_on(4, B, SyscallName::Recvfrom, 5, 16),
+        rd(5, ProbeName::ReadReturn, 16),
+    ];
+    let (out, s) = run_after_attach(&[A, B], stream.clone());
+    assert_eq!(s.mismatches, 0, "{out:?}");
+    let read = ops(&out)
+        .into_iter()
+        .find(|o| o.kind == OpKind::Read)
+        .cloned();
+    assert_eq!(
+        read.map(|o| (o.syscalls.len(), o.mismatch)),
+        Some((1, None))
+    );
 }

@@ -1,6 +1,7 @@
 //! Load, attach, poll: the BPF side, yielding typed [`Event`]s. Nothing else.
 //!
-//! The kernel side (`bpf/portsnoop.bpf.c`) filters by the target's tgid,
+//! The kernel side (`bpf/portsnoop.bpf.c`) filters by the target's tgid (with
+//! `-f`, by the set of followed processes' tgids: see [`Change`]),
 //! joins each syscall's enter and exit, and submits records to a ring buffer
 //! without waking us; we drain it on a short timer. Records that did not fit
 //! are counted in the kernel and reported in the stream where they are
@@ -12,6 +13,7 @@ mod semaphore;
 mod sites;
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::mem::MaybeUninit;
@@ -21,12 +23,13 @@ use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder, UprobeOpts};
+use rustc_hash::FxHashMap;
 
 pub use checks::{check_privileges, ensure_btf, own_pid_namespace};
 pub use raw::{decode, DecodeError, Decoder};
 pub use sites::{sites_in, ArgSpec, Site, Sites};
 
-use crate::target::Target;
+use crate::target::{Image, Target};
 
 use crate::event::Event;
 use semaphore::HeldSemaphore;
@@ -53,6 +56,8 @@ pub enum Error {
     Attach(String, libbpf_rs::Error),
     /// Other I/O.
     Io(String, io::Error),
+    /// What was asked cannot be done here.
+    Unsupported(String),
 }
 
 impl fmt::Display for Error {
@@ -70,7 +75,9 @@ impl fmt::Display for Error {
             ),
             // The cause is the source: shown after this, as `what: cause`.
             Error::Bpf(what, _) => write!(f, "{what} (is this kernel built with BPF, BTF and uprobes?)"),
-            Error::Attach(what, _) | Error::Io(what, _) => write!(f, "{what}"),
+            Error::Attach(what, _) | Error::Io(what, _) | Error::Unsupported(what) => {
+                write!(f, "{what}")
+            }
         }
     }
 }
@@ -91,14 +98,31 @@ pub struct Options {
     /// Ring buffer size in bytes; rounded up to a power of two of at least
     /// one page.
     pub buffer_bytes: usize,
+    /// `-f`: also trace the processes the target forks, and theirs.
+    pub follow_forks: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
         Options {
             buffer_bytes: 8 << 20,
+            follow_forks: false,
         }
     }
+}
+
+/// With `-f`, a change in the set of traced processes that the session
+/// acts on (see [`Engine::follow_changes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A traced process forked this one: it waits, unrecorded, for
+    /// [`Engine::attach_process`].
+    Forked(u32),
+    /// This followed process exec'd: its new image waits, unrecorded, for
+    /// [`Engine::attach_process`].
+    Exec(u32),
+    /// This followed process is gone: [`Engine::detach_process`].
+    Gone(u32),
 }
 
 /// What was attached, for the ready line.
@@ -153,17 +177,29 @@ impl Attached {
 /// The argument specs of each probe, by probe id, of the image attached.
 type ArgSpecs = [Vec<ArgSpec>; 11];
 
+/// One process's attached sites. Links first: dropped before the
+/// semaphores, so the probes go quiet before their semaphores are given
+/// back. Only held: dropping them is what detaches.
+#[allow(dead_code)]
+struct ProcessSites {
+    links: Vec<Link>,
+    /// Semaphores held up by hand for sites shared with another tool's
+    /// uprobe (see `semaphore.rs`).
+    semaphores: Vec<HeldSemaphore>,
+}
+
 /// A loaded and attached kernel side.
 pub struct Engine {
     skel: PortsnoopSkel<'static>,
     _tracepoints: Vec<Link>,
-    /// The uprobes on the current image's sites.
-    site_links: Vec<Link>,
-    /// Semaphores held up by hand for sites shared with another tool's
-    /// uprobe; dropped after `site_links`, so the probes go quiet before
-    /// their semaphores are given back.
-    semaphores: Vec<HeldSemaphore>,
-    arg_specs: Rc<RefCell<ArgSpecs>>,
+    /// The uprobes on each traced process's current image (uprobes are
+    /// per process: with -f, each followed process has its own).
+    sites: BTreeMap<u32, ProcessSites>,
+    /// Each process's image's argument specs (the decoder sign-extends a
+    /// probe's arguments with its own process's).
+    arg_specs: Rc<RefCell<FxHashMap<u32, ArgSpecs>>>,
+    /// `-f`: the traced set is the `traced` map, not the target alone.
+    follow: bool,
     ring: RingBuffer<'static>,
     decoded: Rc<RefCell<Vec<Event>>>,
     undecodable: Rc<RefCell<u64>>,
@@ -177,6 +213,14 @@ impl Engine {
     pub fn attach(target: &Target, opts: &Options) -> Result<Engine, Error> {
         check_privileges()?;
         ensure_btf()?;
+        let pid_ns = own_pid_namespace();
+        if opts.follow_forks && pid_ns.is_some() {
+            // The fork program reads a child's tgid from its task, a global
+            // pid: mapping it into this namespace is not done (yet).
+            return Err(Error::Unsupported(
+                "-f is not supported when portsnoop runs in a pid namespace".into(),
+            ));
+        }
         let bpf = |what: &str| {
             let what = what.to_string();
             move |e| Error::Bpf(what, e)
@@ -196,7 +240,8 @@ impl Engine {
             .expect("the program has read-only data");
         rodata.target_tgid = target.pid();
         // In a pid namespace, the BPF side filters and reports in its pids.
-        if let Some((dev, ino)) = own_pid_namespace() {
+        rodata.follow = u32::from(opts.follow_forks);
+        if let Some((dev, ino)) = pid_ns {
             rodata.in_pid_ns = 1;
             rodata.pid_ns_dev = dev;
             rodata.pid_ns_ino = ino;
@@ -216,14 +261,32 @@ impl Engine {
             let section = prog.section().to_string_lossy();
             if section.starts_with("tracepoint/") || section.starts_with("raw_tracepoint/") {
                 let name = prog.name().to_string_lossy().into_owned();
+                // Without -f they would return at once, on every fork and
+                // exit of the machine.
+                if !opts.follow_forks && (name == "on_fork" || name == "on_process_exit") {
+                    continue;
+                }
                 links.push(prog.attach().map_err(bpf(&format!("attaching {name}")))?);
                 tracepoints += 1;
             }
         }
 
+        if opts.follow_forks {
+            // Recording as soon as the global flag is set, like without -f.
+            skel.maps
+                .traced
+                .update(
+                    &target.pid().to_ne_bytes(),
+                    &1u32.to_ne_bytes(),
+                    MapFlags::ANY,
+                )
+                .map_err(bpf("adding the target to the traced processes"))?;
+        }
         let image = target.image();
         let sites = attach_sites(&skel, target.pid(), &image.path)?;
-        let arg_specs = Rc::new(RefCell::new(sites.arg_specs.clone()));
+        let mut specs_by_pid = FxHashMap::default();
+        specs_by_pid.insert(target.pid(), sites.arg_specs.clone());
+        let arg_specs = Rc::new(RefCell::new(specs_by_pid));
         let specs = Rc::clone(&arg_specs);
 
         let decoded = Rc::new(RefCell::new(Vec::new()));
@@ -235,9 +298,10 @@ impl Engine {
             .add(&skel.maps.events, move |data: &[u8]| {
                 match decoder.decode(data) {
                     Ok(Event::Probe(mut p)) => {
-                        let specs = specs.borrow();
-                        for (arg, spec) in p.args.iter_mut().zip(&specs[p.name as usize]) {
-                            *arg = spec.extend(*arg);
+                        if let Some(specs) = specs.borrow().get(&p.pid) {
+                            for (arg, spec) in p.args.iter_mut().zip(&specs[p.name as usize]) {
+                                *arg = spec.extend(*arg);
+                            }
                         }
                         sink.borrow_mut().push(Event::Probe(p))
                     }
@@ -270,12 +334,20 @@ impl Engine {
             threads_before_trace,
             warnings: sites.warnings,
         };
+        let mut by_pid = BTreeMap::new();
+        by_pid.insert(
+            target.pid(),
+            ProcessSites {
+                links: sites.links,
+                semaphores: sites.semaphores,
+            },
+        );
         Ok(Engine {
             skel,
             _tracepoints: links,
-            site_links: sites.links,
-            semaphores: sites.semaphores,
+            sites: by_pid,
             arg_specs,
+            follow: opts.follow_forks,
             ring,
             decoded,
             undecodable,
@@ -307,7 +379,142 @@ impl Engine {
             .expect("the program has a .bss section");
         // SAFETY: a u32 in the map's memory, which stays mapped for the
         // skeleton's life; the kernel side writes it on exec.
-        unsafe { std::ptr::read_volatile(&bss.ready) != 0 }
+        let ready = unsafe { std::ptr::read_volatile(&bss.ready) != 0 };
+        // With -f an exec pauses only its own process (see `traced`).
+        ready && (!self.follow || self.process_state(self.attached.pid) == Some(true))
+    }
+
+    /// With -f: whether process `pid` is traced, and then whether it is
+    /// recorded (false from its fork or exec until it is attached).
+    fn process_state(&self, pid: u32) -> Option<bool> {
+        let value = self
+            .skel
+            .maps
+            .traced
+            .lookup(&pid.to_ne_bytes(), MapFlags::ANY)
+            .ok()
+            .flatten()?;
+        Some(value.iter().any(|b| *b != 0))
+    }
+
+    /// Sets process `pid`'s own recording flag (with -f), or the global one.
+    fn set_recording(&mut self, pid: u32, on: bool) {
+        if !self.follow {
+            set_ready(&mut self.skel, on);
+            return;
+        }
+        // BPF_EXIST: a process that exited meanwhile is not brought back.
+        let _ = self.skel.maps.traced.update(
+            &pid.to_ne_bytes(),
+            &u32::from(on).to_ne_bytes(),
+            MapFlags::EXIST,
+        );
+    }
+
+    /// With -f: the forks, execs and exits among the traced processes
+    /// since the last call, read from the kernel side's `traced` map (not
+    /// from their records, which can be lost). The main target's exec is
+    /// [`Engine::is_recording`]'s, its exit the session's.
+    pub fn follow_changes(&self) -> Vec<Change> {
+        if !self.follow {
+            return Vec::new();
+        }
+        let main = self.attached.pid;
+        let mut changes = Vec::new();
+        let mut in_map = std::collections::BTreeSet::new();
+        for key in self.skel.maps.traced.keys() {
+            let Ok(bytes) = <[u8; 4]>::try_from(key.as_slice()) else {
+                continue;
+            };
+            let pid = u32::from_ne_bytes(bytes);
+            in_map.insert(pid);
+            if pid == main {
+                continue;
+            }
+            match (self.sites.contains_key(&pid), self.process_state(pid)) {
+                (false, Some(_)) => changes.push(Change::Forked(pid)),
+                (true, Some(false)) => changes.push(Change::Exec(pid)),
+                _ => {}
+            }
+        }
+        for pid in self.sites.keys() {
+            if *pid != main && !in_map.contains(pid) {
+                changes.push(Change::Gone(*pid));
+            }
+        }
+        changes
+    }
+
+    /// With -f: attaches the sites of followed process `pid`'s `image` (a
+    /// new child, or a child's image after its exec; the old image's sites
+    /// are dropped first) and records it. What it did since its fork or
+    /// exec is not in the trace: its threads then are in the result's
+    /// `threads_before_trace`. If the sites cannot be attached, the
+    /// process is recorded on the kernel side only and the error is
+    /// returned.
+    pub fn attach_process(&mut self, pid: u32, image: &Image) -> Result<Attached, Error> {
+        self.set_recording(pid, false);
+        self.sites.remove(&pid);
+        let result = attach_sites(&self.skel, pid, &image.path);
+        let mut attached = Attached {
+            pid,
+            exe: image.shown.clone(),
+            probes: 0,
+            sites: 0,
+            shared_sites: 0,
+            skipped_sites: 0,
+            dead_sites: 0,
+            unreadable_sites: 0,
+            tracepoints: self.attached.tracepoints,
+            threads_before_trace: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let result = result.map(|sites| {
+            attached.probes = sites.probes;
+            attached.sites = sites.sites;
+            attached.shared_sites = sites.shared;
+            attached.skipped_sites = sites.skipped;
+            attached.dead_sites = sites.dead;
+            attached.unreadable_sites = sites.unreadable;
+            attached.warnings = sites.warnings;
+            self.arg_specs.borrow_mut().insert(pid, sites.arg_specs);
+            self.sites.insert(
+                pid,
+                ProcessSites {
+                    links: sites.links,
+                    semaphores: sites.semaphores,
+                },
+            );
+        });
+        // Kernel side only if need be: an empty entry marks it attached.
+        self.sites.entry(pid).or_insert_with(|| ProcessSites {
+            links: Vec::new(),
+            semaphores: Vec::new(),
+        });
+        self.set_recording(pid, true);
+        // Listed after recording began (see `attach`).
+        attached.threads_before_trace = threads_of(pid);
+        result.map(|()| attached)
+    }
+
+    /// With -f: records followed process `pid` without probe sites (its
+    /// image could not be read): its syscalls are still traced.
+    pub fn record_without_sites(&mut self, pid: u32) {
+        self.sites.remove(&pid);
+        self.sites.insert(
+            pid,
+            ProcessSites {
+                links: Vec::new(),
+                semaphores: Vec::new(),
+            },
+        );
+        self.set_recording(pid, true);
+    }
+
+    /// With -f: drops the sites of followed process `pid`, which is gone.
+    pub fn detach_process(&mut self, pid: u32) {
+        self.sites.remove(&pid);
+        self.arg_specs.borrow_mut().remove(&pid);
     }
 
     /// After the target exec'd (and its new image's loader is done, see
@@ -318,13 +525,13 @@ impl Engine {
     /// If the new image's sites cannot be attached, recording resumes on
     /// the kernel side only and the error is returned.
     pub fn reattach(&mut self, target: &Target) -> Result<&Attached, Error> {
-        set_ready(&mut self.skel, false);
+        let pid = target.pid();
+        self.set_recording(pid, false);
         // Dropping a link detaches it; before the new ones, so that a
         // re-exec of the same binary does not count its semaphores twice.
-        self.site_links.clear();
-        self.semaphores.clear();
+        self.sites.remove(&pid);
         let image = target.image();
-        let result = attach_sites(&self.skel, target.pid(), &image.path);
+        let result = attach_sites(&self.skel, pid, &image.path);
         let sites = result.as_ref().ok();
         self.attached.exe = image.shown.clone();
         self.attached.probes = sites.map_or(0, |s| s.probes);
@@ -335,11 +542,16 @@ impl Engine {
         self.attached.skipped_sites = sites.map_or(0, |s| s.skipped);
         self.attached.warnings = sites.map_or_else(Vec::new, |s| s.warnings.clone());
         let result = result.map(|sites| {
-            *self.arg_specs.borrow_mut() = sites.arg_specs;
-            self.site_links = sites.links;
-            self.semaphores = sites.semaphores;
+            self.arg_specs.borrow_mut().insert(pid, sites.arg_specs);
+            self.sites.insert(
+                pid,
+                ProcessSites {
+                    links: sites.links,
+                    semaphores: sites.semaphores,
+                },
+            );
         });
-        set_ready(&mut self.skel, true);
+        self.set_recording(pid, true);
         // Listed after recording began again (see `attach`).
         self.attached.threads_before_trace = threads_of(target.pid());
         result.map(|()| &self.attached)

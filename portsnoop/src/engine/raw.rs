@@ -17,6 +17,8 @@ const EV_LOG: u32 = 5;
 const EV_EXEC: u32 = 6;
 const EV_LOST: u32 = 7;
 const EV_CLOSE_ENTER: u32 = 8;
+const EV_FORK: u32 = 9;
+const EV_EXIT: u32 = 10;
 
 const SC_EPOLL_WAIT: u32 = 14;
 const SC_EPOLL_PWAIT: u32 = 15;
@@ -31,6 +33,8 @@ struct Header {
     kind: u32,
     tid: u32,
     ts_ns: u64,
+    pid: u32,
+    pad: u32,
 }
 
 #[repr(C)]
@@ -105,6 +109,22 @@ struct RawCloseEnter {
 
 #[repr(C)]
 #[derive(Clone, Copy)]
+struct RawFork {
+    h: Header,
+    child: u32,
+    pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawExit {
+    h: Header,
+    code: i32,
+    pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
 struct RawLog {
     h: Header,
     args: [u64; 4],
@@ -115,13 +135,15 @@ struct RawLog {
 
 // The C compiler lays these out; a mismatch would decode garbage, so make
 // it a build failure instead.
-const _: () = assert!(std::mem::size_of::<Header>() == 16);
-const _: () = assert!(std::mem::size_of::<RawSyscall>() == 48);
-const _: () = assert!(std::mem::size_of::<RawEpollCtl>() == 56);
-const _: () = assert!(std::mem::size_of::<RawEpollWait>() == 48 + 16 * WAIT_MAX_EVENTS);
-const _: () = assert!(std::mem::size_of::<RawProbe>() == 24 + 48);
-const _: () = assert!(std::mem::size_of::<RawCloseEnter>() == 24);
-const _: () = assert!(std::mem::size_of::<RawLog>() == 16 + 32 + 32 + 64 + 128);
+const _: () = assert!(std::mem::size_of::<Header>() == 24);
+const _: () = assert!(std::mem::size_of::<RawSyscall>() == 56);
+const _: () = assert!(std::mem::size_of::<RawEpollCtl>() == 64);
+const _: () = assert!(std::mem::size_of::<RawEpollWait>() == 56 + 16 * WAIT_MAX_EVENTS);
+const _: () = assert!(std::mem::size_of::<RawProbe>() == 32 + 48);
+const _: () = assert!(std::mem::size_of::<RawCloseEnter>() == 32);
+const _: () = assert!(std::mem::size_of::<RawFork>() == 32);
+const _: () = assert!(std::mem::size_of::<RawExit>() == 32);
+const _: () = assert!(std::mem::size_of::<RawLog>() == 24 + 32 + 32 + 64 + 128);
 
 /// Why a record could not be decoded. Counted by the engine, never fatal:
 /// a kernel/userland version skew must not kill a trace.
@@ -206,6 +228,7 @@ fn decode_with(
                 })?;
             Ok(Event::Syscall(Syscall {
                 ts_ns: h.ts_ns,
+                pid: h.pid,
                 tid: h.tid,
                 name,
                 fd: r.fd,
@@ -218,6 +241,7 @@ fn decode_with(
             let r: RawEpollCtl = read(data).ok_or_else(short)?;
             Ok(Event::EpollCtl(EpollCtl {
                 ts_ns: h.ts_ns,
+                pid: h.pid,
                 tid: h.tid,
                 epfd: r.epfd,
                 op: r.op,
@@ -239,6 +263,7 @@ fn decode_with(
             let n = (r.nready as usize).min(WAIT_MAX_EVENTS);
             Ok(Event::EpollWait(EpollWait {
                 ts_ns: h.ts_ns,
+                pid: h.pid,
                 tid: h.tid,
                 name,
                 epfd: r.epfd,
@@ -271,6 +296,7 @@ fn decode_with(
             };
             Ok(Event::Probe(Probe {
                 ts_ns: h.ts_ns,
+                pid: h.pid,
                 tid: h.tid,
                 name,
                 args: r.args,
@@ -283,6 +309,7 @@ fn decode_with(
             args[..4].copy_from_slice(&r.args);
             Ok(Event::Probe(Probe {
                 ts_ns: h.ts_ns,
+                pid: h.pid,
                 tid: h.tid,
                 name: ProbeName::Log,
                 args,
@@ -304,15 +331,35 @@ fn decode_with(
             let r: RawCloseEnter = read(data).ok_or_else(short)?;
             Ok(Event::CloseEnter(CloseEnter {
                 ts_ns: h.ts_ns,
+                pid: h.pid,
                 tid: h.tid,
                 fd: r.fd,
             }))
         }
         EV_EXEC => Ok(Event::Process(ProcessEvent {
             ts_ns: h.ts_ns,
+            pid: h.pid,
             tid: h.tid,
             kind: ProcessEventKind::Exec,
         })),
+        EV_FORK => {
+            let r: RawFork = read(data).ok_or_else(short)?;
+            Ok(Event::Process(ProcessEvent {
+                ts_ns: h.ts_ns,
+                pid: h.pid,
+                tid: h.tid,
+                kind: ProcessEventKind::Fork { child: r.child },
+            }))
+        }
+        EV_EXIT => {
+            let r: RawExit = read(data).ok_or_else(short)?;
+            Ok(Event::Process(ProcessEvent {
+                ts_ns: h.ts_ns,
+                pid: h.pid,
+                tid: h.tid,
+                kind: ProcessEventKind::Exit { code: r.code },
+            }))
+        }
         id => Err(DecodeError::Unknown { kind: 0, id }),
     }
 }
@@ -336,6 +383,8 @@ mod tests {
                 kind: EV_SYSCALL,
                 tid: 42,
                 ts_ns: 1000,
+                pid: 40,
+                pad: 0,
             },
             kind: 2,
             fd: 7,
@@ -347,9 +396,54 @@ mod tests {
             panic!("not a syscall")
         };
         assert_eq!(
-            (s.name, s.fd, s.rv, s.errno(), s.tid, s.arg),
-            (SyscallName::Recvfrom, 7, -11, Some(11), 42, 4096)
+            (s.name, s.fd, s.rv, s.errno(), s.pid, s.tid, s.arg),
+            (SyscallName::Recvfrom, 7, -11, Some(11), 40, 42, 4096)
         );
+    }
+
+    #[test]
+    fn decodes_fork_and_exit_with_their_pids() {
+        let fork = RawFork {
+            h: Header {
+                kind: EV_FORK,
+                tid: 11,
+                ts_ns: 5,
+                pid: 10,
+                pad: 0,
+            },
+            child: 20,
+            pad: 0,
+        };
+        assert_eq!(
+            decode(&bytes(&fork)),
+            Ok(Event::Process(ProcessEvent {
+                ts_ns: 5,
+                pid: 10,
+                tid: 11,
+                kind: ProcessEventKind::Fork { child: 20 }
+            }))
+        );
+        let exit = RawExit {
+            h: Header {
+                kind: EV_EXIT,
+                tid: 20,
+                ts_ns: 6,
+                pid: 20,
+                pad: 0,
+            },
+            code: 9,
+            pad: 0,
+        };
+        assert_eq!(
+            decode(&bytes(&exit)),
+            Ok(Event::Process(ProcessEvent {
+                ts_ns: 6,
+                pid: 20,
+                tid: 20,
+                kind: ProcessEventKind::Exit { code: 9 }
+            }))
+        );
+        assert!(decode(&bytes(&exit)[..24]).is_err());
     }
 
     #[test]
@@ -359,6 +453,8 @@ mod tests {
                 kind: EV_CLOSE_ENTER,
                 tid: 9,
                 ts_ns: 77,
+                pid: 1,
+                pad: 0,
             },
             fd: 12,
             pad: 0,
@@ -367,11 +463,12 @@ mod tests {
             decode(&bytes(&r)),
             Ok(Event::CloseEnter(CloseEnter {
                 ts_ns: 77,
+                pid: 1,
                 tid: 9,
                 fd: 12
             }))
         );
-        assert!(decode(&bytes(&r)[..20]).is_err());
+        assert!(decode(&bytes(&r)[..28]).is_err());
     }
 
     #[test]
@@ -381,6 +478,8 @@ mod tests {
                 kind: EV_EPOLL_WAIT,
                 tid: 1,
                 ts_ns: 5,
+                pid: 1,
+                pad: 0,
             },
             kind: SC_EPOLL_PWAIT,
             epfd: 3,
@@ -434,6 +533,8 @@ mod tests {
                 kind: EV_PROBE,
                 tid: 1,
                 ts_ns: 5,
+                pid: 1,
+                pad: 0,
             },
             probe: 8,
             pad: 0,
@@ -464,12 +565,16 @@ mod tests {
             kind: EV_SYSCALL,
             tid: 1,
             ts_ns: 1,
+            pid: 1,
+            pad: 0,
         };
         assert!(matches!(decode(&bytes(&h)), Err(DecodeError::Short { .. })));
         let h = Header {
             kind: 99,
             tid: 1,
             ts_ns: 1,
+            pid: 1,
+            pad: 0,
         };
         assert!(matches!(
             decode(&bytes(&h)),
@@ -480,6 +585,8 @@ mod tests {
                 kind: EV_SYSCALL,
                 tid: 1,
                 ts_ns: 1,
+                pid: 1,
+                pad: 0,
             },
             kind: 99,
             fd: 0,

@@ -1,22 +1,29 @@
 //! JSON Lines: one object per record, each with a `"type"`.
 //!
-//! The contract: `syscall` {ts_ns, tid, name, fd, rv, errno, dur_ns, arg};
-//! `probe` {ts_ns, tid, name, fd, args (the probe's `arg_count`, C ints
-//! signed), strings}; `wait` {ts_ns, tid, name, epfd, rv, errno, dur_ns,
+//! The contract: `syscall` {ts_ns, pid, tid, name, fd, rv, errno, dur_ns, arg};
+//! `probe` {ts_ns, pid, tid, name, fd, args (the probe's `arg_count`, C ints
+//! signed), strings}; `wait` {ts_ns, pid, tid, name, epfd, rv, errno, dur_ns,
 //! events: [{fd (null: its `epoll_ctl` was not seen), events, data}],
 //! events_omitted (how many more events the wait returned than `events`
 //! holds: the kernel side records the first 30; `rv` minus those, 0 when
 //! all are there or the wait failed)}; `op`
-//! {op, tid, fd, entry_ts_ns, return_ts_ns, user_rv, syscalls: [{name, rv,
+//! {op, pid, tid, fd, entry_ts_ns, return_ts_ns, user_rv, syscalls: [{name, rv,
 //! errno, ts_ns, dur_ns}], kernel_ns, user_ns, mismatch (null, or the
 //! disagreement between the app and the kernel), incomplete (null, or why
 //! the trace cannot see the op whole: "began before the trace", "events
 //! lost", "trace ended", ...; never a mismatch),
-//! closure, callback}. Also `epoll_ctl` {ts_ns, tid, name: "epoll_ctl",
+//! closure, callback}. Also `epoll_ctl` {ts_ns, pid, tid, name: "epoll_ctl",
 //! epfd, op ("ADD"/"DEL"/"MOD"), fd, events, data, rv, errno, dur_ns},
-//! `close_enter` {ts_ns, tid, fd} (a thread entered close(2): the fd's
-//! number is free from then on), `lost` {ts_ns, count} and `process` {ts_ns, tid, event ("exit"/"exec"/"traced"),
-//! status; "traced", after an exec: exe, probes}. `summary` is the last line: {events, lost_events, ops,
+//! `close_enter` {ts_ns, pid, tid, fd} (a thread entered close(2): the fd's
+//! number is free from then on), `lost` {ts_ns, count} and `process` {ts_ns, pid, tid, event
+//! ("exit"/"exec"/"fork"/"traced"), status; "fork" (with `-f`): child, the new process's pid;
+//! "traced", after an exec: exe, probes}.
+//!
+//! `pid` is the process (tgid) the event or op is from: with `-f` several
+//! processes are traced, and an fd number is one process's; the same `fd`
+//! under two pids is two fds. Every line but `lost` and `summary` has it.
+//! The summary's `per_fd` is keyed by fd number alone: with `-f`, the
+//! same number in several processes is counted in one entry. `summary` is the last line: {events, lost_events, ops,
 //! mismatches, incomplete, orphan_syscalls, syscalls_cut, waits,
 //! process_end, per_fd: {FD: {OP: STATS}}, per_op: {OP: STATS}} with STATS
 //! {count, bytes, mismatches, incomplete, errors: {ERRNO: n}, user_ns_log2,
@@ -73,6 +80,7 @@ fn write_record(l: &mut Line, record: &Record) {
         Record::Event(Event::Syscall(s)) => syscall(l, s),
         Record::Event(Event::CloseEnter(c)) => {
             l.str(r#"{"type":"close_enter","ts_ns":"#).u64(c.ts_ns);
+            l.str(r#","pid":"#).u64(c.pid.into());
             l.str(r#","tid":"#).u64(c.tid.into());
             l.str(r#","fd":"#).i64(c.fd.into()).byte(b'}');
         }
@@ -87,13 +95,17 @@ fn write_record(l: &mut Line, record: &Record) {
         Record::Event(Event::Process(p)) => {
             let line = match &p.kind {
                 ProcessEventKind::Exit { code } => {
-                    json!({"type": "process", "ts_ns": p.ts_ns, "tid": p.tid, "event": "exit", "status": code})
+                    json!({"type": "process", "ts_ns": p.ts_ns, "pid": p.pid, "tid": p.tid, "event": "exit", "status": code})
                 }
                 ProcessEventKind::Exec => {
-                    json!({"type": "process", "ts_ns": p.ts_ns, "tid": p.tid, "event": "exec", "status": null})
+                    json!({"type": "process", "ts_ns": p.ts_ns, "pid": p.pid, "tid": p.tid, "event": "exec", "status": null})
                 }
+                ProcessEventKind::Fork { child } => json!({
+                    "type": "process", "ts_ns": p.ts_ns, "pid": p.pid, "tid": p.tid, "event": "fork",
+                    "status": null, "child": child
+                }),
                 ProcessEventKind::Traced { exe, probes } => json!({
-                    "type": "process", "ts_ns": p.ts_ns, "tid": p.tid, "event": "traced",
+                    "type": "process", "ts_ns": p.ts_ns, "pid": p.pid, "tid": p.tid, "event": "traced",
                     "status": null, "exe": exe, "probes": probes
                 }),
             };
@@ -104,6 +116,7 @@ fn write_record(l: &mut Line, record: &Record) {
 
 fn syscall(l: &mut Line, s: &Syscall) {
     l.str(r#"{"type":"syscall","ts_ns":"#).u64(s.ts_ns);
+    l.str(r#","pid":"#).u64(s.pid.into());
     l.str(r#","tid":"#).u64(s.tid.into());
     l.str(r#","name":""#).str(s.name.as_str());
     l.str(r#"","fd":"#).i64(s.fd.into());
@@ -116,6 +129,7 @@ fn syscall(l: &mut Line, s: &Syscall) {
 
 fn epoll_ctl(l: &mut Line, c: &EpollCtl) {
     l.str(r#"{"type":"epoll_ctl","ts_ns":"#).u64(c.ts_ns);
+    l.str(r#","pid":"#).u64(c.pid.into());
     l.str(r#","tid":"#).u64(c.tid.into());
     l.str(r#","name":"epoll_ctl","epfd":"#).i64(c.epfd.into());
     l.str(r#","op":""#).str(EpollMap::op_name(c.op));
@@ -130,6 +144,7 @@ fn epoll_ctl(l: &mut Line, c: &EpollCtl) {
 
 fn wait(l: &mut Line, w: &crate::event::EpollWait, fds: Option<&[Option<i32>]>) {
     l.str(r#"{"type":"wait","ts_ns":"#).u64(w.ts_ns);
+    l.str(r#","pid":"#).u64(w.pid.into());
     l.str(r#","tid":"#).u64(w.tid.into());
     l.str(r#","name":""#).str(w.name);
     l.str(r#"","epfd":"#).i64(w.epfd.into());
@@ -156,6 +171,7 @@ fn wait(l: &mut Line, w: &crate::event::EpollWait, fds: Option<&[Option<i32>]>) 
 
 fn probe(l: &mut Line, p: &Probe) {
     l.str(r#"{"type":"probe","ts_ns":"#).u64(p.ts_ns);
+    l.str(r#","pid":"#).u64(p.pid.into());
     l.str(r#","tid":"#).u64(p.tid.into());
     l.str(r#","name":""#).str(p.name.as_str());
     l.str(r#"","fd":"#);
@@ -183,7 +199,8 @@ fn probe(l: &mut Line, p: &Probe) {
 
 fn op_line(l: &mut Line, op: &Op) {
     l.str(r#"{"type":"op","op":""#).str(op.kind.as_str());
-    l.str(r#"","tid":"#).u64(op.tid.into());
+    l.str(r#"","pid":"#).u64(op.pid.into());
+    l.str(r#","tid":"#).u64(op.tid.into());
     l.str(r#","fd":"#).i64(op.fd.into());
     l.str(r#","entry_ts_ns":"#).u64(op.entry_ts_ns);
     l.str(r#","return_ts_ns":"#);

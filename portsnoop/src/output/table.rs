@@ -1,4 +1,5 @@
-//! The seed's table: `TIME TID SYSCALL FD DETAILS ERROR`, with the
+//! The seed's table: `TIME TID SYSCALL FD DETAILS ERROR` (with `-f`,
+//! `TIME PID TID ...`: fd numbers are per process), with the
 //! userland probe rows interleaved with the kernel's rows in time order.
 //!
 //! Records reach us in ring-buffer order, which across CPUs is only nearly
@@ -40,12 +41,17 @@ pub struct Table<W: Write> {
     line: Line,
     /// Write the text summary at the end.
     summary: bool,
+    /// A PID column (`-f`: several processes, each fd number one
+    /// process's). Without `-f` there is one process, named on stderr.
+    pids: bool,
 }
 
 /// A row waiting in the window. It keeps the values, not their text: rows
 /// are the writer's hot path, and allocating and formatting each piece was
 /// most of its cost. The text is made once, in [`Table::write_row`].
 struct Row {
+    /// The process (shown with `-f` only).
+    pid: u32,
     tid: u32,
     what: Cow<'static, str>,
     fd: FdCol,
@@ -107,7 +113,14 @@ impl<W: Write> Table<W> {
             header_done: false,
             line: Line::default(),
             summary: false,
+            pids: false,
         }
+    }
+
+    /// Shows a PID column before TID (for `-f`).
+    pub fn with_pids(mut self) -> Table<W> {
+        self.pids = true;
+        self
     }
 
     /// Also writes the text summary ([`SummaryReport`]) after the last row,
@@ -172,10 +185,15 @@ impl<W: Write> Table<W> {
     fn write_row(&mut self, ts: u64, row: &Row) -> io::Result<()> {
         self.last_written = Some(ts);
         if !self.header_done {
+            if self.pids {
+                write!(self.out, "{:>12} {:>7}", "TIME", "PID")?;
+            } else {
+                write!(self.out, "{:>12}", "TIME")?;
+            }
             writeln!(
                 self.out,
-                "{:>12} {:>7} {:<18} {:>5} {:<40} ERROR",
-                "TIME", "TID", "SYSCALL", "FD", "DETAILS"
+                " {:>7} {:<18} {:>5} {:<40} ERROR",
+                "TID", "SYSCALL", "FD", "DETAILS"
             )?;
             self.header_done = true;
         }
@@ -188,8 +206,11 @@ impl<W: Write> Table<W> {
         l.i64_right((t / 1_000_000_000) as i64, 5)
             .byte(b'.')
             .u64_06((t % 1_000_000_000) / 1000)
-            .byte(b' ')
-            .i64_right(row.tid as i64, 7)
+            .byte(b' ');
+        if self.pids {
+            l.i64_right(row.pid as i64, 7).byte(b' ');
+        }
+        l.i64_right(row.tid as i64, 7)
             .byte(b' ')
             .str_left(&row.what, 18)
             .byte(b' ');
@@ -326,8 +347,9 @@ impl Details {
 }
 
 /// A row whose ERROR column stays empty.
-fn row(tid: u32, what: impl Into<Cow<'static, str>>, fd: FdCol, details: Details) -> Row {
+fn row(pid: u32, tid: u32, what: impl Into<Cow<'static, str>>, fd: FdCol, details: Details) -> Row {
     Row {
+        pid,
         tid,
         what: what.into(),
         fd,
@@ -339,6 +361,7 @@ fn row(tid: u32, what: impl Into<Cow<'static, str>>, fd: FdCol, details: Details
 
 /// A row whose ERROR column shows the errno in `rv`, if any.
 fn row_rv(
+    pid: u32,
     tid: u32,
     what: impl Into<Cow<'static, str>>,
     fd: FdCol,
@@ -347,7 +370,7 @@ fn row_rv(
 ) -> Row {
     Row {
         rv,
-        ..row(tid, what, fd, details)
+        ..row(pid, tid, what, fd, details)
     }
 }
 
@@ -358,6 +381,7 @@ impl<W: Write> Output for Table<W> {
                 s.ts_ns,
                 s.dur_ns,
                 row_rv(
+                    s.pid,
                     s.tid,
                     s.name.as_str(),
                     FdCol::Num(s.fd),
@@ -373,6 +397,7 @@ impl<W: Write> Output for Table<W> {
                 c.ts_ns,
                 c.dur_ns,
                 row_rv(
+                    c.pid,
                     c.tid,
                     "epoll_ctl",
                     FdCol::Num(c.fd),
@@ -388,6 +413,7 @@ impl<W: Write> Output for Table<W> {
                 w.ts_ns,
                 w.dur_ns,
                 row_rv(
+                    w.pid,
                     w.tid,
                     w.name,
                     FdCol::Dash,
@@ -406,6 +432,7 @@ impl<W: Write> Output for Table<W> {
                     ts,
                     end,
                     row_rv(
+                        w.wait.pid,
                         w.wait.tid,
                         w.wait.name,
                         FdCol::Dash,
@@ -420,7 +447,13 @@ impl<W: Write> Output for Table<W> {
                     let fd = fd.map_or(FdCol::Unknown, FdCol::Num);
                     self.push(
                         end,
-                        row(w.wait.tid, "EPOLL_EVENT", fd, Details::FdEvents(e.events)),
+                        row(
+                            w.wait.pid,
+                            w.wait.tid,
+                            "EPOLL_EVENT",
+                            fd,
+                            Details::FdEvents(e.events),
+                        ),
                     )?;
                 }
                 let omitted = events_omitted(&w.wait);
@@ -428,6 +461,7 @@ impl<W: Write> Output for Table<W> {
                     self.push(
                         end,
                         row(
+                            w.wait.pid,
                             w.wait.tid,
                             "EPOLL_EVENT",
                             FdCol::Dash,
@@ -470,14 +504,18 @@ impl<W: Write> Output for Table<W> {
                     }
                     _ => {
                         let rv = p.rv().unwrap_or(0);
-                        return self.push(p.ts_ns, row_rv(p.tid, short, fd, Details::Rv(rv), rv));
+                        return self.push(
+                            p.ts_ns,
+                            row_rv(p.pid, p.tid, short, fd, Details::Rv(rv), rv),
+                        );
                     }
                 };
-                self.push(p.ts_ns, row(p.tid, short, fd, details))
+                self.push(p.ts_ns, row(p.pid, p.tid, short, fd, details))
             }
             Record::Event(Event::Lost { ts_ns, count }) => self.push(
                 *ts_ns,
                 row(
+                    0,
                     0,
                     "LOST",
                     FdCol::Dash,
@@ -488,6 +526,7 @@ impl<W: Write> Output for Table<W> {
                 let details = match &p.kind {
                     ProcessEventKind::Exit { code } => format!("exited (wait status {code})"),
                     ProcessEventKind::Exec => "exec: the old image's probes are gone".into(),
+                    ProcessEventKind::Fork { child } => format!("fork: child {child}"),
                     ProcessEventKind::Traced { exe, probes: 0 } => {
                         format!("exec: now tracing {exe}: no evloop probes, kernel side only")
                     }
@@ -497,7 +536,7 @@ impl<W: Write> Output for Table<W> {
                 };
                 self.push(
                     p.ts_ns,
-                    row(p.tid, "PROCESS", FdCol::Dash, Details::Text(details)),
+                    row(p.pid, p.tid, "PROCESS", FdCol::Dash, Details::Text(details)),
                 )
             }
             // Seen as the close's own row when it returns.
@@ -524,6 +563,7 @@ impl<W: Write> Output for Table<W> {
                     self.push(
                         ts,
                         row(
+                            op.pid,
                             op.tid,
                             format!("{label} {}", op.kind.as_str()),
                             FdCol::Num(op.fd),

@@ -20,6 +20,10 @@
 //!    exec, wait until the new image's loader is done, then hand the new
 //!    [`Image`] to the engine.
 //! 4. **Exit** ([`Target::exit_status`]): polled by the session.
+//!
+//! With `-f`, the processes the target forks are followed too, but they are
+//! not `Target`s: the kernel side reports their forks and exits, and only
+//! their images are read here ([`Image::of`], [`exec_image`]).
 //! 5. **End** ([`Target::end`], or dropping it, so an error return or a
 //!    panic ends it too): a child we started never outlives portsnoop. It
 //!    gets `SIGTERM`, a grace period, then `SIGKILL`, and is reaped. If
@@ -266,4 +270,14 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     // SAFETY: a non-negative return is a fresh fd that we now own.
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// With `-f`: a followed process (one the target forked, or theirs) after
+/// it exec'd: its new image once its loader is done, as
+/// [`Target::reload`] waits for the target's, and whether the loader was
+/// seen to finish. A followed process is not ours to hold, only to watch.
+pub fn exec_image(pid: u32, timeout: Duration) -> Result<(Image, bool), Error> {
+    let image = Image::of(pid)?;
+    let done = image.wait_loader_done(pid, Instant::now() + timeout);
+    Ok((image, done))
 }

@@ -91,6 +91,7 @@ fn event_of(v: &Value) -> Result<Option<Event>, String> {
             let name = str_of(v, "name")?;
             Event::Syscall(Syscall {
                 ts_ns: u64_of(v, "ts_ns")?,
+                pid: u32_of(v, "pid")?,
                 tid: u32_of(v, "tid")?,
                 name: SyscallName::ALL
                     .into_iter()
@@ -104,6 +105,7 @@ fn event_of(v: &Value) -> Result<Option<Event>, String> {
         }
         "epoll_ctl" => Event::EpollCtl(EpollCtl {
             ts_ns: u64_of(v, "ts_ns")?,
+            pid: u32_of(v, "pid")?,
             tid: u32_of(v, "tid")?,
             epfd: i32_of(v, "epfd")?,
             op: match str_of(v, "op")? {
@@ -120,6 +122,7 @@ fn event_of(v: &Value) -> Result<Option<Event>, String> {
         }),
         "wait" => Event::EpollWait(EpollWait {
             ts_ns: u64_of(v, "ts_ns")?,
+            pid: u32_of(v, "pid")?,
             tid: u32_of(v, "tid")?,
             name: match str_of(v, "name")? {
                 "epoll_wait" => "epoll_wait",
@@ -160,6 +163,7 @@ fn event_of(v: &Value) -> Result<Option<Event>, String> {
             }
             Event::Probe(Probe {
                 ts_ns: u64_of(v, "ts_ns")?,
+                pid: u32_of(v, "pid")?,
                 tid: u32_of(v, "tid")?,
                 name,
                 args,
@@ -177,6 +181,7 @@ fn event_of(v: &Value) -> Result<Option<Event>, String> {
         },
         "process" => Event::Process(ProcessEvent {
             ts_ns: u64_of(v, "ts_ns")?,
+            pid: u32_of(v, "pid")?,
             tid: u32_of(v, "tid")?,
             kind: match str_of(v, "event")? {
                 "exit" => ProcessEventKind::Exit {
