@@ -3,6 +3,39 @@
 //! `eventer-*` probes, made when tokio's own sockets would make it (see
 //! `socket.rs`), and the stream's [`ReadHalf`]/[`WriteHalf`] (borrowed) and
 //! [`OwnedReadHalf`]/[`OwnedWriteHalf`] halves.
+//!
+//! ```
+//! use eventloop_probes::tokio::{TcpListener, TcpStream};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let listener = TcpListener::bind("127.0.0.1:0").await?;
+//! let mut client = TcpStream::connect(listener.local_addr()?).await?;
+//! let (server, _) = listener.accept().await?;
+//!
+//! // Owned halves move to their own tasks; dropping the write half shuts
+//! // the write side down, as tokio's does.
+//! let (mut reader, mut writer) = server.into_split();
+//! let echo = tokio::spawn(async move { tokio::io::copy(&mut reader, &mut writer).await });
+//!
+//! // Borrowed halves stay in one task.
+//! let (mut r, mut w) = client.split();
+//! let (sent, got) = tokio::join!(
+//!     async {
+//!         w.write_all(b"hi").await?;
+//!         w.shutdown().await
+//!     },
+//!     async {
+//!         let mut got = Vec::new();
+//!         r.read_to_end(&mut got).await.map(|_| got)
+//!     },
+//! );
+//! sent?;
+//! assert_eq!(got?, b"hi");
+//! assert_eq!(echo.await.unwrap()?, 2);
+//! # Ok::<_, std::io::Error>(())
+//! # }).unwrap();
+//! ```
 
 use std::fmt;
 use std::io;
