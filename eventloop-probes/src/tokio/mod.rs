@@ -39,6 +39,10 @@
 //! # }).unwrap();
 //! ```
 
+// Every public socket method mirrors tokio's and says what it costs in
+// syscalls and probes; keep it so.
+#![deny(missing_docs)]
+
 mod socket;
 mod stream;
 mod task;
