@@ -276,10 +276,10 @@ fn probes_see_every_accept_byte_eagain_close_and_task_poll() {
             .count();
         assert_eq!(eofs, 1, "EOF reads on fd {fd}");
     }
-    assert!(
-        of("read-return").any(|f| f.rv == EAGAIN),
-        "no read came back EAGAIN"
-    );
+    // No read EAGAIN is required: like tokio's, the sockets try a read
+    // again only after one that filled the buffer or a new epoll event, so
+    // a read says EAGAIN only in those cases (the unit tests pin the rule,
+    // tokio_sockets.rs the syscall counts); accepts above show EAGAIN.
     assert!(
         of("read-return")
             .chain(of("write-return"))
