@@ -35,9 +35,17 @@
 //! # }).unwrap();
 //! ```
 
+#[cfg(feature = "axum")]
+mod axum;
+#[cfg(tokio_unstable)]
+mod hooks;
 mod net;
 mod task;
 
+#[cfg(tokio_unstable)]
+pub use hooks::{
+    after_task_poll, before_task_poll, frame_all_tasks, task_closure, task_terminated,
+};
 pub use net::{OwnedReadHalf, OwnedWriteHalf, TcpListener, TcpStream};
 pub use task::{spawn_named, Instrumented};
 
