@@ -10,3 +10,8 @@ cargo build --release --workspace --bins
 # no probes, and the benchmarks compare against them.
 cargo build --release -p examples --no-default-features --target-dir target/noprobes
 cargo test --release --workspace "$@"
+# Tokio's task hooks exist only under --cfg tokio_unstable: frame_all_tasks
+# (unit, doc and its portsnoop end-to-end test) in its own target dir, so
+# the flag does not rebuild the main one; just eventloop-probes' tests.
+RUSTFLAGS="--cfg tokio_unstable" RUSTDOCFLAGS="--cfg tokio_unstable" \
+    cargo test --release -p eventloop-probes --features axum --target-dir target/unstable "$@"

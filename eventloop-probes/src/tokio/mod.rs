@@ -43,6 +43,10 @@
 // syscalls and probes; keep it so.
 #![deny(missing_docs)]
 
+#[cfg(feature = "axum")]
+mod axum;
+#[cfg(tokio_unstable)]
+mod hooks;
 mod socket;
 mod stream;
 mod task;
@@ -50,6 +54,10 @@ pub mod tcp;
 mod udp;
 pub mod unix;
 
+#[cfg(tokio_unstable)]
+pub use hooks::{
+    after_task_poll, before_task_poll, frame_all_tasks, task_closure, task_terminated,
+};
 pub use task::{spawn_named, Instrumented};
 pub use tcp::{OwnedReadHalf, OwnedWriteHalf, TcpListener, TcpStream};
 pub use udp::UdpSocket;

@@ -14,8 +14,14 @@ use usdt_provider::{mask, Callback};
 
 use crate::fire;
 
-// Ids start at 1 so that 0 can mean "not inside an instrumented task".
-static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
+/// The first [`Instrumented`] id. Ids start above tokio's task ids, which
+/// count up from 1 and are what [`frame_all_tasks`](super::frame_all_tasks)
+/// reports as `closure`: with both on, a `spawn_named` task's frame sits
+/// inside its tokio task's frame, and the two ids must never be confused.
+/// Never 0, which means "not inside a task".
+const FIRST_INSTRUMENTED_ID: u64 = 1 << 32;
+
+static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(FIRST_INSTRUMENTED_ID);
 
 thread_local! {
     // The task whose poll runs on this thread right now. Socket operations
@@ -29,6 +35,14 @@ thread_local! {
 #[inline]
 pub(crate) fn current_closure() -> u64 {
     CURRENT_TASK.with(Cell::get)
+}
+
+/// Makes `id` the task running on this thread (0: none), for the task hooks,
+/// which bracket a poll with two calls rather than a scope.
+#[cfg(all(tokio_unstable, feature = "probes"))]
+#[inline]
+pub(crate) fn set_current_closure(id: u64) {
+    CURRENT_TASK.with(|c| c.set(id));
 }
 
 /// Marks a task as the one running on this thread until dropped, restoring
@@ -63,7 +77,7 @@ pin_project_lite::pin_project! {
     ///
     /// | argument | value |
     /// | --- | --- |
-    /// | `closure`, `event` | the task's id ([`Instrumented::id`]): unique in the process, the same on every poll |
+    /// | `closure`, `event` | the task's id ([`Instrumented::id`]): unique in the process, the same on every poll, 2^32 and up (apart from tokio's task ids) |
     /// | `name` | the name given to [`Instrumented::new`] |
     /// | `fd` | the fd given to [`Instrumented::with_fd`], else -1 |
     /// | `mask`, `newmask` | `READ`: the task was woken and wants to be woken again |
