@@ -360,3 +360,14 @@ fn perf_record_reads_the_exact_values_through_the_definitions() {
         assert!(out.contains(want), "no {want:?} in perf script:\n{out}");
     }
 }
+
+#[test]
+fn probes_compiled_out_leave_no_note() {
+    // The examples call `usdt_provider::register()` either way: that alone
+    // must not link the sites (or their notes) in.
+    for name in ["echo-mio", "echo-tokio"] {
+        let path = tests::noprobes_bin(name);
+        let notes = portsnoop::list::probes_in(&path).unwrap();
+        assert!(notes.is_empty(), "{}: {notes:?}", path.display());
+    }
+}

@@ -91,6 +91,9 @@ mod evloop {
 /// ```
 /// usdt_provider::register().expect("registering the evloop probes");
 /// ```
+// Inline: calling it must not link in this crate's code, where the probe
+// sites and their notes are (a binary with its probes compiled out has none).
+#[inline]
 pub fn register() -> Result<(), usdt::Error> {
     usdt::register_probes()
 }
@@ -190,7 +193,8 @@ macro_rules! sites {
             /// probe keeps all eleven sites, so no note is left without its
             /// code. Calling through it also keeps the compiler from
             /// specializing a site for constant arguments (a second site).
-            #[used]
+            /// Not `#[used]`: a binary that fires no probe (its probes
+            /// compiled out) must not link the sites in, nor their notes.
             pub(super) static SITES: Sites = Sites { $($field,)* };
         }
     };
