@@ -181,6 +181,167 @@ fn write_rows(
     Ok(())
 }
 
+/// The argument names of the `evloop` probes, as `usdt-provider` declares
+/// them (and `evloop.d`): the field names of `list --perf`'s fetches.
+pub fn evloop_arg_names(probe: crate::event::ProbeName) -> &'static [&'static str] {
+    use crate::event::ProbeName::*;
+    match probe {
+        AcceptEntry => &["fd", "addr", "addrlen", "mask", "closure"],
+        AcceptReturn => &["fd", "addr", "addrlen", "mask", "closure", "rv"],
+        ReadEntry | WriteEntry => &["fd", "buf", "len", "mask", "closure"],
+        ReadReturn | WriteReturn => &["fd", "buf", "len", "mask", "closure", "rv"],
+        CloseEntry => &["fd", "mask", "closure"],
+        CloseReturn => &["fd", "mask", "closure", "rv"],
+        CallbackEntry => &["closure", "event", "name", "fd", "mask", "newmask"],
+        CallbackReturn => &["closure", "event", "name", "rv"],
+        Log => &["facility", "file", "line", "msg"],
+    }
+}
+
+/// The tracefs names (x86-64) of the registers that carry arguments 1 to 6,
+/// where the usdt crate puts a probe's arguments (`engine::sites_in` checks
+/// every note for it).
+const TRACEFS_ARG_REGISTERS: [&str; 6] = ["%di", "%si", "%dx", "%cx", "%r8", "%r9"];
+
+/// The tracefs uprobe definition of one site (a line for
+/// `/sys/kernel/tracing/uprobe_events`): event `GROUP/NAME` (the probe's
+/// name with `_` for `-`, then `_N` for a further site of the same probe),
+/// the site's file offset, the semaphore's file offset as the kernel's
+/// reference counter, and one fetch per argument named as the provider
+/// names it, typed from the note's spec. `None` if `path` cannot be written
+/// in that syntax (whitespace, `#`, a control character, not UTF-8).
+pub fn uprobe_definition(
+    group: &str,
+    path: &Path,
+    site: &crate::engine::Site,
+    nth: usize,
+) -> Option<String> {
+    let path = path.to_str()?;
+    if path.is_empty()
+        || path
+            .chars()
+            .any(|c| c.is_whitespace() || c == '#' || escape::unsafe_char(c))
+    {
+        return None;
+    }
+    let mut line = format!("p:{group}/{}", site.probe.as_str().replace('-', "_"));
+    if nth > 0 {
+        line.push_str(&format!("_{nth}"));
+    }
+    line.push_str(&format!(" {path}:{:#x}", site.offset));
+    if site.semaphore_offset != 0 {
+        line.push_str(&format!("({:#x})", site.semaphore_offset));
+    }
+    let names = evloop_arg_names(site.probe);
+    for (i, arg) in site.args.iter().enumerate() {
+        let name = names
+            .get(i)
+            .map_or_else(|| format!("arg{i}"), |n| n.to_string());
+        let kind = if arg.signed { 's' } else { 'u' };
+        let reg = TRACEFS_ARG_REGISTERS.get(i)?;
+        line.push_str(&format!(" {name}={reg}:{kind}{}", u32::from(arg.size) * 8));
+    }
+    Some(line)
+}
+
+/// `portsnoop list --perf`: for every live `evloop` site of the target, its
+/// tracefs uprobe definition (see [`uprobe_definition`]), after a comment
+/// that says how to use them; the whole output can be appended to
+/// `uprobe_events` as it is (tracefs skips `#` comments). perf 6.1 refuses
+/// the probe names (`perf probe` wants C identifiers) and `perf probe -x
+/// BIN 0xADDR` writes a virtual address where tracefs wants a file offset;
+/// these definitions are what works. Every path is escaped; one tracefs
+/// cannot take raw is commented out with the reason.
+pub fn run_perf(what: ListTarget, out: &mut dyn Write) -> Result<(), ListError> {
+    let provider = crate::engine::PROVIDER;
+    let mut found: Vec<(Option<u32>, PathBuf)> = Vec::new();
+    match &what {
+        ListTarget::Pid(pid) => {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(ListError::NoSuchProcess(*pid));
+            }
+            found.extend(mapped_objects(*pid)?.into_iter().map(|o| (Some(*pid), o)));
+        }
+        ListTarget::Path(path) => {
+            // The same checks as the plain list, with its errors.
+            probes_in(path)?;
+            // tracefs resolves a relative path against its writer's
+            // directory: give it the absolute one.
+            found.push((None, std::fs::canonicalize(path).unwrap_or(path.clone())));
+        }
+        ListTarget::All => found.extend(
+            processes_with_provider(provider)
+                .into_iter()
+                .map(|(pid, o)| (Some(pid), o)),
+        ),
+    }
+    let mut lines = Vec::new();
+    let mut count = 0;
+    for (pid, obj) in &found {
+        // A library that vanished or cannot be parsed has no sites to show.
+        let Ok(mut sites) = crate::engine::sites_in(obj, provider) else {
+            continue;
+        };
+        sites.sites.sort_by_key(|s| (s.probe, s.offset));
+        if sites.sites.is_empty() {
+            continue;
+        }
+        let module = escape::path(obj);
+        match pid {
+            Some(pid) => lines.push(format!("# process {pid}: {module}")),
+            None => lines.push(format!("# {module}")),
+        }
+        if sites.dead > 0 {
+            lines.push(format!(
+                "# ({} dead notes skipped: their code was dropped by the linker)",
+                sites.dead
+            ));
+        }
+        let mut seen: Vec<crate::event::ProbeName> = Vec::new();
+        for site in &sites.sites {
+            let nth = seen.iter().filter(|p| **p == site.probe).count();
+            seen.push(site.probe);
+            match uprobe_definition(provider, obj, site, nth) {
+                Some(line) => {
+                    count += 1;
+                    lines.push(line);
+                }
+                None => lines.push(format!(
+                    "# {}: this path cannot be written to uprobe_events (whitespace, '#' or a control character); link it under a plain name",
+                    site.probe.as_str()
+                )),
+            }
+        }
+    }
+    let w = ListError::Write;
+    if count > 0 {
+        let pid = match &what {
+            ListTarget::Pid(pid) => pid.to_string(),
+            _ => "PID".to_string(),
+        };
+        writeln!(
+            out,
+            "# as root: portsnoop list --perf ... >> /sys/kernel/tracing/uprobe_events; perf record -e '{provider}:*' -p {pid}; then remove them: portsnoop list --perf ... | sed -n 's/^p:\\([^ ]*\\).*/-:\\1/p' >> /sys/kernel/tracing/uprobe_events"
+        )
+        .map_err(w)?;
+    }
+    for line in &lines {
+        writeln!(out, "{line}").map_err(w)?;
+    }
+    out.flush().map_err(w)?;
+    if count == 0 {
+        let none = match what {
+            ListTarget::Pid(pid) => format!("process {pid} has no {provider} probe sites"),
+            ListTarget::Path(path) => {
+                format!("{} has no {provider} probe sites", escape::path(&path))
+            }
+            ListTarget::All => format!("no running process has an {provider} provider"),
+        };
+        crate::output::note(format_args!("{none}"));
+    }
+    Ok(())
+}
+
 /// Opens the ELF file at `path` to be read on demand: the parser reads the
 /// headers, the section table and the sections it is asked for, never the
 /// whole file. Refuses what is not a regular file, or has no ELF magic,

@@ -31,7 +31,7 @@ const MAX_DURATION_SECS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
     version,
     about = "Line up an event loop's evloop USDT probes with the kernel's syscalls on the same fd",
     args_conflicts_with_subcommands = true,
-    after_help = "Examples:\n  portsnoop -p 1234                 trace a running process\n  portsnoop --json -- ./echo-mio --listen 127.0.0.1:0\n  portsnoop list                    processes with an evloop provider"
+    after_help = "Examples:\n  portsnoop -p 1234                 trace a running process\n  portsnoop --json -- ./echo-mio --listen 127.0.0.1:0\n  portsnoop list                    processes with an evloop provider\n  portsnoop list --perf -p 1234     its probes as tracefs uprobes, for perf"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,6 +50,10 @@ enum Command {
         pid: Option<u32>,
         /// The binary to list.
         path: Option<PathBuf>,
+        /// Print tracefs uprobe definitions of the evloop probe sites for
+        /// perf (`perf record -e 'evloop:*'`), not the list.
+        #[arg(long)]
+        perf: bool,
     },
 }
 
@@ -116,13 +120,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<(), Box<dyn Error>> = match cli.command {
-        Some(Command::List { pid, path }) => {
+        Some(Command::List { pid, path, perf }) => {
             let what = match (pid, path) {
                 (Some(pid), _) => ListTarget::Pid(pid),
                 (None, Some(path)) => ListTarget::Path(path),
                 (None, None) => ListTarget::All,
             };
-            list::run(what, &mut io::stdout().lock()).map_err(Into::into)
+            let out = &mut io::stdout().lock();
+            if perf {
+                list::run_perf(what, out)
+            } else {
+                list::run(what, out)
+            }
+            .map_err(Into::into)
         }
         None if cli.trace.bpftrace => print_bpftrace(&cli.trace),
         None => trace::run(trace_config(cli.trace))

@@ -136,8 +136,17 @@ usdt:$BIN:evloop:eventer-callback-return { printf("callback-return %lu %lu [%s] 
 usdt:$BIN:evloop:log { printf("log [%s] [%s] %d [%s]\n", str(arg0), str(arg1), arg2, str(arg3)); }
 "#;
 
+/// The tests that attach bpftrace take turns: two attaching to the same
+/// binary at once made one of them exit before its BEGIN now and then
+/// ("bpftrace did not attach: stream closed").
+fn one_bpftrace_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[test]
 fn bpftrace_sees_exactly_the_values_passed_including_bad_input() {
+    let _turn = one_bpftrace_at_a_time();
     tests::require_bpftrace();
     let mut fixture = start_fixture();
     let bt = Bpftrace::start(EVERY_PROBE, fixture.pid());
@@ -205,6 +214,7 @@ fn readme_one_liners() -> Vec<(String, Vec<String>)> {
 
 #[test]
 fn the_readme_one_liners_run_and_print_what_they_promise() {
+    let _turn = one_bpftrace_at_a_time();
     tests::require_bpftrace();
     let one_liners = readme_one_liners();
     assert!(

@@ -91,6 +91,9 @@ mod evloop {
 /// ```
 /// usdt_provider::register().expect("registering the evloop probes");
 /// ```
+// Inline: calling it must not link in this crate's code, where the probe
+// sites and their notes are (a binary with its probes compiled out has none).
+#[inline]
 pub fn register() -> Result<(), usdt::Error> {
     usdt::register_probes()
 }
@@ -153,76 +156,165 @@ pub struct Callback<'a> {
     pub newmask: i32,
 }
 
+// Each probe has exactly one site: the usdt macro expanded once, in a
+// non-generic `#[inline(never)]` function of its own, and every one of those
+// functions is kept alive by `SITES`. The usdt crate writes a probe's note at
+// every expansion of its macro; expanded in the generic wrappers below (as
+// it once was), every monomorphized copy had a note, and the linker dropped
+// the unused copies' code but kept their notes, pointing near address 0:
+// bpftrace and bcc warned "invalid address" for each, libbpf refused the
+// whole probe. With one site per probe, reached only through `SITES`, no
+// note can outlive its code.
+//
+// The wrappers read the probe's semaphore themselves (the same load the usdt
+// macro does, on the same symbol) and build the arguments only when it is
+// set; a disabled probe still costs a load and a branch, and never a call.
+macro_rules! sites {
+    ($($field:ident => $probe:ident ($($arg:ident: $ty:ty),*);)*) => {
+        /// The probe sites, one function per probe.
+        mod site {
+            $(
+                /// The one site of this probe. `extern "C"`: its arguments
+                /// arrive in the registers the note names, so the site is
+                /// the asm alone.
+                #[inline(never)]
+                pub(super) extern "C" fn $field($($arg: $ty),*) {
+                    crate::evloop::$probe!(|| ($($arg),*));
+                }
+            )*
+
+            /// Every site, by probe.
+            pub(super) struct Sites {
+                $(pub(super) $field: extern "C" fn($($ty),*),)*
+            }
+
+            /// Referenced by every enabled fire (a volatile read, so the
+            /// reference survives optimization): a binary that fires any
+            /// probe keeps all eleven sites, so no note is left without its
+            /// code. Calling through it also keeps the compiler from
+            /// specializing a site for constant arguments (a second site).
+            /// Not `#[used]`: a binary that fires no probe (its probes
+            /// compiled out) must not link the sites in, nor their notes.
+            pub(super) static SITES: Sites = Sites { $($field,)* };
+        }
+    };
+}
+
+sites! {
+    accept_entry => eventer__accept__entry(fd: i32, addr: u64, addrlen: i32, mask: i32, closure: u64);
+    accept_return => eventer__accept__return(fd: i32, addr: u64, addrlen: i32, mask: i32, closure: u64, rv: i64);
+    read_entry => eventer__read__entry(fd: i32, buf: u64, len: u64, mask: i32, closure: u64);
+    read_return => eventer__read__return(fd: i32, buf: u64, len: u64, mask: i32, closure: u64, rv: i64);
+    write_entry => eventer__write__entry(fd: i32, buf: u64, len: u64, mask: i32, closure: u64);
+    write_return => eventer__write__return(fd: i32, buf: u64, len: u64, mask: i32, closure: u64, rv: i64);
+    close_entry => eventer__close__entry(fd: i32, mask: i32, closure: u64);
+    close_return => eventer__close__return(fd: i32, mask: i32, closure: u64, rv: i64);
+    callback_entry => eventer__callback__entry(closure: u64, event: u64, name: u64, fd: i32, mask: i32, newmask: i32);
+    callback_return => eventer__callback__return(closure: u64, event: u64, name: u64, rv: i32);
+    log => log(facility: u64, file: u64, line: i32, msg: u64);
+}
+
+/// Whether the probe whose semaphore is `$sema` is enabled: on Linux, one
+/// load of the semaphore the usdt crate defines at the probe's site
+/// (`__usdt_sema_<provider>_<probe>`). Elsewhere the site itself checks, as
+/// the usdt macro does there.
+#[cfg(target_os = "linux")]
+macro_rules! enabled {
+    ($sema:ident) => {{
+        unsafe extern "C" {
+            static $sema: u16;
+        }
+        // SAFETY: the semaphore is a u16 the site's asm defines (in
+        // `.probes`); tracers change it from outside, hence volatile.
+        unsafe { (&raw const $sema).read_volatile() != 0 }
+    }};
+}
+#[cfg(not(target_os = "linux"))]
+macro_rules! enabled {
+    ($sema:ident) => {
+        true
+    };
+}
+
+/// The site of probe `$field`, read from [`site::SITES`].
+macro_rules! site {
+    ($field:ident) => {
+        // SAFETY: a plain read of an immutable static's field; volatile only
+        // so the reference to `SITES` stays.
+        unsafe { core::ptr::read_volatile(&site::SITES.$field) }
+    };
+}
+
 /// Fires `eventer-accept-entry` if enabled.
 #[inline(always)]
 pub fn accept_entry(args: impl FnOnce() -> Accept) {
-    evloop::eventer__accept__entry!(|| {
+    if enabled!(__usdt_sema_evloop_eventer__accept__entry) {
         let a = args();
-        (a.fd, a.addr, a.addrlen, a.mask, a.closure)
-    });
+        site!(accept_entry)(a.fd, a.addr, a.addrlen, a.mask, a.closure);
+    }
 }
 
 /// Fires `eventer-accept-return` if enabled; `rv` is the new fd or `-errno`.
 #[inline(always)]
 pub fn accept_return(args: impl FnOnce() -> (Accept, i64)) {
-    evloop::eventer__accept__return!(|| {
+    if enabled!(__usdt_sema_evloop_eventer__accept__return) {
         let (a, rv) = args();
-        (a.fd, a.addr, a.addrlen, a.mask, a.closure, rv)
-    });
+        site!(accept_return)(a.fd, a.addr, a.addrlen, a.mask, a.closure, rv);
+    }
 }
 
 /// Fires `eventer-read-entry` if enabled.
 #[inline(always)]
 pub fn read_entry(args: impl FnOnce() -> Io) {
-    evloop::eventer__read__entry!(|| {
+    if enabled!(__usdt_sema_evloop_eventer__read__entry) {
         let a = args();
-        (a.fd, a.buf, a.len, a.mask, a.closure)
-    });
+        site!(read_entry)(a.fd, a.buf, a.len, a.mask, a.closure);
+    }
 }
 
 /// Fires `eventer-read-return` if enabled; `rv` is bytes read or `-errno`.
 #[inline(always)]
 pub fn read_return(args: impl FnOnce() -> (Io, i64)) {
-    evloop::eventer__read__return!(|| {
+    if enabled!(__usdt_sema_evloop_eventer__read__return) {
         let (a, rv) = args();
-        (a.fd, a.buf, a.len, a.mask, a.closure, rv)
-    });
+        site!(read_return)(a.fd, a.buf, a.len, a.mask, a.closure, rv);
+    }
 }
 
 /// Fires `eventer-write-entry` if enabled.
 #[inline(always)]
 pub fn write_entry(args: impl FnOnce() -> Io) {
-    evloop::eventer__write__entry!(|| {
+    if enabled!(__usdt_sema_evloop_eventer__write__entry) {
         let a = args();
-        (a.fd, a.buf, a.len, a.mask, a.closure)
-    });
+        site!(write_entry)(a.fd, a.buf, a.len, a.mask, a.closure);
+    }
 }
 
 /// Fires `eventer-write-return` if enabled; `rv` is bytes written or `-errno`.
 #[inline(always)]
 pub fn write_return(args: impl FnOnce() -> (Io, i64)) {
-    evloop::eventer__write__return!(|| {
+    if enabled!(__usdt_sema_evloop_eventer__write__return) {
         let (a, rv) = args();
-        (a.fd, a.buf, a.len, a.mask, a.closure, rv)
-    });
+        site!(write_return)(a.fd, a.buf, a.len, a.mask, a.closure, rv);
+    }
 }
 
 /// Fires `eventer-close-entry` if enabled.
 #[inline(always)]
 pub fn close_entry(args: impl FnOnce() -> Close) {
-    evloop::eventer__close__entry!(|| {
+    if enabled!(__usdt_sema_evloop_eventer__close__entry) {
         let a = args();
-        (a.fd, a.mask, a.closure)
-    });
+        site!(close_entry)(a.fd, a.mask, a.closure);
+    }
 }
 
 /// Fires `eventer-close-return` if enabled; `rv` is 0 or `-errno`.
 #[inline(always)]
 pub fn close_return(args: impl FnOnce() -> (Close, i64)) {
-    evloop::eventer__close__return!(|| {
+    if enabled!(__usdt_sema_evloop_eventer__close__return) {
         let (a, rv) = args();
-        (a.fd, a.mask, a.closure, rv)
-    });
+        site!(close_return)(a.fd, a.mask, a.closure, rv);
+    }
 }
 
 /// Fires `eventer-callback-entry` if enabled.
@@ -240,17 +332,11 @@ pub fn close_return(args: impl FnOnce() -> (Close, i64)) {
 /// ```
 #[inline(always)]
 pub fn callback_entry<'a>(args: impl FnOnce() -> Callback<'a>) {
-    evloop::eventer__callback__entry!(|| {
+    if enabled!(__usdt_sema_evloop_eventer__callback__entry) {
         let a = args();
-        (
-            a.closure,
-            a.event,
-            cstr::stage(0, a.name),
-            a.fd,
-            a.mask,
-            a.newmask,
-        )
-    });
+        let name = cstr::stage(0, a.name);
+        site!(callback_entry)(a.closure, a.event, name, a.fd, a.mask, a.newmask);
+    }
 }
 
 /// Fires `eventer-callback-return` if enabled; `rv` is the callback's new
@@ -258,10 +344,11 @@ pub fn callback_entry<'a>(args: impl FnOnce() -> Callback<'a>) {
 /// both probes always name the callback alike.
 #[inline(always)]
 pub fn callback_return<'a>(args: impl FnOnce() -> (Callback<'a>, i32)) {
-    evloop::eventer__callback__return!(|| {
+    if enabled!(__usdt_sema_evloop_eventer__callback__return) {
         let (a, rv) = args();
-        (a.closure, a.event, cstr::stage(0, a.name), rv)
-    });
+        let name = cstr::stage(0, a.name);
+        site!(callback_return)(a.closure, a.event, name, rv);
+    }
 }
 
 /// Fires `log` if enabled. The message closure runs only while a tracer has
@@ -273,16 +360,16 @@ pub fn callback_return<'a>(args: impl FnOnce() -> (Callback<'a>, i32)) {
 /// ```
 #[inline(always)]
 pub fn log<M: AsRef<str>>(facility: &str, file: &str, line: u32, msg: impl FnOnce() -> M) {
-    evloop::log!(|| {
+    if enabled!(__usdt_sema_evloop_log) {
         let line = i32::try_from(line).unwrap_or(i32::MAX);
         let msg = msg();
-        (
+        site!(log)(
             cstr::stage(0, facility),
             cstr::stage(1, file),
             line,
             cstr::stage(2, msg.as_ref()),
-        )
-    });
+        );
+    }
 }
 
 /// Fires `log` with a `format!`-style message, formatted only while a tracer
