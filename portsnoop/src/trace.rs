@@ -372,15 +372,20 @@ fn follow_exec(
         note(format_args!("{}", escape::escape(warning)));
     }
     correlator.threads_before_trace(attached.threads_before_trace.iter().copied());
-    Some(Event::Process(ProcessEvent {
+    Some(now_tracing(attached))
+}
+
+/// The event that says what is traced of a process now (after its exec).
+fn now_tracing(attached: &engine::Attached) -> Event {
+    Event::Process(ProcessEvent {
         ts_ns: engine::monotonic_ns(),
-        pid,
-        tid: pid,
+        pid: attached.pid,
+        tid: attached.pid,
         kind: ProcessEventKind::Traced {
             exe: attached.exe.clone(),
             probes: attached.probes,
         },
-    }))
+    })
 }
 
 /// With `-f`: attaches each new child's probes (its image is its parent's,
@@ -465,15 +470,7 @@ fn follow_processes(
             ));
         }
         if matches!(change, engine::Change::Exec(_)) {
-            events.push(Event::Process(ProcessEvent {
-                ts_ns: engine::monotonic_ns(),
-                pid,
-                tid: pid,
-                kind: ProcessEventKind::Traced {
-                    exe: attached.exe.clone(),
-                    probes: attached.probes,
-                },
-            }));
+            events.push(now_tracing(&attached));
         }
     }
     events

@@ -739,3 +739,41 @@ pub(super) fn unix_addr(
         }
     }
 }
+
+/// `AsRawFd`, `AsFd`, `Debug` (its fd) and `TryFrom<$std>` (its `from_std`)
+/// for a socket type `$ty` whose field `sock` is a `Socket<$std>`: the same
+/// for every socket type, written once.
+macro_rules! socket_traits {
+    ($ty:ident, $std:ty) => {
+        impl std::os::fd::AsRawFd for $ty {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                self.sock.fd()
+            }
+        }
+
+        impl std::os::fd::AsFd for $ty {
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                std::os::fd::AsFd::as_fd(self.sock.get_ref())
+            }
+        }
+
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    .field("fd", &self.sock.fd())
+                    .finish()
+            }
+        }
+
+        impl TryFrom<$std> for $ty {
+            type Error = std::io::Error;
+
+            /// Same as `from_std`.
+            fn try_from(socket: $std) -> std::io::Result<$ty> {
+                $ty::from_std(socket)
+            }
+        }
+    };
+}
+
+pub(super) use socket_traits;

@@ -144,34 +144,7 @@ macro_rules! stream_surface {
             }
         }
 
-        impl AsRawFd for $stream {
-            fn as_raw_fd(&self) -> RawFd {
-                self.sock.fd()
-            }
-        }
-
-        impl AsFd for $stream {
-            fn as_fd(&self) -> BorrowedFd<'_> {
-                self.sock.get_ref().as_fd()
-            }
-        }
-
-        impl fmt::Debug for $stream {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_struct(stringify!($stream))
-                    .field("fd", &self.sock.fd())
-                    .finish()
-            }
-        }
-
-        impl TryFrom<$std> for $stream {
-            type Error = io::Error;
-
-            /// Same as `from_std`.
-            fn try_from(stream: $std) -> io::Result<$stream> {
-                $stream::from_std(stream)
-            }
-        }
+        super::socket::socket_traits!($stream, $std);
 
         #[doc = concat!("The reading half of a [`", stringify!($stream), "`] borrowed by [`", stringify!($stream), "::split`].")]
         #[derive(Debug)]

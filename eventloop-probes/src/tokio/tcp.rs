@@ -48,7 +48,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf, Ready};
 
-use super::socket::{self, Socket};
+use super::socket::{self, socket_traits, Socket};
 use super::stream::stream_surface;
 
 /// A listening TCP socket whose accepts fire `eventer-accept-entry/return`.
@@ -167,34 +167,7 @@ impl TcpListener {
     }
 }
 
-impl TryFrom<std::net::TcpListener> for TcpListener {
-    type Error = io::Error;
-
-    /// Same as [`TcpListener::from_std`].
-    fn try_from(listener: std::net::TcpListener) -> io::Result<TcpListener> {
-        TcpListener::from_std(listener)
-    }
-}
-
-impl AsRawFd for TcpListener {
-    fn as_raw_fd(&self) -> RawFd {
-        self.sock.fd()
-    }
-}
-
-impl AsFd for TcpListener {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.sock.get_ref().as_fd()
-    }
-}
-
-impl fmt::Debug for TcpListener {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TcpListener")
-            .field("fd", &self.sock.fd())
-            .finish()
-    }
-}
+socket_traits!(TcpListener, std::net::TcpListener);
 
 /// The error of a name that resolved to nothing.
 pub(super) fn no_address() -> io::Error {

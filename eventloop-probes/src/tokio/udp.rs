@@ -2,15 +2,13 @@
 //! `recv`/`recvfrom` is probed as a read, every `send`/`sendto` as a write,
 //! and whose drop fires the close probes.
 
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::task::{Context, Poll};
 
 use tokio::io::{Interest, ReadBuf, Ready};
 
-use super::socket::{self, Socket};
+use super::socket::{self, socket_traits, Socket};
 use super::tcp::no_address;
 
 /// A UDP socket whose receives fire `eventer-read-*`, sends
@@ -296,31 +294,4 @@ impl UdpSocket {
     }
 }
 
-impl TryFrom<std::net::UdpSocket> for UdpSocket {
-    type Error = io::Error;
-
-    /// Same as [`UdpSocket::from_std`].
-    fn try_from(socket: std::net::UdpSocket) -> io::Result<UdpSocket> {
-        UdpSocket::from_std(socket)
-    }
-}
-
-impl AsRawFd for UdpSocket {
-    fn as_raw_fd(&self) -> RawFd {
-        self.sock.fd()
-    }
-}
-
-impl AsFd for UdpSocket {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.sock.get_ref().as_fd()
-    }
-}
-
-impl fmt::Debug for UdpSocket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UdpSocket")
-            .field("fd", &self.sock.fd())
-            .finish()
-    }
-}
+socket_traits!(UdpSocket, std::net::UdpSocket);

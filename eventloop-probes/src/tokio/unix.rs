@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf, Ready};
 use tokio::net::unix::SocketAddr;
 
-use super::socket::{self, Socket};
+use super::socket::{self, socket_traits, Socket};
 use super::stream::stream_surface;
 
 /// A listening Unix socket whose accepts fire `eventer-accept-entry/return`
@@ -94,34 +94,7 @@ impl UnixListener {
     }
 }
 
-impl TryFrom<std::os::unix::net::UnixListener> for UnixListener {
-    type Error = io::Error;
-
-    /// Same as [`UnixListener::from_std`].
-    fn try_from(listener: std::os::unix::net::UnixListener) -> io::Result<UnixListener> {
-        UnixListener::from_std(listener)
-    }
-}
-
-impl AsRawFd for UnixListener {
-    fn as_raw_fd(&self) -> RawFd {
-        self.sock.fd()
-    }
-}
-
-impl AsFd for UnixListener {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.sock.get_ref().as_fd()
-    }
-}
-
-impl fmt::Debug for UnixListener {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UnixListener")
-            .field("fd", &self.sock.fd())
-            .finish()
-    }
-}
+socket_traits!(UnixListener, std::os::unix::net::UnixListener);
 
 /// A Unix-domain stream whose reads and writes fire `eventer-read-*` and
 /// `eventer-write-*`, and whose drop fires `eventer-close-*`, with the

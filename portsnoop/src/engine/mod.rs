@@ -160,6 +160,24 @@ pub struct Attached {
 }
 
 impl Attached {
+    /// What attaching `sites` of process `pid`'s `image` came to (no sites
+    /// if they could not be attached).
+    fn of(pid: u32, image: &Image, tracepoints: usize, sites: Option<&ImageSites>) -> Attached {
+        Attached {
+            pid,
+            exe: image.shown.clone(),
+            probes: sites.map_or(0, |s| s.probes),
+            sites: sites.map_or(0, |s| s.sites),
+            shared_sites: sites.map_or(0, |s| s.shared),
+            skipped_sites: sites.map_or(0, |s| s.skipped),
+            dead_sites: sites.map_or(0, |s| s.dead),
+            unreadable_sites: sites.map_or(0, |s| s.unreadable),
+            tracepoints,
+            threads_before_trace: Vec::new(),
+            warnings: sites.map_or_else(Vec::new, |s| s.warnings.clone()),
+        }
+    }
+
     /// `" (1 site shared with another uprobe, 0 skipped)"` for the ready
     /// line, or nothing when every site is portsnoop's alone.
     pub fn sharing(&self) -> String {
@@ -322,17 +340,8 @@ impl Engine {
             threads_of(target.pid())
         };
         let attached = Attached {
-            pid: target.pid(),
-            exe: image.shown.clone(),
-            probes: sites.probes,
-            sites: sites.sites,
-            shared_sites: sites.shared,
-            skipped_sites: sites.skipped,
-            dead_sites: sites.dead,
-            unreadable_sites: sites.unreadable,
-            tracepoints,
             threads_before_trace,
-            warnings: sites.warnings,
+            ..Attached::of(target.pid(), image, tracepoints, Some(&sites))
         };
         let mut by_pid = BTreeMap::new();
         by_pid.insert(
@@ -453,30 +462,22 @@ impl Engine {
     /// process is recorded on the kernel side only and the error is
     /// returned.
     pub fn attach_process(&mut self, pid: u32, image: &Image) -> Result<Attached, Error> {
+        let (attached, result) = self.attach_image(pid, image);
+        result.map(|()| attached)
+    }
+
+    /// Swaps process `pid`'s probe sites for those of `image`, with
+    /// recording paused meanwhile; kernel side only if they cannot be
+    /// attached (the error is returned beside what was attached).
+    fn attach_image(&mut self, pid: u32, image: &Image) -> (Attached, Result<(), Error>) {
         self.set_recording(pid, false);
+        // Dropping a link detaches it; before the new ones, so that a
+        // re-exec of the same binary does not count its semaphores twice.
         self.sites.remove(&pid);
         let result = attach_sites(&self.skel, pid, &image.path);
-        let mut attached = Attached {
-            pid,
-            exe: image.shown.clone(),
-            probes: 0,
-            sites: 0,
-            shared_sites: 0,
-            skipped_sites: 0,
-            dead_sites: 0,
-            unreadable_sites: 0,
-            tracepoints: self.attached.tracepoints,
-            threads_before_trace: Vec::new(),
-            warnings: Vec::new(),
-        };
+        let mut attached =
+            Attached::of(pid, image, self.attached.tracepoints, result.as_ref().ok());
         let result = result.map(|sites| {
-            attached.probes = sites.probes;
-            attached.sites = sites.sites;
-            attached.shared_sites = sites.shared;
-            attached.skipped_sites = sites.skipped;
-            attached.dead_sites = sites.dead;
-            attached.unreadable_sites = sites.unreadable;
-            attached.warnings = sites.warnings;
             self.arg_specs.borrow_mut().insert(pid, sites.arg_specs);
             self.sites.insert(
                 pid,
@@ -486,15 +487,13 @@ impl Engine {
                 },
             );
         });
-        // Kernel side only if need be: an empty entry marks it attached.
-        self.sites.entry(pid).or_insert_with(|| ProcessSites {
-            links: Vec::new(),
-            semaphores: Vec::new(),
-        });
+        if result.is_err() {
+            self.record_without_sites(pid);
+        }
         self.set_recording(pid, true);
         // Listed after recording began (see `attach`).
         attached.threads_before_trace = threads_of(pid);
-        result.map(|()| attached)
+        (attached, result)
     }
 
     /// With -f: records followed process `pid` without probe sites (its
@@ -525,35 +524,8 @@ impl Engine {
     /// If the new image's sites cannot be attached, recording resumes on
     /// the kernel side only and the error is returned.
     pub fn reattach(&mut self, target: &Target) -> Result<&Attached, Error> {
-        let pid = target.pid();
-        self.set_recording(pid, false);
-        // Dropping a link detaches it; before the new ones, so that a
-        // re-exec of the same binary does not count its semaphores twice.
-        self.sites.remove(&pid);
-        let image = target.image();
-        let result = attach_sites(&self.skel, pid, &image.path);
-        let sites = result.as_ref().ok();
-        self.attached.exe = image.shown.clone();
-        self.attached.probes = sites.map_or(0, |s| s.probes);
-        self.attached.sites = sites.map_or(0, |s| s.sites);
-        self.attached.dead_sites = sites.map_or(0, |s| s.dead);
-        self.attached.unreadable_sites = sites.map_or(0, |s| s.unreadable);
-        self.attached.shared_sites = sites.map_or(0, |s| s.shared);
-        self.attached.skipped_sites = sites.map_or(0, |s| s.skipped);
-        self.attached.warnings = sites.map_or_else(Vec::new, |s| s.warnings.clone());
-        let result = result.map(|sites| {
-            self.arg_specs.borrow_mut().insert(pid, sites.arg_specs);
-            self.sites.insert(
-                pid,
-                ProcessSites {
-                    links: sites.links,
-                    semaphores: sites.semaphores,
-                },
-            );
-        });
-        self.set_recording(pid, true);
-        // Listed after recording began again (see `attach`).
-        self.attached.threads_before_trace = threads_of(target.pid());
+        let (attached, result) = self.attach_image(target.pid(), target.image());
+        self.attached = attached;
         result.map(|()| &self.attached)
     }
 
