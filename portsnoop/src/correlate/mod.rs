@@ -38,6 +38,12 @@
 //! - **The end**: the trace ended, or the process exited or exec'd, with ops
 //!   still open. A disagreement an op already had is kept.
 //!
+//! An fd's life ends when a thread *enters* `close(2)` ([`Event::CloseEnter`]),
+//! where the kernel frees the number. A close whose entry is missing (it
+//! began before the trace, or in a loss) ends nothing when its record
+//! comes: the number was freed before any op open now began, and may be
+//! another's already.
+//!
 //! ```
 //! use portsnoop::correlate::{Correlator, Filter, Record};
 //! use portsnoop::event::{Event, Probe, ProbeName, Syscall, SyscallName};
