@@ -6,6 +6,8 @@
 //! wait here has a deadline so a broken build or tracer fails a test
 //! instead of hanging CI.
 
+pub mod fixture;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

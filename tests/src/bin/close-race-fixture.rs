@@ -12,7 +12,7 @@ use std::net::{SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use usdt_provider::{mask, Accept, Close, Io};
+use usdt_provider::{mask, Io};
 
 const CLOSURE: u64 = 7;
 
@@ -29,22 +29,8 @@ fn tid() -> i64 {
     unsafe { libc::syscall(libc::SYS_gettid) }
 }
 
-/// `accept4` on `listener` between its probes.
 fn accept(listener: &TcpListener) -> TcpStream {
-    let args = Accept {
-        fd: listener.as_raw_fd(),
-        addr: 0,
-        addrlen: 0,
-        mask: mask::READ,
-        closure: CLOSURE,
-    };
-    usdt_provider::accept_entry(|| args);
-    let accepted = listener.accept();
-    let rv = accepted
-        .as_ref()
-        .map_or(-1, |(s, _)| i64::from(s.as_raw_fd()));
-    usdt_provider::accept_return(|| (args, rv));
-    accepted.unwrap_or_else(|_| die("accept")).0
+    tests::fixture::accept(listener, CLOSURE).unwrap_or_else(|_| die("accept"))
 }
 
 /// A TCP socket made now and connected later, so connecting takes no new
@@ -147,17 +133,9 @@ fn main() {
     let fd = slow.into_raw_fd();
 
     let closer = std::thread::spawn(move || {
-        let args = Close {
-            fd,
-            mask: mask::READ,
-            closure: CLOSURE,
-        };
-        usdt_provider::close_entry(|| args);
         let start = Instant::now();
-        // SAFETY: closing the fd this thread owns now.
-        let rv = unsafe { libc::close(fd) };
+        tests::fixture::close(fd, CLOSURE);
         let took = start.elapsed();
-        usdt_provider::close_return(|| (args, i64::from(rv)));
         (tid(), took)
     });
 

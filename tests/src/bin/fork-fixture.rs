@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 
-use usdt_provider::{mask, Accept, Close, Io};
+use usdt_provider::{mask, Io};
 
 const CLOSURE: u64 = 9;
 
@@ -23,34 +23,11 @@ fn die(what: &str) -> ! {
 }
 
 fn accept(listener: &TcpListener) -> TcpStream {
-    let args = Accept {
-        fd: listener.as_raw_fd(),
-        addr: 0,
-        addrlen: 0,
-        mask: mask::READ,
-        closure: CLOSURE,
-    };
-    usdt_provider::accept_entry(|| args);
-    let accepted = listener.accept();
-    let rv = accepted
-        .as_ref()
-        .map_or(-1, |(s, _)| i64::from(s.as_raw_fd()));
-    usdt_provider::accept_return(|| (args, rv));
-    accepted.unwrap_or_else(|_| die("accept")).0
+    tests::fixture::accept(listener, CLOSURE).unwrap_or_else(|_| die("accept"))
 }
 
-/// Closes `fd` between the close probes (not by a drop, which the probes
-/// would not see).
 fn close(fd: i32) {
-    let args = Close {
-        fd,
-        mask: mask::READ,
-        closure: CLOSURE,
-    };
-    usdt_provider::close_entry(|| args);
-    // SAFETY: the caller gives up `fd`.
-    let rv = unsafe { libc::close(fd) };
-    usdt_provider::close_return(|| (args, i64::from(rv)));
+    tests::fixture::close(fd, CLOSURE);
 }
 
 fn serve(mut conn: TcpStream) {
