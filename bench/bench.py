@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Side-by-side benchmarks on one machine in one run: echo throughput of the
 servers with no tracer, a real framework (hyper) on plain vs evloop tokio
-sockets (requests/s untraced and under portsnoop -q, socket syscalls per
-request counted in the kernel), then the cost per traced event of portsnoop,
+sockets (requests/s untraced and under portsnoop -q and --json, what tracing
+costs per event, socket syscalls per request counted in the kernel), then
+the cost per traced event of portsnoop,
 strace and bpftrace on the same workload, then portsnoop's capacity and its
 own footprint. Rounds alternate between contenders so drift hits all alike;
 medians and ratios are printed and written as JSON.
@@ -238,21 +239,28 @@ def http_bench(results):
     alternating build and tracer round by round."""
     hyper = os.path.join(REL, "hello-hyper")
     conns, reqs = (4, 1000) if QUICK else (8, 5000)
-    modes = ["untraced", "portsnoop -q"]
+    # -q: the cheapest way to watch a service; --json: every event written
+    # out (to /dev/null, so the writing is measured, not a disk).
+    modes = {"untraced": None, "portsnoop -q": ["-q"], "portsnoop --json": ["--json"]}
     rates = {(b, m): [] for b in HYPER_BUILDS for m in modes}
+    # Per traced run: (requests, events portsnoop saw, that round's untraced rate).
+    traced = {(b, m): [] for b in HYPER_BUILDS for m in modes if modes[m]}
     for _ in range(ROUNDS):
         for build, extra in HYPER_BUILDS.items():
-            for mode in modes:
+            for mode, flags in modes.items():
                 s, addr = server(hyper, *extra)
                 tracer = None
-                if mode == "portsnoop -q":
-                    tracer = Proc([os.path.join(REL, "portsnoop"), "-q", "-p", str(s.p.pid), "-o", "/dev/null"],
+                if flags:
+                    tracer = Proc([os.path.join(REL, "portsnoop"), *flags, "-p", str(s.p.pid), "-o", "/dev/null"],
                                   stdout=False)
                     tracer.wait_line(lambda l: l.endswith("; ready"), where="err")
-                rate, _ = http_load(addr, conns, reqs)
+                rate, requests = http_load(addr, conns, reqs)
                 rates[(build, mode)].append(rate)
                 if tracer is not None:
                     tracer.stop()
+                    events = next((int(m.group(1)) for l in reversed(tracer.err)
+                                   if (m := re.match(r"portsnoop: (\d+) events, ", l))), 0)
+                    traced[(build, mode)].append((requests, events, rates[(build, "untraced")][-1], rate))
                 s.stop(signal.SIGTERM)
 
     def paired(a, b):
@@ -264,7 +272,19 @@ def http_bench(results):
         "evloop_vs_plain_traced": paired(("evloop", "portsnoop -q"), ("plain", "portsnoop -q")),
         "plain_traced_vs_untraced": paired(("plain", "portsnoop -q"), ("plain", "untraced")),
         "evloop_traced_vs_untraced": paired(("evloop", "portsnoop -q"), ("evloop", "untraced")),
+        "evloop_json_vs_untraced": paired(("evloop", "portsnoop --json"), ("evloop", "untraced")),
     }
+    # What tracing costs per event on this real server: the load's extra
+    # time (traced run minus its round's untraced run) over the events
+    # portsnoop saw, as the trace part measures it for echo.
+    per_event = {}
+    for (b, m), runs in traced.items():
+        if not runs or not all(e for _, e, _, _ in runs):
+            continue
+        per_event[f"{b} {m}"] = {
+            "events_per_request": round(statistics.median(e / n for n, e, _, _ in runs), 2),
+            "us_per_event": round(statistics.median((n / r - n / u) / e * 1e6 for n, e, u, r in runs), 3),
+        }
     per_req = {}
     for build, extra in HYPER_BUILDS.items():
         counts, requests = count_syscalls([hyper, *extra], conns, reqs)
@@ -282,6 +302,7 @@ def http_bench(results):
                   "runs": [round(x) for x in r]} for (b, m), r in rates.items()],
         "paired_ratios": {k: {"median": v[0], "rounds": v[1]} for k, v in ratios.items()},
         "syscalls": per_req,
+        "tracing_cost": per_event,
     }
     print(f"\n== hyper hello-world: tokio sockets (plain) vs evloop sockets ({conns} keep-alive conns x {reqs} "
           f"requests; median of {ROUNDS}) ==")
@@ -291,6 +312,9 @@ def http_bench(results):
     print("paired ratios (round by round, median; rounds):")
     for k, (med, rounds) in ratios.items():
         print("  %-28s %.3f   %s" % (k, med, " ".join("%.3f" % x for x in rounds)))
+    print("tracing cost (extra load time of each traced run over its round's untraced run / events seen; median):")
+    for k, v in per_event.items():
+        print(f"  {k:24s} {v['events_per_request']:6.2f} events/request  {v['us_per_event']:.3f} us/event")
     print("syscalls per request, counted in the kernel (bpftrace raw_syscalls, one run each):")
     for b, p in per_req.items():
         top = ", ".join(f"{k} {v}" for k, v in list(p["by_name_per_request"].items())[:8])

@@ -7,7 +7,8 @@
 use std::fmt;
 use std::io;
 
-/// See the [module docs](self).
+/// Why a target could not be found, started or followed (see the module
+/// docs of `target::error`).
 #[derive(Debug)]
 pub enum Error {
     /// No process or thread with this id.

@@ -10,7 +10,7 @@
 //!    would otherwise inherit), asks to be ptraced and execs. An exec that
 //!    fails comes back as its errno over a close-on-exec pipe. The child is
 //!    then run to its ELF entry point and held there (see
-//!    [`ptrace::run_to_entry`] for why not right after exec), with
+//!    `ptrace::run_to_entry` for why not right after exec), with
 //!    `PTRACE_O_EXITKILL`.
 //!    **Or attach** (`-p PID`, [`Target::attach`]): a thread id is mapped
 //!    to its process; a kernel thread is refused.
@@ -157,7 +157,7 @@ impl Target {
     /// image's dynamic loader has finished, so its probes can be attached,
     /// and makes it the current image. Returns whether the loader was seen
     /// to finish (if not, the caller attaches anyway and may miss
-    /// semaphores; see [`ptrace::run_to_entry`]).
+    /// semaphores; see `ptrace::run_to_entry`).
     pub fn reload(&mut self, timeout: Duration) -> Result<bool, Error> {
         let image = Image::of(self.pid)?;
         let done = image.wait_loader_done(self.pid, Instant::now() + timeout);
