@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+pub use crate::sock::{SocketInfo, TcpEvent};
+
 /// One thing that happened in the traced process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -34,6 +36,12 @@ pub enum Event {
     },
     /// The traced process exited, was killed or exec'd.
     Process(ProcessEvent),
+    /// The socket an fd holds, known from an `accept`, a `connect` or (for
+    /// one open before the trace) `/proc`: comes just before its syscall.
+    Socket(SocketInfo),
+    /// A TCP state change, retransmit or reset on a socket a traced fd
+    /// holds or last held.
+    Tcp(TcpEvent),
 }
 
 impl Event {
@@ -47,6 +55,8 @@ impl Event {
             Event::Probe(e) => e.ts_ns,
             Event::Lost { ts_ns, .. } => *ts_ns,
             Event::Process(e) => e.ts_ns,
+            Event::Socket(e) => e.ts_ns,
+            Event::Tcp(e) => e.ts_ns,
         }
     }
 
@@ -60,6 +70,8 @@ impl Event {
             Event::Probe(e) => Some(e.pid),
             Event::Lost { .. } => None,
             Event::Process(e) => Some(e.pid),
+            Event::Socket(e) => Some(e.pid),
+            Event::Tcp(e) => Some(e.pid),
         }
     }
 
@@ -73,6 +85,8 @@ impl Event {
             Event::Probe(e) => Some(e.tid),
             Event::Lost { .. } => None,
             Event::Process(e) => Some(e.tid),
+            Event::Socket(e) => Some(e.tid),
+            Event::Tcp(e) => Some(e.tid),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod event;
 pub mod list;
 pub mod output;
+pub mod sock;
 pub mod stop;
 pub mod target;
 pub mod trace;

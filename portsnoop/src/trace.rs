@@ -190,7 +190,8 @@ pub fn run(config: TraceConfig) -> Result<Summary, Error> {
     for (epfd, fd, data) in crate::correlate::registrations_of(attached.pid) {
         correlator.known_registration(attached.pid, epfd, fd, data);
     }
-    let (mut events, mut records) = (Vec::new(), Vec::new());
+    // And its sockets were open before we looked: named from /proc.
+    let (mut events, mut records) = (engine.sockets_before_trace(attached.pid), Vec::new());
     stop.running(config.duration);
     let mut ended: Option<ProcessEventKind> = None;
     // The first write error ends the session; the rest of it still runs.
@@ -315,6 +316,7 @@ fn finish_output(
     };
     let mut summary = correlator.finish(records);
     summary.lost_events = summary.lost_events.max(engine.lost_total());
+    summary.tcp_untracked = engine.tcp_untracked();
     let written = written.and_then(|()| {
         for r in records.drain(..) {
             output.record(&r)?;

@@ -111,6 +111,8 @@ fn apply(stream: &mut Vec<Event>, d: &Damage) {
             Event::Probe(x) => x.ts_ns = ts,
             Event::Lost { ts_ns, .. } => *ts_ns = ts,
             Event::Process(x) => x.ts_ns = ts,
+            Event::Socket(x) => x.ts_ns = ts,
+            Event::Tcp(x) => x.ts_ns = ts,
         },
         Damage::End(a) => {
             let a = a % n;

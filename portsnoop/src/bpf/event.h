@@ -14,6 +14,8 @@
 #define EV_CLOSE_ENTER 8
 #define EV_FORK 9
 #define EV_EXIT 10
+#define EV_SOCK 11
+#define EV_TCP 12
 
 /* Syscall kinds, in the order of event.rs's SyscallName::ALL, then epoll. */
 #define SC_READ 0
@@ -147,6 +149,61 @@ struct ev_exit {
 	struct ev_header h;
 	__s32 code;
 	__u32 pad;
+};
+
+/* The socket behind an fd, read from the kernel's socket at accept,
+ * accept4 or connect return (connect: also EINPROGRESS). Addresses as the
+ * kernel keeps them (network byte order; IPv4 in the first 4 bytes),
+ * ports in host order. A Unix socket's bound path (its sun_path bytes,
+ * `*_path_len` of them; abstract names start with a NUL) is in the paths
+ * instead. `sk` is the struct sock's address: the key the TCP records
+ * carry too. */
+#define SOCK_PATH_LEN 108
+struct ev_sock {
+	struct ev_header h;
+	__s32 fd;
+	__u32 kind; /* the SC_* syscall that made it known */
+	__u64 sk;
+	__u64 ino; /* the socket's inode, as in /proc/PID/fd's socket:[ino] */
+	__u16 family;
+	__u16 type;
+	__u16 protocol;
+	__u16 lport;
+	__u16 rport;
+	__u16 lpath_len;
+	__u16 rpath_len;
+	__u16 pad;
+	__u8 laddr[16];
+	__u8 raddr[16];
+	char lpath[SOCK_PATH_LEN];
+	char rpath[SOCK_PATH_LEN];
+};
+
+/* A TCP event on a socket a traced fd holds or last held: h.pid and fd
+ * are that holder (the fd may be closed by now), h.tid the thread the
+ * kernel ran it on if it is one of h.pid's, else 0 (softirq). For a state
+ * change from/to are the kernel's TCP_* states; for the others both are
+ * the state at the time. The counters are tcp_sock's as the kernel keeps
+ * them (a FIN received counts one in bytes_received, a SYN or FIN acked
+ * one in bytes_acked); fin_received is SOCK_DONE, fin_acked says the
+ * sent FIN is acked (snd_una == write_seq after shutdown for writing). */
+#define TCP_EV_STATE 0
+#define TCP_EV_RETRANSMIT 1
+#define TCP_EV_RESET_SENT 2
+#define TCP_EV_RESET_RECEIVED 3
+struct ev_tcp {
+	struct ev_header h;
+	__s32 fd;
+	__u32 event;
+	__u64 sk;
+	__s32 from;
+	__s32 to;
+	__u64 bytes_received;
+	__u64 bytes_acked;
+	__u8 fin_received;
+	__u8 fin_acked;
+	__u16 pad1;
+	__u32 pad2;
 };
 
 #endif

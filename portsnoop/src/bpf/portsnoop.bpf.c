@@ -69,6 +69,7 @@ struct task_struct {
 	int pid;
 	int tgid;
 	int exit_code;
+	struct files_struct *files;
 } __attribute__((preserve_access_index));
 
 struct {
@@ -121,6 +122,130 @@ struct {
 	__type(key, int);
 	__type(value, struct inflight);
 } inflight SEC(".maps");
+
+/* Sockets: who holds one, read with CO-RE from the fd table. Only the
+ * fields used are declared; libbpf relocates them against the kernel's
+ * BTF (anonymous unions in sock_common are looked through). */
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __attribute__((preserve_access_index));
+
+struct files_struct {
+	struct fdtable *fdt;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	unsigned short i_mode;
+	unsigned long i_ino;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct inode *f_inode;
+	void *private_data;
+} __attribute__((preserve_access_index));
+
+struct socket {
+	struct sock *sk;
+	struct file *file;
+} __attribute__((preserve_access_index));
+
+struct ps_in6 {
+	__u8 b[16];
+};
+
+struct sock_common {
+	__u32 skc_daddr;
+	__u32 skc_rcv_saddr;
+	__u16 skc_dport;
+	__u16 skc_num;
+	unsigned short skc_family;
+	struct ps_in6 skc_v6_daddr;
+	struct ps_in6 skc_v6_rcv_saddr;
+	unsigned char skc_state;
+	unsigned long skc_flags;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+	struct socket *sk_socket;
+	__u16 sk_protocol;
+	__u16 sk_type;
+	__u8 sk_shutdown;
+	unsigned long sk_flags;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock {
+	__u64 bytes_received;
+	__u64 bytes_acked;
+	__u32 snd_una;
+	__u32 write_seq;
+} __attribute__((preserve_access_index));
+
+struct ps_sun {
+	unsigned short sun_family;
+	char sun_path[SOCK_PATH_LEN];
+};
+
+struct unix_address {
+	int len;
+	struct ps_sun name[0];
+} __attribute__((preserve_access_index));
+
+struct unix_sock {
+	struct unix_address *addr;
+	struct sock *peer;
+} __attribute__((preserve_access_index));
+
+#define PS_AF_UNIX 1
+#define PS_AF_INET 2
+#define PS_AF_INET6 10
+#define PS_IPPROTO_TCP 6
+#define PS_TCP_CLOSE 7
+#define PS_S_IFMT 0170000
+#define PS_S_IFSOCK 0140000
+#define PS_SEND_SHUTDOWN 2
+#define PS_SOCK_DONE 1
+#define PS_EINPROGRESS 115
+
+/* Who holds a TCP socket: the traced process and fd that accepted or
+ * connected it (or held it when the trace began). */
+struct sock_owner {
+	__u32 pid;
+	__s32 fd;
+};
+
+/* TCP sockets of the traced processes, by struct sock address. TCP events
+ * fire in softirq on any CPU, often in no traced task, and after the fd is
+ * closed (LAST_ACK -> CLOSE): they are filtered by socket, not by tgid.
+ * An entry goes when its socket reaches CLOSE; a full map is counted in
+ * sock_map_full (never silent), and that socket's TCP events are missed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct sock_owner);
+} socks SEC(".maps");
+
+/* Sockets open before the trace, by inode (from /proc/PID/fd), filled by
+ * the engine: the first TCP event of such a socket moves it to socks. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct sock_owner);
+} sock_inodes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} sock_map_full SEC(".maps");
+
+/* Set by the engine once it has put sockets in sock_inodes: until then a
+ * TCP event of an unknown socket costs one hash lookup, not two. */
+volatile __u32 have_sock_inodes = 0;
 
 /* The raw tracepoints' arguments: sys_enter(struct pt_regs *regs, long id)
  * and sys_exit(struct pt_regs *regs, long ret). The syscall's own
@@ -289,6 +414,103 @@ static __always_inline void *reserve(__u64 size, __u32 type, __u32 pid, __u32 ti
 	return h;
 }
 
+static __always_inline struct sock *sock_of_fd(int fd, struct inode **inode)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *f = 0;
+
+	if (!fdt || fd < 0 || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return 0;
+	*inode = BPF_CORE_READ(f, f_inode);
+	if ((BPF_CORE_READ(*inode, i_mode) & PS_S_IFMT) != PS_S_IFSOCK)
+		return 0;
+	struct socket *so = BPF_CORE_READ(f, private_data);
+	return so ? BPF_CORE_READ(so, sk) : 0;
+}
+
+static __always_inline void own_sock(struct sock *sk, __u32 pid, int fd)
+{
+	__u64 key = (__u64)sk;
+	struct sock_owner o = { .pid = pid, .fd = fd };
+
+	if (bpf_map_update_elem(&socks, &key, &o, BPF_ANY)) {
+		__u32 zero = 0;
+		__u64 *n = bpf_map_lookup_elem(&sock_map_full, &zero);
+
+		if (n)
+			__sync_fetch_and_add(n, 1);
+	}
+}
+
+/* A Unix socket's bound path: sun_path's bytes (len minus the family). */
+static __always_inline __u16 unix_path(struct sock *sk, char *out)
+{
+	struct unix_sock *u = (struct unix_sock *)sk;
+	struct unix_address *a = sk ? BPF_CORE_READ(u, addr) : 0;
+	int len;
+
+	if (!a)
+		return 0;
+	len = BPF_CORE_READ(a, len) - 2;
+	if (len <= 0)
+		return 0;
+	if (len > SOCK_PATH_LEN)
+		len = SOCK_PATH_LEN;
+	if (bpf_probe_read_kernel(out, SOCK_PATH_LEN, __builtin_preserve_access_index(&a->name[0].sun_path)))
+		return 0;
+	return (__u16)len;
+}
+
+/* The identity of the socket `fd` now holds, as an ev_sock record; a TCP
+ * socket is also made known to the TCP programs. */
+static __always_inline void submit_sock(__u32 pid, __u32 tid, __u64 ts, int fd, __u32 kind)
+{
+	struct inode *inode = 0;
+	struct sock *sk = sock_of_fd(fd, &inode);
+
+	if (!sk)
+		return;
+	struct ev_sock *e = reserve(sizeof(*e), EV_SOCK, pid, tid, ts);
+	if (!e)
+		return;
+	__builtin_memset((char *)e + sizeof(e->h), 0, sizeof(*e) - sizeof(e->h));
+	e->fd = fd;
+	e->kind = kind;
+	e->sk = (__u64)sk;
+	e->ino = BPF_CORE_READ(inode, i_ino);
+	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	e->type = BPF_CORE_READ(sk, sk_type);
+	e->protocol = BPF_CORE_READ(sk, sk_protocol);
+	if (e->family == PS_AF_INET || e->family == PS_AF_INET6) {
+		e->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+		e->rport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+		/* Sized by hand: BPF_CORE_READ_INTO would read one element
+		 * of the byte arrays. */
+		if (e->family == PS_AF_INET) {
+			bpf_core_read(e->laddr, 4, &sk->__sk_common.skc_rcv_saddr);
+			bpf_core_read(e->raddr, 4, &sk->__sk_common.skc_daddr);
+		} else {
+			bpf_core_read(e->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+			bpf_core_read(e->raddr, 16, &sk->__sk_common.skc_v6_daddr);
+		}
+	} else if (e->family == PS_AF_UNIX) {
+		struct unix_sock *u = (struct unix_sock *)sk;
+
+		e->lpath_len = unix_path(sk, e->lpath);
+		e->rpath_len = unix_path(BPF_CORE_READ(u, peer), e->rpath);
+	}
+	bool tcp = e->protocol == PS_IPPROTO_TCP &&
+		   (e->family == PS_AF_INET || e->family == PS_AF_INET6);
+	bpf_ringbuf_submit(e, submit_flags());
+	if (tcp)
+		own_sock(sk, pid, fd);
+}
+
 SEC("raw_tracepoint/sys_enter")
 int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -341,6 +563,15 @@ int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 			c->pad = 0;
 			bpf_ringbuf_submit(c, submit_flags());
 		}
+	}
+	/* A connect's SYN_SENT and, on loopback, its ESTABLISHED come before
+	 * it returns: its TCP socket is known to the TCP programs from here. */
+	if (kind == SC_CONNECT) {
+		struct inode *inode = 0;
+		struct sock *sk = sock_of_fd(v->fd, &inode);
+
+		if (sk && BPF_CORE_READ(sk, sk_protocol) == PS_IPPROTO_TCP)
+			own_sock(sk, pid, v->fd);
 	}
 	if (kind == SC_EPOLL_CTL) {
 		v->ctl_op = (__s32)a[1];
@@ -410,6 +641,13 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 			bpf_ringbuf_submit(e, submit_flags());
 		}
 	} else {
+		/* The new or connected socket's identity, just before the
+		 * syscall's record, so the consumer has it when the syscall
+		 * comes. */
+		if ((kind == SC_ACCEPT || kind == SC_ACCEPT4) && ret >= 0)
+			submit_sock(pid, tid, ts, (int)ret, kind);
+		else if (kind == SC_CONNECT && (ret == 0 || ret == -PS_EINPROGRESS))
+			submit_sock(pid, tid, ts, v->fd, kind);
 		struct ev_syscall *e = reserve(sizeof(*e), EV_SYSCALL, pid, tid, ts);
 		if (e) {
 			e->kind = kind;
@@ -504,6 +742,120 @@ int on_process_exit(struct bpf_raw_tracepoint_args *ctx)
 		e->pad = 0;
 		bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 	}
+	return 0;
+}
+
+/* TCP events, filtered by socket (see socks). */
+static __always_inline struct sock_owner *owner_of(struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct sock_owner *o = bpf_map_lookup_elem(&socks, &key);
+
+	if (o || !have_sock_inodes || !sk)
+		return o;
+	struct socket *so = BPF_CORE_READ(sk, sk_socket);
+	struct file *f = so ? BPF_CORE_READ(so, file) : 0;
+	if (!f)
+		return 0;
+	__u64 ino = BPF_CORE_READ(f, f_inode, i_ino);
+	struct sock_owner *pre = bpf_map_lookup_elem(&sock_inodes, &ino);
+	if (!pre)
+		return 0;
+	own_sock(sk, pre->pid, pre->fd);
+	bpf_map_delete_elem(&sock_inodes, &ino);
+	return bpf_map_lookup_elem(&socks, &key);
+}
+
+static __always_inline void submit_tcp(struct sock *sk, __u32 event, int from, int to)
+{
+	struct sock_owner *o = owner_of(sk);
+
+	if (!o)
+		return;
+	__u32 pid = o->pid;
+	__s32 fd = o->fd;
+	__u64 id = bpf_get_current_pid_tgid();
+	/* Softirq runs in whatever task was there: a tid only if it is one
+	 * of the holder's (without a pid namespace, where ids are global). */
+	__u32 tid = (!in_pid_ns && (__u32)(id >> 32) == pid) ? (__u32)id : 0;
+	struct ev_tcp *e = reserve(sizeof(*e), EV_TCP, pid, tid, bpf_ktime_get_ns());
+
+	if (e) {
+		struct tcp_sock *tp = (struct tcp_sock *)sk;
+		unsigned long flags = bpf_core_field_exists(sk->__sk_common.skc_flags)
+					      ? BPF_CORE_READ(sk, __sk_common.skc_flags)
+					      : BPF_CORE_READ(sk, sk_flags);
+
+		e->fd = fd;
+		e->event = event;
+		e->sk = (__u64)sk;
+		e->from = from;
+		e->to = to;
+		e->bytes_received = BPF_CORE_READ(tp, bytes_received);
+		e->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
+		e->fin_received = (flags >> PS_SOCK_DONE) & 1;
+		e->fin_acked = (BPF_CORE_READ(sk, sk_shutdown) & PS_SEND_SHUTDOWN) &&
+			       BPF_CORE_READ(tp, snd_una) == BPF_CORE_READ(tp, write_seq);
+		e->pad1 = 0;
+		e->pad2 = 0;
+		bpf_ringbuf_submit(e, submit_flags());
+	}
+	if (event == TCP_EV_STATE && to == PS_TCP_CLOSE) {
+		__u64 key = (__u64)sk;
+
+		bpf_map_delete_elem(&socks, &key);
+	}
+}
+
+/* The current state, for the events that are not state changes. */
+static __always_inline int state_of(struct sock *sk)
+{
+	return BPF_CORE_READ((struct sock_common *)sk, skc_state);
+}
+
+/* inet_sock_set_state(const struct sock *sk, int oldstate, int newstate):
+ * fires for every protocol; only sockets in socks (TCP) are recorded. */
+SEC("raw_tracepoint/inet_sock_set_state")
+int on_sock_state(struct bpf_raw_tracepoint_args *ctx)
+{
+	submit_tcp((struct sock *)ctx->args[0], TCP_EV_STATE, (int)ctx->args[1], (int)ctx->args[2]);
+	return 0;
+}
+
+/* tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, ...) */
+SEC("raw_tracepoint/tcp_retransmit_skb")
+int on_tcp_retransmit(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct sock *sk = (struct sock *)ctx->args[0];
+	int st = sk ? state_of(sk) : 0;
+
+	if (sk)
+		submit_tcp(sk, TCP_EV_RETRANSMIT, st, st);
+	return 0;
+}
+
+/* tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, ...):
+ * sk is NULL for a reset that answers no socket. */
+SEC("raw_tracepoint/tcp_send_reset")
+int on_tcp_send_reset(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct sock *sk = (struct sock *)ctx->args[0];
+	int st = sk ? state_of(sk) : 0;
+
+	if (sk)
+		submit_tcp(sk, TCP_EV_RESET_SENT, st, st);
+	return 0;
+}
+
+/* tcp_receive_reset(struct sock *sk) */
+SEC("raw_tracepoint/tcp_receive_reset")
+int on_tcp_receive_reset(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct sock *sk = (struct sock *)ctx->args[0];
+	int st = sk ? state_of(sk) : 0;
+
+	if (sk)
+		submit_tcp(sk, TCP_EV_RESET_RECEIVED, st, st);
 	return 0;
 }
 

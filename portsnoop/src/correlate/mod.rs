@@ -59,6 +59,7 @@
 //! assert_eq!((op.kernel_ns, op.user_ns), (2, 2));
 //! ```
 
+mod conn;
 mod epoll;
 mod summary;
 
@@ -67,6 +68,7 @@ mod summary;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 
+pub use conn::{name_of, ConnBytes, ConnSummary};
 pub use epoll::{parse_fdinfo, registrations_of, EpollMap};
 pub use summary::{Log2Hist, OpStats, Summary};
 
@@ -154,6 +156,8 @@ pub struct Op {
     /// Its thread has entered `close(2)` on its fd: the fd's life is over
     /// for everyone else, and this op waits only for that close.
     closing: bool,
+    /// An accept op's new connection (the socket its rv holds), if seen.
+    pub conn: Option<Arc<crate::sock::SocketInfo>>,
 }
 
 impl Op {
@@ -183,6 +187,7 @@ impl Op {
             closing: false,
             closure,
             callback,
+            conn: None,
         })
     }
 
@@ -349,6 +354,8 @@ pub struct Correlator {
     /// With `-f`, the process portsnoop started or attached to: only its
     /// end is the summary's `process_end` (a followed child's is a row).
     root: Option<u32>,
+    /// Which socket each fd holds, and what TCP did to it.
+    conns: conn::Connections,
     summary: Summary,
 }
 
@@ -440,10 +447,20 @@ impl Correlator {
                     .push_back((rec, self.summary.events + WAIT_RESOLVE_HORIZON));
             }
             Event::Probe(p) => self.on_probe(p, out),
+            Event::Socket(info) => {
+                self.conns.identity(&info);
+                self.summary.fd_names.insert(info.fd, conn::name_of(&info));
+                self.emit_event(Event::Socket(info), out);
+            }
+            Event::Tcp(t) => {
+                self.conns.tcp(&t);
+                self.emit_event(Event::Tcp(t), out);
+            }
             Event::Lost { ts_ns, count } => {
                 self.flush_waits(true, out);
                 self.summary.lost_events = self.summary.lost_events.saturating_add(count);
                 self.lost_any = true;
+                self.conns.lost();
                 self.abandon_all(Gap::Lost, out);
                 for t in self.threads.values_mut() {
                     t.ops_gap = Some(Gap::Lost);
@@ -494,6 +511,7 @@ impl Correlator {
                 }
                 self.eventer_fds.retain(|(p, _)| *p != pid);
                 self.epoll.remove(&pid);
+                self.conns.process_ended(pid);
                 out.push(Record::Event(Event::Process(p)));
             }
         }
@@ -527,11 +545,17 @@ impl Correlator {
     pub fn finish(&mut self, out: &mut Vec<Record>) -> Summary {
         self.flush_waits(true, out);
         self.abandon_all(Gap::TraceEnded, out);
+        let (connections, accepted) = self.conns.finish();
+        self.summary.connections.extend(connections);
+        for (k, n) in accepted {
+            *self.summary.accepted.entry(k).or_default() += n;
+        }
         self.summary.clone()
     }
 
     fn on_syscall(&mut self, s: Syscall, out: &mut Vec<Record>) {
         let fd = s.fd;
+        self.conns.syscall(s.pid, fd, s.name.op(), s.rv);
         let is_close = s.name.op() == OpKind::Close && s.rv == 0;
         // Its fd's life already ended at the close's entry, when the number
         // was freed: another thread may be using the number by now.
@@ -614,6 +638,7 @@ impl Correlator {
     /// ops on it are left to take the close.
     fn on_close_enter(&mut self, c: crate::event::CloseEnter, out: &mut Vec<Record>) {
         let eventer_fd = self.eventer_fds.remove(&(c.pid, c.fd));
+        self.conns.fd_closed(c.pid, c.fd);
         self.closing.insert(
             c.tid,
             Closing {
@@ -868,6 +893,8 @@ impl Correlator {
             Event::EpollCtl(c) => Some(c.fd),
             Event::Probe(p) if p.name == ProbeName::Log => None,
             Event::Probe(p) => p.fd(),
+            Event::Socket(i) => Some(i.fd),
+            Event::Tcp(t) => Some(t.fd),
             Event::EpollWait(_) | Event::Lost { .. } | Event::Process(_) => None,
         };
         let global = matches!(ev, Event::Lost { .. } | Event::Process(_));
@@ -879,7 +906,13 @@ impl Correlator {
         }
     }
 
-    fn emit_op(&mut self, op: Box<Op>, out: &mut Vec<Record>) {
+    fn emit_op(&mut self, mut op: Box<Op>, out: &mut Vec<Record>) {
+        if op.kind == OpKind::Accept {
+            let rv = op.user_rv.or_else(|| op.syscalls.last().map(|s| s.rv));
+            if let Some(new_fd) = rv.and_then(|rv| i32::try_from(rv).ok()) {
+                op.conn = self.conns.socket(op.pid, new_fd).cloned();
+            }
+        }
         if self.keeps_tid(Some(op.tid)) && self.keeps_fd(Some(op.fd)) {
             self.summary.add_op(&op);
             out.push(Record::Op(op));

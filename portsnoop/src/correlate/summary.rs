@@ -167,6 +167,17 @@ pub struct Summary {
     pub per_fd: BTreeMap<i32, BTreeMap<OpKind, OpStats>>,
     /// How the target ended, if it did (`"exit code 0"`, `"exec"`).
     pub process_end: Option<String>,
+    /// Every connection seen, in the order they ended (then those open at
+    /// the end).
+    pub connections: Vec<super::ConnSummary>,
+    /// Accepted connections by (remote host, local port or path), as
+    /// tcpaccept2 counts them.
+    pub accepted: BTreeMap<(String, String), u64>,
+    /// The connection each fd number held last, named (escaped).
+    pub fd_names: BTreeMap<i32, String>,
+    /// TCP sockets whose events could not be followed: the kernel side's
+    /// table of sockets was full (set by the session, from the engine).
+    pub tcp_untracked: u64,
 }
 
 impl Summary {

@@ -11,6 +11,7 @@ mod checks;
 mod raw;
 mod semaphore;
 mod sites;
+pub mod sockets;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -573,6 +574,54 @@ impl Engine {
             ts_ns: monotonic_ns(),
             count: missing,
         })
+    }
+
+    /// The sockets `pid` holds now (read from `/proc`), as identity events
+    /// for the correlator; its TCP sockets are handed to the kernel side
+    /// by inode, so their TCP events are followed from their next one on.
+    /// Called after recording began: a socket accepted in between is
+    /// named twice, never missed.
+    pub fn sockets_before_trace(&mut self, pid: u32) -> Vec<Event> {
+        let found = sockets::sockets_of(pid, monotonic_ns());
+        let mut handed = false;
+        for s in found.iter().filter(|s| s.is_tcp()) {
+            let mut owner = [0u8; 8];
+            owner[..4].copy_from_slice(&s.pid.to_ne_bytes());
+            owner[4..].copy_from_slice(&s.fd.to_ne_bytes());
+            // A full table only leaves that socket's TCP events unseen;
+            // its identity still names the fd.
+            handed |= self
+                .skel
+                .maps
+                .sock_inodes
+                .update(&s.inode.to_ne_bytes(), &owner, MapFlags::ANY)
+                .is_ok();
+        }
+        if handed {
+            let bss = self
+                .skel
+                .maps
+                .bss_data
+                .as_deref_mut()
+                .expect("the program has a .bss section");
+            // SAFETY: a u32 in the map's memory, mapped for the skeleton's
+            // life; the kernel side only reads it.
+            unsafe { std::ptr::write_volatile(&mut bss.have_sock_inodes, 1) };
+        }
+        found.into_iter().map(Event::Socket).collect()
+    }
+
+    /// TCP sockets whose events the kernel side could not follow (its
+    /// table of sockets was full when they were accepted or connected).
+    pub fn tcp_untracked(&self) -> u64 {
+        self.skel
+            .maps
+            .sock_map_full
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .ok()
+            .flatten()
+            .and_then(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+            .map_or(0, u64::from_ne_bytes)
     }
 
     /// Events the kernel side could not submit, plus records that could not

@@ -4,6 +4,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::sock::{Endpoint, SocketOrigin, TcpEventKind, AF_UNIX};
+
 use crate::event::{
     CloseEnter, EpollCtl, EpollWait, Event, Probe, ProbeName, ProcessEvent, ProcessEventKind,
     ReadyEvent, Syscall, SyscallName,
@@ -19,13 +21,19 @@ const EV_LOST: u32 = 7;
 const EV_CLOSE_ENTER: u32 = 8;
 const EV_FORK: u32 = 9;
 const EV_EXIT: u32 = 10;
+const EV_SOCK: u32 = 11;
+const EV_TCP: u32 = 12;
 
+const SC_ACCEPT: u32 = 8;
+const SC_ACCEPT4: u32 = 9;
+const SC_CONNECT: u32 = 10;
 const SC_EPOLL_WAIT: u32 = 14;
 const SC_EPOLL_PWAIT: u32 = 15;
 const SC_EPOLL_PWAIT2: u32 = 16;
 
 const WAIT_MAX_EVENTS: usize = 30;
 const NAME_LEN: usize = 64;
+const SOCK_PATH_LEN: usize = 108;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -133,6 +141,45 @@ struct RawLog {
     msg: [u8; 128],
 }
 
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawSock {
+    h: Header,
+    fd: i32,
+    kind: u32,
+    sk: u64,
+    ino: u64,
+    family: u16,
+    sock_type: u16,
+    protocol: u16,
+    lport: u16,
+    rport: u16,
+    lpath_len: u16,
+    rpath_len: u16,
+    pad: u16,
+    laddr: [u8; 16],
+    raddr: [u8; 16],
+    lpath: [u8; SOCK_PATH_LEN],
+    rpath: [u8; SOCK_PATH_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawTcp {
+    h: Header,
+    fd: i32,
+    event: u32,
+    sk: u64,
+    from: i32,
+    to: i32,
+    bytes_received: u64,
+    bytes_acked: u64,
+    fin_received: u8,
+    fin_acked: u8,
+    pad1: u16,
+    pad2: u32,
+}
+
 // The C compiler lays these out; a mismatch would decode garbage, so make
 // it a build failure instead.
 const _: () = assert!(std::mem::size_of::<Header>() == 24);
@@ -144,6 +191,8 @@ const _: () = assert!(std::mem::size_of::<RawCloseEnter>() == 32);
 const _: () = assert!(std::mem::size_of::<RawFork>() == 32);
 const _: () = assert!(std::mem::size_of::<RawExit>() == 32);
 const _: () = assert!(std::mem::size_of::<RawLog>() == 24 + 32 + 32 + 64 + 128);
+const _: () = assert!(std::mem::size_of::<RawSock>() == 24 + 40 + 32 + 2 * SOCK_PATH_LEN);
+const _: () = assert!(std::mem::size_of::<RawTcp>() == 24 + 48);
 
 /// Why a record could not be decoded. Counted by the engine, never fatal:
 /// a kernel/userland version skew must not kill a trace.
@@ -358,6 +407,62 @@ fn decode_with(
                 pid: h.pid,
                 tid: h.tid,
                 kind: ProcessEventKind::Exit { code: r.code },
+            }))
+        }
+        EV_SOCK => {
+            let r: RawSock = read(data).ok_or_else(short)?;
+            let origin = match r.kind {
+                SC_ACCEPT | SC_ACCEPT4 => SocketOrigin::Accept,
+                SC_CONNECT => SocketOrigin::Connect,
+                id => return Err(DecodeError::Unknown { kind: h.kind, id }),
+            };
+            let path = |bytes: &[u8], len: u16| {
+                Endpoint::Unix(bytes[..(len as usize).min(SOCK_PATH_LEN)].to_vec())
+            };
+            let (local, peer) = if r.family == AF_UNIX {
+                (path(&r.lpath, r.lpath_len), path(&r.rpath, r.rpath_len))
+            } else {
+                (
+                    Endpoint::inet(r.family, r.laddr, r.lport),
+                    Endpoint::inet(r.family, r.raddr, r.rport),
+                )
+            };
+            Ok(Event::Socket(crate::sock::SocketInfo {
+                ts_ns: h.ts_ns,
+                pid: h.pid,
+                tid: h.tid,
+                fd: r.fd,
+                origin,
+                family: r.family,
+                sock_type: r.sock_type,
+                protocol: r.protocol,
+                local,
+                peer,
+                inode: r.ino,
+                sk: r.sk,
+            }))
+        }
+        EV_TCP => {
+            let r: RawTcp = read(data).ok_or_else(short)?;
+            let kind = *TcpEventKind::ALL
+                .get(r.event as usize)
+                .ok_or(DecodeError::Unknown {
+                    kind: h.kind,
+                    id: r.event,
+                })?;
+            Ok(Event::Tcp(crate::sock::TcpEvent {
+                ts_ns: h.ts_ns,
+                pid: h.pid,
+                tid: h.tid,
+                fd: r.fd,
+                kind,
+                from: r.from,
+                to: r.to,
+                sk: r.sk,
+                bytes_received: r.bytes_received,
+                bytes_acked: r.bytes_acked,
+                fin_received: r.fin_received != 0,
+                fin_acked: r.fin_acked != 0,
             }))
         }
         id => Err(DecodeError::Unknown { kind: 0, id }),

@@ -30,6 +30,35 @@
 //! kernel_ns_log2 ([[bucket lower bound, count], ...]), user_ns_total,
 //! kernel_ns_total}.
 //!
+//! Connections (appended fields, at the ends of their objects): `syscall`
+//! lines of `accept`/`accept4` (about the new fd, the rv) and `connect`
+//! (about its fd) carry `"local"` and `"peer"` (`"IP:PORT"`, IPv6 as
+//! `"[addr]:port"`, IPv4-mapped as the kernel keeps it; a Unix socket's
+//! bound path, `"@name"` for an abstract one, `"unnamed"`) when the kernel
+//! side read its socket; an accept `op` carries them too (null if not
+//! seen). `socket` {ts_ns, pid, tid, fd, origin ("accept"/"connect"/
+//! "before_trace": read from /proc at attach, tid 0), family
+//! ("inet"/"inet6"/"unix"), sock_type, protocol, local, peer, inode, sk}
+//! comes just before its syscall. `tcp` {ts_ns, pid, tid, fd, event
+//! ("state"/"retransmit"/"reset_sent"/"reset_received"), from, to (the
+//! kernel's state names: "ESTABLISHED", "CLOSE_WAIT", ...; for the other
+//! events both are the state then), sk, bytes_received, bytes_acked (the
+//! kernel's counters then), fin_received, fin_acked}: `pid`/`fd` are the
+//! fd that holds the socket or held it last (TCP goes on after close(2):
+//! `LAST_ACK -> CLOSE`); `tid` is the thread the kernel ran it on if one
+//! of `pid`'s, else 0 (softirq). The summary adds `connections`: [{pid, fd,
+//! name, origin, local, peer, states (in order), retransmits, resets_sent,
+//! resets_received, bytes: {ops_read, ops_written, kernel_received,
+//! kernel_acked (data bytes: a FIN received, the SYN and FIN acked taken
+//! off), unread (kernel_received - ops_read), unacked (ops_written -
+//! kernel_acked), not_compared (null, or why not: "opened before the
+//! trace", "events lost", "not closed when the trace ended", ...)}}]; a
+//! difference is a fact about the connection, never a mismatch;
+//! `accepted`: [{host, local, count}] (accepted connections by remote host
+//! and local port or path, as tcpaccept2); `fd_connections`: {FD: name of
+//! the connection it held last}; `tcp_untracked` (sockets whose TCP events
+//! were missed: the kernel side's socket table was full).
+//!
 //! Every line but `op` and `summary` carries its whole event, so a JSON
 //! trace can be replayed through the correlator (the crate's tests do).
 //!
@@ -45,12 +74,18 @@ use serde_json::{json, Value};
 use super::line::Line;
 use super::{events_omitted, Output};
 use crate::correlate::{EpollMap, Log2Hist, Op, OpStats, Record, Summary, Wait};
-use crate::event::{errno_of, EpollCtl, Event, Probe, ProbeName, ProcessEventKind, Syscall};
+use crate::event::{
+    errno_of, EpollCtl, Event, Probe, ProbeName, ProcessEventKind, Syscall, SyscallName,
+};
+use crate::sock::{tcp_state_name, SocketInfo};
 
 /// Writes JSON Lines to `W`.
 pub struct Json<W: Write> {
     out: W,
     line: Line,
+    /// The last socket identity per thread, for its accept's or connect's
+    /// syscall line (the kernel side submits it just before).
+    sockets: rustc_hash::FxHashMap<u32, SocketInfo>,
 }
 
 impl<W: Write> Json<W> {
@@ -59,6 +94,7 @@ impl<W: Write> Json<W> {
         Json {
             out,
             line: Line::default(),
+            sockets: Default::default(),
         }
     }
 
@@ -75,9 +111,27 @@ impl<W: Write> Json<W> {
 // byte (the golden tests compare it).
 
 /// Writes one record as a JSON object (no newline).
-fn write_record(l: &mut Line, record: &Record) {
+fn write_record(l: &mut Line, record: &Record, conn: Option<&SocketInfo>) {
     match record {
-        Record::Event(Event::Syscall(s)) => syscall(l, s),
+        Record::Event(Event::Syscall(s)) => syscall(l, s, conn),
+        Record::Event(Event::Socket(i)) => socket(l, i),
+        Record::Event(Event::Tcp(t)) => {
+            l.str(r#"{"type":"tcp","ts_ns":"#).u64(t.ts_ns);
+            l.str(r#","pid":"#).u64(t.pid.into());
+            l.str(r#","tid":"#).u64(t.tid.into());
+            l.str(r#","fd":"#).i64(t.fd.into());
+            l.str(r#","event":""#).str(t.kind.as_str());
+            l.str(r#"","from":""#).str(tcp_state_name(t.from));
+            l.str(r#"","to":""#).str(tcp_state_name(t.to));
+            l.str(r#"","sk":"#).u64(t.sk);
+            l.str(r#","bytes_received":"#).u64(t.bytes_received);
+            l.str(r#","bytes_acked":"#).u64(t.bytes_acked);
+            l.str(r#","fin_received":"#)
+                .str(if t.fin_received { "true" } else { "false" });
+            l.str(r#","fin_acked":"#)
+                .str(if t.fin_acked { "true" } else { "false" })
+                .byte(b'}');
+        }
         Record::Event(Event::CloseEnter(c)) => {
             l.str(r#"{"type":"close_enter","ts_ns":"#).u64(c.ts_ns);
             l.str(r#","pid":"#).u64(c.pid.into());
@@ -114,7 +168,22 @@ fn write_record(l: &mut Line, record: &Record) {
     }
 }
 
-fn syscall(l: &mut Line, s: &Syscall) {
+fn socket(l: &mut Line, i: &SocketInfo) {
+    l.str(r#"{"type":"socket","ts_ns":"#).u64(i.ts_ns);
+    l.str(r#","pid":"#).u64(i.pid.into());
+    l.str(r#","tid":"#).u64(i.tid.into());
+    l.str(r#","fd":"#).i64(i.fd.into());
+    l.str(r#","origin":""#).str(i.origin.as_str());
+    l.str(r#"","family":"#).json_str(&i.family_name());
+    l.str(r#","sock_type":"#).u64(i.sock_type.into());
+    l.str(r#","protocol":"#).u64(i.protocol.into());
+    l.str(r#","local":"#).json_str(&i.local.unescaped());
+    l.str(r#","peer":"#).json_str(&i.peer.unescaped());
+    l.str(r#","inode":"#).u64(i.inode);
+    l.str(r#","sk":"#).u64(i.sk).byte(b'}');
+}
+
+fn syscall(l: &mut Line, s: &Syscall, conn: Option<&SocketInfo>) {
     l.str(r#"{"type":"syscall","ts_ns":"#).u64(s.ts_ns);
     l.str(r#","pid":"#).u64(s.pid.into());
     l.str(r#","tid":"#).u64(s.tid.into());
@@ -124,7 +193,22 @@ fn syscall(l: &mut Line, s: &Syscall) {
     l.str(r#","errno":"#);
     opt_i64(l, s.errno().map(i64::from));
     l.str(r#","dur_ns":"#).u64(s.dur_ns);
-    l.str(r#","arg":"#).u64(s.arg).byte(b'}');
+    l.str(r#","arg":"#).u64(s.arg);
+    if let Some(c) = conn {
+        l.str(r#","local":"#).json_str(&c.local.unescaped());
+        l.str(r#","peer":"#).json_str(&c.peer.unescaped());
+    }
+    l.byte(b'}');
+}
+
+/// The socket a syscall line is about: an accept's new fd, a connect's fd.
+fn conn_of<'a>(s: &Syscall, socket: Option<&'a SocketInfo>) -> Option<&'a SocketInfo> {
+    let fd = match s.name {
+        SyscallName::Accept | SyscallName::Accept4 => i32::try_from(s.rv).ok()?,
+        SyscallName::Connect => s.fd,
+        _ => return None,
+    };
+    socket.filter(|i| i.fd == fd && i.pid == s.pid)
 }
 
 fn epoll_ctl(l: &mut Line, c: &EpollCtl) {
@@ -229,6 +313,12 @@ fn op_line(l: &mut Line, op: &Op) {
     opt_u64(l, op.closure);
     l.str(r#","callback":"#);
     opt_str(l, op.callback.as_deref());
+    if op.kind == crate::event::OpKind::Accept {
+        l.str(r#","local":"#);
+        opt_str(l, op.conn.as_ref().map(|c| c.local.unescaped()).as_deref());
+        l.str(r#","peer":"#);
+        opt_str(l, op.conn.as_ref().map(|c| c.peer.unescaped()).as_deref());
+    }
     l.byte(b'}');
 }
 
@@ -285,6 +375,23 @@ fn stats_json(s: &OpStats) -> Value {
     })
 }
 
+fn conn_json(c: &crate::correlate::ConnSummary) -> Value {
+    let sock = c.socket.as_deref();
+    let b = &c.bytes;
+    json!({
+        "pid": c.pid, "fd": c.fd, "name": c.name(),
+        "origin": sock.map(|s| s.origin.as_str()),
+        "local": sock.map(|s| s.local.unescaped()), "peer": sock.map(|s| s.peer.unescaped()),
+        "states": c.states, "retransmits": c.retransmits,
+        "resets_sent": c.resets_sent, "resets_received": c.resets_received,
+        "bytes": {
+            "ops_read": b.ops_read, "ops_written": b.ops_written,
+            "kernel_received": b.kernel_received, "kernel_acked": b.kernel_acked,
+            "unread": b.unread, "unacked": b.unacked, "not_compared": b.not_compared,
+        },
+    })
+}
+
 /// The summary's JSON object.
 pub fn summary_json(s: &Summary) -> Value {
     let per_fd: serde_json::Map<String, Value> = s
@@ -308,13 +415,28 @@ pub fn summary_json(s: &Summary) -> Value {
         "mismatches": s.mismatches, "incomplete": s.incomplete, "orphan_syscalls": s.orphan_syscalls,
         "syscalls_cut": s.syscalls_cut, "waits": s.waits, "process_end": s.process_end,
         "per_fd": per_fd, "per_op": per_op,
+        "connections": s.connections.iter().map(conn_json).collect::<Vec<_>>(),
+        "accepted": s.accepted.iter().map(|((host, local), n)| json!({"host": host, "local": local, "count": n})).collect::<Vec<_>>(),
+        "fd_connections": s.fd_names.iter().map(|(fd, n)| (fd.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "tcp_untracked": s.tcp_untracked,
     })
 }
 
 impl<W: Write> Output for Json<W> {
     fn record(&mut self, record: &Record) -> io::Result<()> {
         self.line.clear();
-        write_record(&mut self.line, record);
+        let conn = match record {
+            Record::Event(Event::Socket(i)) => {
+                self.sockets.insert(i.tid, i.clone());
+                None
+            }
+            // Taken, not kept: one identity per accept or connect.
+            Record::Event(Event::Syscall(s)) if conn_of(s, self.sockets.get(&s.tid)).is_some() => {
+                self.sockets.remove(&s.tid)
+            }
+            _ => None,
+        };
+        write_record(&mut self.line, record, conn.as_ref());
         self.line.byte(b'\n');
         self.out.write_all(self.line.as_bytes())
     }

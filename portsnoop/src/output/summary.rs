@@ -41,10 +41,15 @@ impl<'a> SummaryReport<'a> {
             "FD", "OP", "COUNT", "BYTES", "MISMATCH", "INCOMPLETE", "USER ns/op", "KERNEL ns/op"
         )?;
         for (fd, ops) in &s.per_fd {
-            for (kind, st) in ops {
+            for (i, (kind, st)) in ops.iter().enumerate() {
+                // The fd's connection after its first row's errors.
+                let conn = match s.fd_names.get(fd) {
+                    Some(name) if i == 0 => format!("  [{name}]"),
+                    _ => String::new(),
+                };
                 writeln!(
                     out,
-                    "{:>6} {:<9} {:>9} {:>12} {:>9} {:>10} {:>12} {:>12}  {}",
+                    "{:>6} {:<9} {:>9} {:>12} {:>9} {:>10} {:>12} {:>12}  {}{conn}",
                     fd,
                     kind.as_str(),
                     st.count,
@@ -57,6 +62,7 @@ impl<'a> SummaryReport<'a> {
                 )?;
             }
         }
+        self.connections(out)?;
         for (kind, st) in s.per_op() {
             writeln!(
                 out,
@@ -68,6 +74,68 @@ impl<'a> SummaryReport<'a> {
             )?;
             quantize(out, "  user time (ns)", &st.user_ns)?;
             quantize(out, "  kernel time (ns)", &st.kernel_ns)?;
+        }
+        Ok(())
+    }
+}
+
+impl SummaryReport<'_> {
+    /// Each connection (states, retransmits, resets, bytes kernel vs
+    /// syscalls), then accepted connections by host and port as
+    /// tcpaccept2 shows them. Nothing when there were none.
+    fn connections(&self, out: &mut dyn Write) -> io::Result<()> {
+        let s = self.summary;
+        if !s.connections.is_empty() {
+            writeln!(out, "\nconnections:")?;
+        }
+        for c in &s.connections {
+            let b = &c.bytes;
+            let kernel = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
+            let diff = match (&b.not_compared, b.unread, b.unacked) {
+                (Some(why), _, _) => format!(" (not compared: {why})"),
+                (None, Some(0), Some(0)) => String::new(),
+                (None, unread, unacked) => format!(
+                    " (differs: unread {}, unacked {})",
+                    unread.unwrap_or(0),
+                    unacked.unwrap_or(0)
+                ),
+            };
+            writeln!(
+                out,
+                "  fd {} {}: {}",
+                c.fd,
+                c.name(),
+                if c.states.is_empty() {
+                    "-".to_string()
+                } else {
+                    c.states.join(" -> ")
+                }
+            )?;
+            writeln!(
+                out,
+                "    retransmits {}  resets sent {} received {}  bytes read {} kernel received {}  written {} kernel acked {}{diff}",
+                c.retransmits,
+                c.resets_sent,
+                c.resets_received,
+                b.ops_read,
+                kernel(b.kernel_received),
+                b.ops_written,
+                kernel(b.kernel_acked),
+            )?;
+        }
+        if s.tcp_untracked > 0 {
+            writeln!(
+                out,
+                "WARNING: {} TCP sockets were not followed (the kernel side's socket table was full)",
+                s.tcp_untracked
+            )?;
+        }
+        if !s.accepted.is_empty() {
+            writeln!(out, "\naccepted connections:")?;
+            writeln!(out, "   {:<40} {:<12} {:>7}", "HOST", "PORT", "COUNT")?;
+            for ((host, port), n) in &s.accepted {
+                writeln!(out, "   {host:<40} {port:<12} {n:>7}")?;
+            }
         }
         Ok(())
     }

@@ -18,8 +18,9 @@ use super::escape::Escaped;
 use super::line::Line;
 use super::summary::SummaryReport;
 use super::{events_omitted, Output, EPOLL_MASK_NAMES};
-use crate::correlate::{EpollMap, Record, Summary};
-use crate::event::{errno_name, errno_of, Event, ProbeName, ProcessEventKind};
+use crate::correlate::{name_of, EpollMap, Record, Summary};
+use crate::event::{errno_name, errno_of, Event, ProbeName, ProcessEventKind, SyscallName};
+use crate::sock::{tcp_state_name, SocketOrigin, TcpEventKind};
 
 /// Rows are held this long (in trace time) for late arrivals to sort in.
 const REORDER_WINDOW_NS: u64 = 50_000_000;
@@ -44,6 +45,9 @@ pub struct Table<W: Write> {
     /// A PID column (`-f`: several processes, each fd number one
     /// process's). Without `-f` there is one process, named on stderr.
     pids: bool,
+    /// The last socket identity per thread, named, for its accept's or
+    /// connect's row (the kernel side submits it just before).
+    sockets: rustc_hash::FxHashMap<u32, (u32, i32, Arc<str>)>,
 }
 
 /// A row waiting in the window. It keeps the values, not their text: rows
@@ -66,6 +70,14 @@ struct Row {
 enum Details {
     /// `= rv` (or `= -1` with an errno), `(arg N)` if any, duration.
     Syscall { rv: i64, arg: u64, dur_ns: u64 },
+    /// An accept's or connect's row with its connection named after the
+    /// duration, as `strace -yy` names an fd: `tcp LOCAL <- PEER`.
+    SyscallConn {
+        rv: i64,
+        arg: u64,
+        dur_ns: u64,
+        conn: Arc<str>,
+    },
     /// `ADD 0x01 IN data 42`.
     EpollCtl { op: i32, events: u32, data: u64 },
     /// `N events`, then the duration if known.
@@ -114,6 +126,7 @@ impl<W: Write> Table<W> {
             line: Line::default(),
             summary: false,
             pids: false,
+            sockets: Default::default(),
         }
     }
 
@@ -297,6 +310,20 @@ impl Details {
                 }
                 l.byte(b' ').u64(dur_ns / 1000).str("us");
             }
+            Details::SyscallConn {
+                rv,
+                arg,
+                dur_ns,
+                conn,
+            } => {
+                rv_text(l, *rv);
+                if *arg != 0 {
+                    l.str(" (arg ").u64(*arg).byte(b')');
+                }
+                l.byte(b' ').u64(dur_ns / 1000).str("us ");
+                // Named escaped already (name_of).
+                l.str(conn);
+            }
             Details::EpollCtl { op, events, data } => {
                 l.str(EpollMap::op_name(*op))
                     .str(" 0x")
@@ -377,22 +404,83 @@ fn row_rv(
 impl<W: Write> Output for Table<W> {
     fn record(&mut self, record: &Record) -> io::Result<()> {
         match record {
-            Record::Event(Event::Syscall(s)) => self.push_lasting(
-                s.ts_ns,
-                s.dur_ns,
-                row_rv(
-                    s.pid,
-                    s.tid,
-                    s.name.as_str(),
-                    FdCol::Num(s.fd),
-                    Details::Syscall {
+            Record::Event(Event::Syscall(s)) => {
+                let conn_fd = match s.name {
+                    SyscallName::Accept | SyscallName::Accept4 => i32::try_from(s.rv).ok(),
+                    SyscallName::Connect => Some(s.fd),
+                    _ => None,
+                };
+                let conn = match (conn_fd, self.sockets.get(&s.tid)) {
+                    (Some(fd), Some((pid, sfd, _))) if *sfd == fd && *pid == s.pid => {
+                        self.sockets.remove(&s.tid).map(|(_, _, name)| name)
+                    }
+                    _ => None,
+                };
+                let details = match conn {
+                    Some(conn) => Details::SyscallConn {
+                        rv: s.rv,
+                        arg: s.arg,
+                        dur_ns: s.dur_ns,
+                        conn,
+                    },
+                    None => Details::Syscall {
                         rv: s.rv,
                         arg: s.arg,
                         dur_ns: s.dur_ns,
                     },
-                    s.rv,
-                ),
-            ),
+                };
+                self.push_lasting(
+                    s.ts_ns,
+                    s.dur_ns,
+                    row_rv(
+                        s.pid,
+                        s.tid,
+                        s.name.as_str(),
+                        FdCol::Num(s.fd),
+                        details,
+                        s.rv,
+                    ),
+                )
+            }
+            Record::Event(Event::Socket(i)) => {
+                let name: Arc<str> = name_of(i).into();
+                if i.origin != SocketOrigin::BeforeTrace {
+                    // Shown on its syscall's row.
+                    self.sockets.insert(i.tid, (i.pid, i.fd, name));
+                    return Ok(());
+                }
+                self.push(
+                    i.ts_ns,
+                    row(
+                        i.pid,
+                        i.tid,
+                        "SOCKET",
+                        FdCol::Num(i.fd),
+                        Details::Text(format!("{name} (open before the trace)")),
+                    ),
+                )
+            }
+            Record::Event(Event::Tcp(t)) => {
+                let (what, details) = match t.kind {
+                    TcpEventKind::State => (
+                        "tcp-state",
+                        format!("{} -> {}", tcp_state_name(t.from), tcp_state_name(t.to)),
+                    ),
+                    TcpEventKind::Retransmit => {
+                        ("tcp-retransmit", format!("in {}", tcp_state_name(t.to)))
+                    }
+                    TcpEventKind::ResetSent => {
+                        ("tcp-reset-sent", format!("in {}", tcp_state_name(t.to)))
+                    }
+                    TcpEventKind::ResetReceived => {
+                        ("tcp-reset-received", format!("in {}", tcp_state_name(t.to)))
+                    }
+                };
+                self.push(
+                    t.ts_ns,
+                    row(t.pid, t.tid, what, FdCol::Num(t.fd), Details::Text(details)),
+                )
+            }
             Record::Event(Event::EpollCtl(c)) => self.push_lasting(
                 c.ts_ns,
                 c.dur_ns,

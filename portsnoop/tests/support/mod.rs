@@ -191,6 +191,52 @@ fn event_of(v: &Value) -> Result<Option<Event>, String> {
                 other => return Err(format!("unknown process event {other}")),
             },
         }),
+        "socket" => {
+            let family = match str_of(v, "family")? {
+                "inet" => portsnoop::sock::AF_INET,
+                "inet6" => portsnoop::sock::AF_INET6,
+                "unix" => portsnoop::sock::AF_UNIX,
+                n => n.parse().map_err(|_| format!("unknown family {n}"))?,
+            };
+            let origin = str_of(v, "origin")?;
+            Event::Socket(portsnoop::sock::SocketInfo {
+                ts_ns: u64_of(v, "ts_ns")?,
+                pid: u32_of(v, "pid")?,
+                tid: u32_of(v, "tid")?,
+                fd: i32_of(v, "fd")?,
+                origin: portsnoop::sock::SocketOrigin::from_name(origin)
+                    .ok_or_else(|| format!("unknown origin {origin}"))?,
+                family,
+                sock_type: u64_of(v, "sock_type")? as u16,
+                protocol: u64_of(v, "protocol")? as u16,
+                local: portsnoop::sock::Endpoint::parse(family, str_of(v, "local")?),
+                peer: portsnoop::sock::Endpoint::parse(family, str_of(v, "peer")?),
+                inode: u64_of(v, "inode")?,
+                sk: u64_of(v, "sk")?,
+            })
+        }
+        "tcp" => {
+            let state = |key: &str| {
+                let name = str_of(v, key)?;
+                portsnoop::sock::tcp_state_of(name).ok_or_else(|| format!("unknown state {name}"))
+            };
+            let event = str_of(v, "event")?;
+            Event::Tcp(portsnoop::sock::TcpEvent {
+                ts_ns: u64_of(v, "ts_ns")?,
+                pid: u32_of(v, "pid")?,
+                tid: u32_of(v, "tid")?,
+                fd: i32_of(v, "fd")?,
+                kind: portsnoop::sock::TcpEventKind::from_name(event)
+                    .ok_or_else(|| format!("unknown tcp event {event}"))?,
+                from: state("from")?,
+                to: state("to")?,
+                sk: u64_of(v, "sk")?,
+                bytes_received: u64_of(v, "bytes_received")?,
+                bytes_acked: u64_of(v, "bytes_acked")?,
+                fin_received: v["fin_received"].as_bool().ok_or("fin_received")?,
+                fin_acked: v["fin_acked"].as_bool().ok_or("fin_acked")?,
+            })
+        }
         other => return Err(format!("unknown line type {other}")),
     };
     Ok(Some(ev))

@@ -1,0 +1,361 @@
+//! Connections: which socket each fd holds, what TCP did to it, and the
+//! bytes the kernel counted next to what the fd's syscalls moved.
+//!
+//! A connection is one socket held by one fd life. Its identity comes
+//! with [`Event::Socket`](crate::event::Event::Socket) (accept, connect, or
+//! `/proc` for one open before the trace). TCP events are attributed to
+//! the fd that held the socket **last**: the kernel fires them in softirq,
+//! and after `close(2)` (`CLOSE_WAIT -> LAST_ACK -> CLOSE` goes on without
+//! the fd), so a connection whose fd closed is kept by its socket address
+//! until it reaches `CLOSE` or the trace ends.
+//!
+//! Bytes are compared only where both sides are whole: the connection
+//! reached `CLOSE` (the kernel's counters are final), it began in the trace
+//! (not before it) and no events were lost in its life. The kernel's
+//! counters are corrected for what is not data (a FIN received, the SYN
+//! and FIN acked); what remains is a fact about the connection (data
+//! unread at close, data never acked), shown and never a mismatch.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap as HashMap;
+
+use crate::event::OpKind;
+use crate::sock::{
+    tcp_state_name, Endpoint, SocketInfo, SocketOrigin, TcpEvent, TcpEventKind, TCP_CLOSE,
+};
+
+/// Bytes the kernel counted for a connection and what its fd's syscalls
+/// moved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnBytes {
+    /// Sum of the fd's read-kind syscalls' positive rv.
+    pub ops_read: u64,
+    /// Sum of the fd's write-kind syscalls' positive rv.
+    pub ops_written: u64,
+    /// Data bytes the kernel received (`bytes_received` less a FIN), at the
+    /// last TCP event seen.
+    pub kernel_received: Option<u64>,
+    /// Data bytes the peer acked (`bytes_acked` less SYN and FIN), at the
+    /// last TCP event seen.
+    pub kernel_acked: Option<u64>,
+    /// Why the two sides are not compared, if they are not.
+    pub not_compared: Option<String>,
+    /// Received but never read by the app: `kernel_received - ops_read`
+    /// (when compared).
+    pub unread: Option<i64>,
+    /// Written by the app but not acked by the peer: `ops_written -
+    /// kernel_acked` (when compared).
+    pub unacked: Option<i64>,
+}
+
+/// One connection at the end of its life (or of the trace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnSummary {
+    /// Process holding it.
+    pub pid: u32,
+    /// The fd that held it last.
+    pub fd: i32,
+    /// Its identity, if seen (a connection known only from TCP events has
+    /// none).
+    pub socket: Option<Arc<SocketInfo>>,
+    /// The states it went through, in order, as the kernel names them
+    /// (the first is the state it was in at its first state change).
+    pub states: Vec<String>,
+    /// Retransmitted segments.
+    pub retransmits: u64,
+    /// Resets this end sent.
+    pub resets_sent: u64,
+    /// Resets the peer sent.
+    pub resets_received: u64,
+    /// Kernel bytes next to the syscalls'.
+    pub bytes: ConnBytes,
+}
+
+impl ConnSummary {
+    /// `tcp 127.0.0.1:8080 <- 127.0.0.1:40000` (accepted) or `->`
+    /// (connected): the connection in one line, escaped.
+    pub fn name(&self) -> String {
+        match &self.socket {
+            Some(s) => name_of(s),
+            None => "tcp ? (identity not seen)".into(),
+        }
+    }
+}
+
+/// A socket in one line: `tcp LOCAL <- PEER` for an accepted one, `->`
+/// for one connected, `<->` for one open before the trace; escaped.
+pub fn name_of(s: &SocketInfo) -> String {
+    let arrow = match s.origin {
+        SocketOrigin::Accept => "<-",
+        SocketOrigin::Connect => "->",
+        SocketOrigin::BeforeTrace => "<->",
+    };
+    format!("{} {} {arrow} {}", s.kind_name(), s.local, s.peer)
+}
+
+#[derive(Debug)]
+struct Conn {
+    pid: u32,
+    fd: i32,
+    socket: Option<Arc<SocketInfo>>,
+    sk: u64,
+    states: Vec<i32>,
+    retransmits: u64,
+    resets_sent: u64,
+    resets_received: u64,
+    ops_read: u64,
+    ops_written: u64,
+    last: Option<TcpEvent>,
+    lost: bool,
+}
+
+impl Conn {
+    fn new(pid: u32, fd: i32, socket: Option<Arc<SocketInfo>>, sk: u64) -> Conn {
+        Conn {
+            pid,
+            fd,
+            socket,
+            sk,
+            states: Vec::new(),
+            retransmits: 0,
+            resets_sent: 0,
+            resets_received: 0,
+            ops_read: 0,
+            ops_written: 0,
+            last: None,
+            lost: false,
+        }
+    }
+
+    fn tcp(&mut self, t: &TcpEvent) {
+        match t.kind {
+            TcpEventKind::State => {
+                if self.states.last() != Some(&t.from) {
+                    self.states.push(t.from);
+                }
+                self.states.push(t.to);
+            }
+            TcpEventKind::Retransmit => self.retransmits += 1,
+            TcpEventKind::ResetSent => self.resets_sent += 1,
+            TcpEventKind::ResetReceived => self.resets_received += 1,
+        }
+        self.last = Some(t.clone());
+    }
+
+    fn closed(&self) -> bool {
+        self.states.last() == Some(&TCP_CLOSE)
+    }
+
+    fn summary(self, end: &str) -> ConnSummary {
+        let mut bytes = ConnBytes {
+            ops_read: self.ops_read,
+            ops_written: self.ops_written,
+            ..ConnBytes::default()
+        };
+        let origin = self.socket.as_ref().map(|s| s.origin);
+        if let Some(t) = &self.last {
+            let syn = u64::from(origin == Some(SocketOrigin::Connect));
+            // A reset sent at close (unread data, SO_LINGER 0) replaced the
+            // FIN: the shutdown flag is set but no FIN went out.
+            let fin = u64::from(t.fin_acked && self.resets_sent == 0);
+            bytes.kernel_received = Some(t.bytes_received.saturating_sub(t.fin_received.into()));
+            bytes.kernel_acked = Some(t.bytes_acked.saturating_sub(syn + fin));
+        }
+        let tcp = self.socket.as_ref().is_none_or(|s| s.is_tcp());
+        bytes.not_compared = if !tcp {
+            Some("not TCP".into())
+        } else if origin.is_none() {
+            Some("identity not seen".into())
+        } else if origin == Some(SocketOrigin::BeforeTrace) {
+            Some("opened before the trace".into())
+        } else if self.lost {
+            Some("events lost".into())
+        } else if !self.closed() {
+            Some(format!("not closed when the {end}"))
+        } else {
+            None
+        };
+        if bytes.not_compared.is_none() {
+            let (rcv, ack) = (
+                bytes.kernel_received.unwrap_or(0),
+                bytes.kernel_acked.unwrap_or(0),
+            );
+            bytes.unread = Some(rcv as i64 - self.ops_read as i64);
+            bytes.unacked = Some(self.ops_written as i64 - ack as i64);
+        }
+        ConnSummary {
+            pid: self.pid,
+            fd: self.fd,
+            socket: self.socket,
+            states: self
+                .states
+                .iter()
+                .map(|s| tcp_state_name(*s).to_string())
+                .collect(),
+            retransmits: self.retransmits,
+            resets_sent: self.resets_sent,
+            resets_received: self.resets_received,
+            bytes,
+        }
+    }
+}
+
+/// The connections of the traced processes, live (held by an fd) and
+/// closed (the fd is gone, the socket not yet `CLOSE`). Pure.
+#[derive(Debug, Default)]
+pub struct Connections {
+    live: HashMap<(u32, i32), Conn>,
+    closed: HashMap<u64, Conn>,
+    /// Finished connections, in the order they finished.
+    done: Vec<ConnSummary>,
+    /// Accepted connections by (remote host, local port or path).
+    accepted: BTreeMap<(String, String), u64>,
+}
+
+impl Connections {
+    /// The socket `fd` of `pid` holds now, if known.
+    pub fn socket(&self, pid: u32, fd: i32) -> Option<&Arc<SocketInfo>> {
+        self.live.get(&(pid, fd)).and_then(|c| c.socket.as_ref())
+    }
+
+    /// An fd's identity became known.
+    pub fn identity(&mut self, info: &SocketInfo) {
+        let key = (info.pid, info.fd);
+        let info = Arc::new(info.clone());
+        if info.origin == SocketOrigin::Accept {
+            let local = match &info.local {
+                Endpoint::Inet(a) => a.port().to_string(),
+                other => other.to_string(),
+            };
+            *self.accepted.entry((info.peer.host(), local)).or_default() += 1;
+        }
+        match self.live.get_mut(&key) {
+            // TCP events of a connect come before its identity.
+            Some(c) if c.socket.is_none() && (c.sk == info.sk || info.sk == 0) => {
+                c.socket = Some(info);
+                return;
+            }
+            // A socket known from /proc, seen again at a later accept or
+            // connect (both reads raced): the same socket.
+            Some(c)
+                if c.sk == info.sk || c.socket.as_ref().is_some_and(|s| s.inode == info.inode) =>
+            {
+                c.sk = info.sk;
+                c.socket = Some(info);
+                return;
+            }
+            _ => {}
+        }
+        // The number holds another socket now: the old one's life with it
+        // is over.
+        self.fd_closed(info.pid, info.fd);
+        let sk = info.sk;
+        self.live
+            .insert(key, Conn::new(info.pid, info.fd, Some(info), sk));
+    }
+
+    /// A TCP event; returns nothing: the event itself goes on as a row.
+    pub fn tcp(&mut self, t: &TcpEvent) {
+        let conn = if let Some(c) = self.closed.get_mut(&t.sk) {
+            c
+        } else {
+            let key = (t.pid, t.fd);
+            let same = self
+                .live
+                .get(&key)
+                .is_some_and(|c| c.sk == t.sk || c.sk == 0);
+            if !same {
+                // Not the socket the fd holds now (its identity was lost, or
+                // the fd was reused): kept apart, by its socket.
+                if let Some(old) = self.live.remove(&key) {
+                    self.retire(old);
+                }
+                self.live.insert(key, Conn::new(t.pid, t.fd, None, t.sk));
+            }
+            let c = self.live.get_mut(&key).expect("inserted above");
+            c.sk = t.sk;
+            c
+        };
+        conn.tcp(t);
+        if conn.closed() {
+            let (pid, fd, sk) = (conn.pid, conn.fd, conn.sk);
+            let conn = match self.closed.remove(&sk) {
+                Some(c) => c,
+                None => self.live.remove(&(pid, fd)).expect("found above"),
+            };
+            self.done.push(conn.summary("trace ended"));
+        }
+    }
+
+    /// A syscall of kind `op` on `fd` returned `rv`.
+    pub fn syscall(&mut self, pid: u32, fd: i32, op: OpKind, rv: i64) {
+        if rv <= 0 {
+            return;
+        }
+        if let Some(c) = self.live.get_mut(&(pid, fd)) {
+            match op {
+                OpKind::Read => c.ops_read = c.ops_read.saturating_add(rv as u64),
+                OpKind::Write => c.ops_written = c.ops_written.saturating_add(rv as u64),
+                _ => {}
+            }
+        }
+    }
+
+    /// The fd's life ended (its close was entered): a TCP socket goes on
+    /// until `CLOSE`, kept by its address.
+    pub fn fd_closed(&mut self, pid: u32, fd: i32) {
+        if let Some(c) = self.live.remove(&(pid, fd)) {
+            self.retire(c);
+        }
+    }
+
+    fn retire(&mut self, c: Conn) {
+        let tcp = c.socket.as_ref().is_none_or(|s| s.is_tcp());
+        if tcp && c.sk != 0 && !c.closed() {
+            if let Some(older) = self.closed.insert(c.sk, c) {
+                // The kernel reused the address: the older one's end was
+                // not seen.
+                self.done.push(older.summary("socket was reused"));
+            }
+        } else {
+            self.done.push(c.summary("fd was closed"));
+        }
+    }
+
+    /// The process ended: its fds are closed.
+    pub fn process_ended(&mut self, pid: u32) {
+        let fds: Vec<i32> = self
+            .live
+            .keys()
+            .filter(|(p, _)| *p == pid)
+            .map(|(_, fd)| *fd)
+            .collect();
+        for fd in fds {
+            self.fd_closed(pid, fd);
+        }
+    }
+
+    /// Events were lost: no open connection's bytes can be compared.
+    pub fn lost(&mut self) {
+        for c in self.live.values_mut().chain(self.closed.values_mut()) {
+            c.lost = true;
+        }
+    }
+
+    /// The end of the trace: every connection, finished or not, in the
+    /// order they finished, then the open ones by (pid, fd).
+    pub fn finish(&mut self) -> (Vec<ConnSummary>, BTreeMap<(String, String), u64>) {
+        let mut open: Vec<Conn> = self
+            .live
+            .drain()
+            .map(|(_, c)| c)
+            .chain(self.closed.drain().map(|(_, c)| c))
+            .collect();
+        open.sort_by_key(|c| (c.pid, c.fd, c.sk));
+        let mut all = std::mem::take(&mut self.done);
+        all.extend(open.into_iter().map(|c| c.summary("trace ended")));
+        (all, std::mem::take(&mut self.accepted))
+    }
+}
