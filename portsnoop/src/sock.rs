@@ -73,6 +73,20 @@ impl Endpoint {
         Endpoint::Inet(SocketAddr::new(ip, port))
     }
 
+    /// A Unix endpoint from the kernel's `sun_path` bytes (as long as the
+    /// bound address was): a path ends at its first NUL (binding with the
+    /// terminator counted is common), an abstract name (leading NUL) is
+    /// all its bytes.
+    pub fn unix(path: &[u8]) -> Endpoint {
+        match path.first() {
+            Some(0) => Endpoint::Unix(path.to_vec()),
+            _ => {
+                let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+                Endpoint::Unix(path[..end].to_vec())
+            }
+        }
+    }
+
     /// The host part, for grouping (`127.0.0.1`, `::1`, a Unix path),
     /// escaped.
     pub fn host(&self) -> String {

@@ -160,6 +160,10 @@ pub fn run(config: TraceConfig) -> Result<Summary, Error> {
         },
     )?;
     let attached = engine.attached().clone();
+    // Its sockets were open before we looked: named from /proc, and handed
+    // to the kernel side before the ready line, so a test (or an operator)
+    // acting on that line finds their TCP events followed.
+    let sockets_before_trace = engine.sockets_before_trace(attached.pid);
     if attached.probes == 0 {
         note(format_args!(
             "{} has no {} probes: tracing the kernel side only",
@@ -190,8 +194,10 @@ pub fn run(config: TraceConfig) -> Result<Summary, Error> {
     for (epfd, fd, data) in crate::correlate::registrations_of(attached.pid) {
         correlator.known_registration(attached.pid, epfd, fd, data);
     }
-    // And its sockets were open before we looked: named from /proc.
-    let (mut events, mut records) = (engine.sockets_before_trace(attached.pid), Vec::new());
+    let (mut events, mut records) = (Vec::new(), Vec::new());
+    for ev in sockets_before_trace {
+        correlator.push(ev, &mut records);
+    }
     stop.running(config.duration);
     let mut ended: Option<ProcessEventKind> = None;
     // The first write error ends the session; the rest of it still runs.

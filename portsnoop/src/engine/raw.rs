@@ -417,7 +417,7 @@ fn decode_with(
                 id => return Err(DecodeError::Unknown { kind: h.kind, id }),
             };
             let path = |bytes: &[u8], len: u16| {
-                Endpoint::Unix(bytes[..(len as usize).min(SOCK_PATH_LEN)].to_vec())
+                Endpoint::unix(&bytes[..(len as usize).min(SOCK_PATH_LEN)])
             };
             let (local, peer) = if r.family == AF_UNIX {
                 (path(&r.lpath, r.lpath_len), path(&r.rpath, r.rpath_len))
