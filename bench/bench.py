@@ -445,6 +445,59 @@ def trace_cost(results):
     print(f"portsnoop: lost {lost}, own CPU {statistics.median(cpu):.3f} s per run, peak RSS {max(rss)} KiB")
 
 
+def churn(results):
+    """Cost per traced event when connections churn: many short connections
+    (each one an accept, a socket identity record, its TCP state changes
+    and a close), where the connection tracing (identity at accept, TCP
+    tracepoints filtered by socket) does its work, untraced vs portsnoop,
+    paired round by round. Compare the us/event with the `trace` part's
+    (long connections) and with the same part on an earlier commit."""
+    batches = int(os.environ.get("BENCH_CHURN_BATCHES", "3" if QUICK else "20"))
+    conns, msgs, size = 50, 4, 64
+    secs = {"untraced": [], "portsnoop": []}
+    seen, lost, tcp_rows = [], [], []
+    for _ in range(ROUNDS):
+        for mode in secs:
+            s, addr = server(os.path.join(REL, "echo-mio"))
+            tracer = None
+            if mode == "portsnoop":
+                out = f"/dev/shm/evloop-bench-churn.{os.getpid()}"
+                tracer = Proc([os.path.join(REL, "portsnoop"), "-p", str(s.p.pid), "-q", "--json", "-o", out],
+                              stdout=False)
+                tracer.wait_line(lambda l: l.endswith("; ready"), where="err")
+            t = 0.0
+            for _ in range(batches):
+                t += load(addr, conns, msgs, size)[1]
+            secs[mode].append(t)
+            if tracer is not None:
+                tracer.stop()
+                line = next((l for l in tracer.err if re.search(r"\d+ events, \d+ lost", l)), "")
+                m = re.search(r"(\d+) events, (\d+) lost", line)
+                if m:
+                    seen.append(int(m.group(1)))
+                    lost.append(int(m.group(2)))
+                with open(out) as f:
+                    summary = json.loads(f.read().strip().splitlines()[-1])
+                os.unlink(out)
+                tcp_rows.append(len(summary.get("connections", [])))
+            s.stop(signal.SIGTERM)
+    extra = statistics.median(t - u for t, u in zip(secs["portsnoop"], secs["untraced"]))
+    n = statistics.median(seen) if seen else 0
+    results["churn"] = {
+        "load": f"echo-mio, {batches} x ({conns} conns x {msgs} msgs x {size} B)",
+        "untraced_secs": round(statistics.median(secs["untraced"]), 4),
+        "portsnoop_secs": round(statistics.median(secs["portsnoop"]), 4),
+        "events_per_run": int(n), "connections_per_run": tcp_rows, "lost_per_run": lost,
+        "us_per_event": round(extra / n * 1e6, 3) if n else None,
+    }
+    print(f"\n== connection churn (echo-mio, {batches} batches of {conns} short connections x {msgs} msgs; "
+          f"median of {len(secs['untraced'])} paired rounds) ==")
+    print(f"untraced {results['churn']['untraced_secs']} s, portsnoop -q {results['churn']['portsnoop_secs']} s, "
+          f"{int(n)} events per run, connections in the summary {tcp_rows}, lost {lost}")
+    print(f"us/event (median of each round's traced minus untraced load time, / events): "
+          f"{results['churn']['us_per_event']}")
+
+
 def capacity(results):
     out = {}
     # Closed-loop load on 2 cores: the client and the server bound the rate;
@@ -490,16 +543,18 @@ def capacity(results):
 
 def main():
     results = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} cores, {os.uname().release}"}
-    which = sys.argv[1:] or ["echo", "http", "trace", "capacity"]
-    unknown = set(which) - {"echo", "http", "trace", "capacity"}
+    which = sys.argv[1:] or ["echo", "http", "trace", "churn", "capacity"]
+    unknown = set(which) - {"echo", "http", "trace", "churn", "capacity"}
     if unknown:
-        sys.exit(f"bench.py: unknown part(s) {sorted(unknown)}; parts: echo http trace capacity")
+        sys.exit(f"bench.py: unknown part(s) {sorted(unknown)}; parts: echo http trace churn capacity")
     if "echo" in which:
         echo_throughput(results)
     if "http" in which:
         http_bench(results)
     if "trace" in which:
         trace_cost(results)
+    if "churn" in which:
+        churn(results)
     if "capacity" in which:
         capacity(results)
     out = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench", "results", "latest.json"))

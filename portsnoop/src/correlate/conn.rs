@@ -87,6 +87,15 @@ impl ConnSummary {
 /// A socket in one line: `tcp LOCAL <- PEER` for an accepted one, `->`
 /// for one connected, `<->` for one open before the trace; escaped.
 pub fn name_of(s: &SocketInfo) -> String {
+    // A listener (or an unconnected socket) has no peer: the kernel keeps
+    // the unspecified address and port 0.
+    if matches!(&s.peer, Endpoint::Inet(a) if a.port() == 0 && a.ip().is_unspecified()) {
+        return format!(
+            "{} {} (no peer: listening or unconnected)",
+            s.kind_name(),
+            s.local
+        );
+    }
     let arrow = match s.origin {
         SocketOrigin::Accept => "<-",
         SocketOrigin::Connect => "->",

@@ -100,6 +100,19 @@ impl SummaryReport<'_> {
                     unacked.unwrap_or(0)
                 ),
             };
+            let tcp = c.socket.as_ref().is_none_or(|s| s.is_tcp());
+            if !tcp || (c.states.is_empty() && b.ops_read == 0 && b.ops_written == 0) {
+                // Nothing of TCP to say: the name and what moved, if anything.
+                writeln!(
+                    out,
+                    "  fd {} {}  bytes read {} written {}",
+                    c.fd,
+                    c.name(),
+                    b.ops_read,
+                    b.ops_written
+                )?;
+                continue;
+            }
             writeln!(
                 out,
                 "  fd {} {}: {}",
