@@ -418,3 +418,55 @@ fn serve_helper() {
         }
     });
 }
+
+/// A client's connect (non-blocking: `EINPROGRESS`) names its peer, and its
+/// socket's SYN_SENT -> ESTABLISHED, which happen before connect returns,
+/// are on its fd.
+#[test]
+fn connect_names_its_peer_and_its_handshake() {
+    let server = Server::example("echo-mio", "127.0.0.1:0");
+    let tracer = Portsnoop::start(&[
+        "--json",
+        "--",
+        bin("echo-load").to_str().unwrap(),
+        "--addr",
+        &server.addr,
+        "--conns",
+        "1",
+        "--msgs",
+        "3",
+    ]);
+    let traced = tracer.traced_pid();
+    // The session ends with echo-load.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !tests::is_gone(traced) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "echo-load still running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, out, err) = tracer.finish();
+    assert!(status.success(), "portsnoop failed: {err:?}");
+    let lines = json_lines(&out);
+    let connect = of_type(&lines, "syscall")
+        .find(|v| v["name"] == "connect" && v["peer"] == server.addr.as_str())
+        .unwrap_or_else(|| panic!("no connect line with peer {}", server.addr));
+    assert!(
+        connect["rv"] == 0 || connect["rv"] == -libc::EINPROGRESS,
+        "{connect}"
+    );
+    let local: SocketAddr = connect["local"].as_str().unwrap().parse().unwrap();
+    assert_eq!(local.ip(), server.sock_addr().ip());
+    assert_ne!(local.port(), 0);
+    let sock = socket_with_peer(&lines, &server.addr);
+    assert_eq!(sock["origin"], "connect");
+    assert_eq!(sock["fd"], connect["fd"]);
+    let events = tcp_of(&lines, &sock["sk"]);
+    assert!(
+        events.iter().any(|e| e.2 == "SYN_SENT"
+            && e.3 == "ESTABLISHED"
+            && e.1 == sock["fd"].as_i64().unwrap()),
+        "{events:?}"
+    );
+}
