@@ -114,6 +114,9 @@ impl Endpoint {
     /// Parses what [`Endpoint::unescaped`] wrote, for a socket of `family`
     /// (a JSON trace read back).
     pub fn parse(family: u16, text: &str) -> Endpoint {
+        if text == "?" {
+            return Endpoint::Unknown;
+        }
         match family {
             AF_INET | AF_INET6 => text.parse().map_or(Endpoint::Unknown, Endpoint::Inet),
             AF_UNIX if text == "unnamed" => Endpoint::Unix(Vec::new()),
