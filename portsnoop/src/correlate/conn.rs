@@ -211,6 +211,11 @@ impl Conn {
     }
 }
 
+/// At most this many finished connections are kept for the summary: a long
+/// trace of a busy server would otherwise grow without bound. The rest are
+/// counted ([`Connections::finish`]).
+const MAX_KEPT: usize = 10_000;
+
 /// The connections of the traced processes, live (held by an fd) and
 /// closed (the fd is gone, the socket not yet `CLOSE`). Pure.
 #[derive(Debug, Default)]
@@ -221,6 +226,8 @@ pub struct Connections {
     done: Vec<ConnSummary>,
     /// Accepted connections by (remote host, local port or path).
     accepted: BTreeMap<(String, String), u64>,
+    /// Finished connections not kept (past [`MAX_KEPT`]).
+    omitted: u64,
 }
 
 impl Connections {
@@ -294,7 +301,7 @@ impl Connections {
                 Some(c) => c,
                 None => self.live.remove(&(pid, fd)).expect("found above"),
             };
-            self.done.push(conn.summary("trace ended"));
+            self.keep(conn.summary("trace ended"));
         }
     }
 
@@ -326,10 +333,18 @@ impl Connections {
             if let Some(older) = self.closed.insert(c.sk, c) {
                 // The kernel reused the address: the older one's end was
                 // not seen.
-                self.done.push(older.summary("socket was reused"));
+                self.keep(older.summary("socket was reused"));
             }
         } else {
-            self.done.push(c.summary("fd was closed"));
+            self.keep(c.summary("fd was closed"));
+        }
+    }
+
+    fn keep(&mut self, c: ConnSummary) {
+        if self.done.len() < MAX_KEPT {
+            self.done.push(c);
+        } else {
+            self.omitted += 1;
         }
     }
 
@@ -353,9 +368,10 @@ impl Connections {
         }
     }
 
-    /// The end of the trace: every connection, finished or not, in the
-    /// order they finished, then the open ones by (pid, fd).
-    pub fn finish(&mut self) -> (Vec<ConnSummary>, BTreeMap<(String, String), u64>) {
+    /// The end of the trace: every connection kept, finished or not, in
+    /// the order they finished, then the open ones by (pid, fd); the
+    /// accepted counts; how many were not kept.
+    pub fn finish(&mut self) -> (Vec<ConnSummary>, BTreeMap<(String, String), u64>, u64) {
         let mut open: Vec<Conn> = self
             .live
             .drain()
@@ -363,9 +379,14 @@ impl Connections {
             .chain(self.closed.drain().map(|(_, c)| c))
             .collect();
         open.sort_by_key(|c| (c.pid, c.fd, c.sk));
-        let mut all = std::mem::take(&mut self.done);
-        all.extend(open.into_iter().map(|c| c.summary("trace ended")));
-        (all, std::mem::take(&mut self.accepted))
+        for c in open {
+            self.keep(c.summary("trace ended"));
+        }
+        (
+            std::mem::take(&mut self.done),
+            std::mem::take(&mut self.accepted),
+            std::mem::take(&mut self.omitted),
+        )
     }
 }
 
@@ -528,7 +549,7 @@ mod tests {
         third.sk = SK + 2;
         conns.identity(&third);
         conns.lost();
-        let (all, accepted) = conns.finish();
+        let (all, accepted, _) = conns.finish();
         assert_eq!(all.len(), 3);
         assert_eq!((all[0].resets_received, all[0].bytes.unread), (1, Some(0)));
         assert_eq!(all[0].states, ["ESTABLISHED", "CLOSE"].map(String::from));
@@ -539,6 +560,23 @@ mod tests {
         );
         assert_eq!(all[2].bytes.not_compared.as_deref(), Some("events lost"));
         assert_eq!(accepted.values().sum::<u64>(), 3);
+    }
+
+    #[test]
+    fn a_long_trace_keeps_a_bounded_list_and_counts_the_rest() {
+        let mut conns = Connections::default();
+        for i in 0..MAX_KEPT + 5 {
+            let mut info = accepted(8, 1);
+            info.sk = i as u64 + 1;
+            conns.identity(&info);
+            conns.tcp(&TcpEvent {
+                sk: info.sk,
+                ..tcp(1, TcpEventKind::State, 1, TCP_CLOSE, 0, 0)
+            });
+        }
+        let (all, accepted, omitted) = conns.finish();
+        assert_eq!((all.len(), omitted), (MAX_KEPT, 5));
+        assert_eq!(accepted.values().sum::<u64>(), (MAX_KEPT + 5) as u64);
     }
 
     #[test]
@@ -554,7 +592,7 @@ mod tests {
         let mut last = tcp(3, TcpEventKind::State, 1, TCP_CLOSE, 0, 6);
         last.fin_acked = true;
         conns.tcp(&last);
-        let (all, accepted) = conns.finish();
+        let (all, accepted, _) = conns.finish();
         assert_eq!(all.len(), 1);
         assert_eq!(
             all[0].states,

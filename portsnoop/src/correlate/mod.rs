@@ -545,8 +545,9 @@ impl Correlator {
     pub fn finish(&mut self, out: &mut Vec<Record>) -> Summary {
         self.flush_waits(true, out);
         self.abandon_all(Gap::TraceEnded, out);
-        let (connections, accepted) = self.conns.finish();
+        let (connections, accepted, omitted) = self.conns.finish();
         self.summary.connections.extend(connections);
+        self.summary.connections_omitted += omitted;
         for (k, n) in accepted {
             *self.summary.accepted.entry(k).or_default() += n;
         }

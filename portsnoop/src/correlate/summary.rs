@@ -170,6 +170,9 @@ pub struct Summary {
     /// Every connection seen, in the order they ended (then those open at
     /// the end).
     pub connections: Vec<super::ConnSummary>,
+    /// Connections not listed in `connections` (a long trace keeps the
+    /// first 10,000): counted only.
+    pub connections_omitted: u64,
     /// Accepted connections by (remote host, local port or path), as
     /// tcpaccept2 counts them.
     pub accepted: BTreeMap<(String, String), u64>,

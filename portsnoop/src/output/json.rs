@@ -57,7 +57,8 @@
 //! `accepted`: [{host, local, count}] (accepted connections by remote host
 //! and local port or path, as tcpaccept2); `fd_connections`: {FD: name of
 //! the connection it held last}; `tcp_untracked` (sockets whose TCP events
-//! were missed: the kernel side's socket table was full).
+//! were missed: the kernel side's socket table was full);
+//! `connections_omitted` (connections past the first 10,000, not listed).
 //!
 //! Every line but `op` and `summary` carries its whole event, so a JSON
 //! trace can be replayed through the correlator (the crate's tests do).
@@ -418,7 +419,7 @@ pub fn summary_json(s: &Summary) -> Value {
         "connections": s.connections.iter().map(conn_json).collect::<Vec<_>>(),
         "accepted": s.accepted.iter().map(|((host, local), n)| json!({"host": host, "local": local, "count": n})).collect::<Vec<_>>(),
         "fd_connections": s.fd_names.iter().map(|(fd, n)| (fd.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-        "tcp_untracked": s.tcp_untracked,
+        "tcp_untracked": s.tcp_untracked, "connections_omitted": s.connections_omitted,
     })
 }
 

@@ -136,6 +136,13 @@ impl SummaryReport<'_> {
                 kernel(b.kernel_acked),
             )?;
         }
+        if s.connections_omitted > 0 {
+            writeln!(
+                out,
+                "  ... and {} more connections, not listed",
+                s.connections_omitted
+            )?;
+        }
         if s.tcp_untracked > 0 {
             writeln!(
                 out,
