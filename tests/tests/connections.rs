@@ -33,6 +33,11 @@ impl Server {
 
     /// This test binary as a probed tokio Unix echo server at `path`.
     fn unix(path: &str) -> Server {
+        Server::helper(path)
+    }
+
+    /// This test binary as the server `mode` names (see `serve_helper`).
+    fn helper(mode: &str) -> Server {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.args([
             "--exact",
@@ -41,8 +46,8 @@ impl Server {
             "--test-threads",
             "1",
         ])
-        .env(SERVE, path);
-        Server::spawn(cmd, "unix server")
+        .env(SERVE, mode);
+        Server::spawn(cmd, mode)
     }
 
     fn spawn(cmd: Command, what: &str) -> Server {
@@ -389,9 +394,13 @@ fn unix_path() -> PathBuf {
 /// run in a child process when [`SERVE`] names a path.
 #[test]
 fn serve_helper() {
-    let Ok(path) = std::env::var(SERVE) else {
+    let Ok(mode) = std::env::var(SERVE) else {
         return;
     };
+    if mode == NOREAD {
+        return serve_without_reading();
+    }
+    let path = mode;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -468,5 +477,80 @@ fn connect_names_its_peer_and_its_handshake() {
             && e.3 == "ESTABLISHED"
             && e.1 == sock["fd"].as_i64().unwrap()),
         "{events:?}"
+    );
+}
+
+/// The `serve_helper` mode of [`serve_without_reading`].
+const NOREAD: &str = "tcp-noread";
+
+/// A probed tokio TCP server that accepts, reads nothing, and closes each
+/// connection 300 ms later: the kernel received data the app never read
+/// (and, closing with it unread, sends a reset).
+fn serve_without_reading() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use eventloop_probes::tokio as evloop;
+        let l = evloop::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("listening on {}", l.local_addr().unwrap());
+        std::io::stdout().flush().unwrap();
+        loop {
+            let (c, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                drop(c);
+            });
+        }
+    });
+}
+
+/// Data the kernel received and the app never read is a difference in the
+/// summary's bytes, not a mismatch; closing with it unread sends a reset,
+/// which is on the server's fd.
+#[test]
+fn unread_bytes_are_a_difference_and_a_reset_sent() {
+    let server = Server::helper(NOREAD);
+    let addr = server.sock_addr();
+    let tracer = server.attach();
+    let (mut c, local) = client(addr);
+    c.write_all(&[7u8; 100]).unwrap();
+    // The server closes after 300 ms: a reset, since it read nothing.
+    let mut buf = [0u8; 16];
+    let _ = c.read(&mut buf);
+    wait_lines(&tracer, 1, "the server's socket reaching CLOSE", |l| {
+        l.contains(r#""type":"tcp""#) && l.contains(r#""to":"CLOSE""#)
+    });
+    let (status, out, err) = tracer.finish();
+    assert!(status.success(), "portsnoop failed: {err:?}");
+    let lines = json_lines(&out);
+    let sock = socket_with_peer(&lines, &local.to_string());
+    let events = tcp_of(&lines, &sock["sk"]);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.0 == "reset_sent" && e.1 == sock["fd"].as_i64().unwrap()),
+        "{events:?}"
+    );
+    let summary = lines.last().unwrap();
+    let conn = summary["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["peer"] == local.to_string().as_str())
+        .expect("its connection");
+    let b = &conn["bytes"];
+    assert_eq!(b["not_compared"], Value::Null, "{conn}");
+    assert_eq!(
+        (&b["ops_read"], &b["kernel_received"]),
+        (&0.into(), &100.into()),
+        "{conn}"
+    );
+    assert_eq!(b["unread"], 100, "{conn}");
+    assert_eq!(conn["resets_sent"], 1, "{conn}");
+    assert_eq!(
+        summary["mismatches"], 0,
+        "a difference is no mismatch: {summary}"
     );
 }

@@ -218,7 +218,7 @@ struct sock_owner {
 /* TCP sockets of the traced processes, by struct sock address. TCP events
  * fire in softirq on any CPU, often in no traced task, and after the fd is
  * closed (LAST_ACK -> CLOSE): they are filtered by socket, not by tgid.
- * An entry goes when its socket reaches CLOSE; a full map is counted in
+ * An entry goes when its socket is destroyed (tcp_destroy_sock); a full map is counted in
  * sock_map_full (never silent), and that socket's TCP events are missed. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -800,11 +800,6 @@ static __always_inline void submit_tcp(struct sock *sk, __u32 event, int from, i
 		e->pad2 = 0;
 		bpf_ringbuf_submit(e, submit_flags());
 	}
-	if (event == TCP_EV_STATE && to == PS_TCP_CLOSE) {
-		__u64 key = (__u64)sk;
-
-		bpf_map_delete_elem(&socks, &key);
-	}
 }
 
 /* The current state, for the events that are not state changes. */
@@ -844,6 +839,18 @@ int on_tcp_send_reset(struct bpf_raw_tracepoint_args *ctx)
 
 	if (sk)
 		submit_tcp(sk, TCP_EV_RESET_SENT, st, st);
+	return 0;
+}
+
+/* tcp_destroy_sock(struct sock *sk): the socket is freed, after its CLOSE
+ * (a close with unread data sets CLOSE, then sends its reset: the entry
+ * must outlive CLOSE). Its address may be reused from here on. */
+SEC("raw_tracepoint/tcp_destroy_sock")
+int on_tcp_destroy(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u64 key = ctx->args[0];
+
+	bpf_map_delete_elem(&socks, &key);
 	return 0;
 }
 

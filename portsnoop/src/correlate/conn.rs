@@ -166,9 +166,11 @@ impl Conn {
         let origin = self.socket.as_ref().map(|s| s.origin);
         if let Some(t) = &self.last {
             let syn = u64::from(origin == Some(SocketOrigin::Connect));
-            // A reset sent at close (unread data, SO_LINGER 0) replaced the
-            // FIN: the shutdown flag is set but no FIN went out.
-            let fin = u64::from(t.fin_acked && self.resets_sent == 0);
+            // The kernel's flag says shut down and all acked; a FIN went
+            // out only if the socket passed a state that sends one (a close
+            // with unread data sends a reset instead).
+            let fin_sent = self.states.iter().any(|s| matches!(s, 4 | 9 | 11));
+            let fin = u64::from(t.fin_acked && fin_sent);
             bytes.kernel_received = Some(t.bytes_received.saturating_sub(t.fin_received.into()));
             bytes.kernel_acked = Some(t.bytes_acked.saturating_sub(syn + fin));
         }
@@ -228,7 +230,15 @@ pub struct Connections {
     accepted: BTreeMap<(String, String), u64>,
     /// Finished connections not kept (past [`MAX_KEPT`]).
     omitted: u64,
+    /// Recently finished connections by socket, as indexes into `done`:
+    /// a close with unread data sets CLOSE and then sends its reset.
+    finished: HashMap<u64, usize>,
+    /// `finished`'s entries, oldest first, to keep it bounded.
+    finished_order: std::collections::VecDeque<(u64, usize)>,
 }
+
+/// How many finished sockets are remembered for events after their CLOSE.
+const RECENT: usize = 1024;
 
 impl Connections {
     /// The socket `fd` of `pid` holds now, if known.
@@ -239,6 +249,8 @@ impl Connections {
     /// An fd's identity became known.
     pub fn identity(&mut self, info: &SocketInfo) {
         let key = (info.pid, info.fd);
+        // A new socket at a finished one's address.
+        self.finished.remove(&info.sk);
         let info = Arc::new(info.clone());
         if info.origin == SocketOrigin::Accept {
             let local = match &info.local {
@@ -274,6 +286,22 @@ impl Connections {
 
     /// A TCP event; returns nothing: the event itself goes on as a row.
     pub fn tcp(&mut self, t: &TcpEvent) {
+        // A reset or retransmit after CLOSE belongs to the finished
+        // connection; a state change means the address is a new socket's.
+        if let Some(&i) = self.finished.get(&t.sk) {
+            if t.kind != TcpEventKind::State {
+                if let Some(c) = self.done.get_mut(i) {
+                    match t.kind {
+                        TcpEventKind::Retransmit => c.retransmits += 1,
+                        TcpEventKind::ResetSent => c.resets_sent += 1,
+                        TcpEventKind::ResetReceived => c.resets_received += 1,
+                        TcpEventKind::State => {}
+                    }
+                }
+                return;
+            }
+            self.finished.remove(&t.sk);
+        }
         let conn = if let Some(c) = self.closed.get_mut(&t.sk) {
             c
         } else {
@@ -302,6 +330,19 @@ impl Connections {
                 None => self.live.remove(&(pid, fd)).expect("found above"),
             };
             self.keep(conn.summary("trace ended"));
+            // Kept (not past MAX_KEPT): remembered for what comes after.
+            if self.done.last().is_some_and(|c| c.pid == pid && c.fd == fd) {
+                let i = self.done.len() - 1;
+                self.finished.insert(sk, i);
+                self.finished_order.push_back((sk, i));
+                if self.finished_order.len() > RECENT {
+                    if let Some((old, j)) = self.finished_order.pop_front() {
+                        if self.finished.get(&old) == Some(&j) {
+                            self.finished.remove(&old);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -589,15 +630,28 @@ mod tests {
         info.origin = SocketOrigin::Connect;
         conns.identity(&info);
         conns.syscall(1, 8, OpKind::Write, 4);
-        let mut last = tcp(3, TcpEventKind::State, 1, TCP_CLOSE, 0, 6);
+        conns.tcp(&tcp(3, TcpEventKind::State, 1, 4, 0, 5));
+        conns.tcp(&tcp(4, TcpEventKind::State, 4, 5, 0, 6));
+        let mut last = tcp(5, TcpEventKind::State, 5, TCP_CLOSE, 0, 6);
         last.fin_acked = true;
         conns.tcp(&last);
+        // After CLOSE, not a new connection: the finished one's.
+        conns.tcp(&tcp(6, TcpEventKind::ResetSent, TCP_CLOSE, TCP_CLOSE, 0, 6));
         let (all, accepted, _) = conns.finish();
         assert_eq!(all.len(), 1);
         assert_eq!(
             all[0].states,
-            ["CLOSE", "SYN_SENT", "ESTABLISHED", "CLOSE"].map(String::from)
+            [
+                "CLOSE",
+                "SYN_SENT",
+                "ESTABLISHED",
+                "FIN_WAIT1",
+                "FIN_WAIT2",
+                "CLOSE"
+            ]
+            .map(String::from)
         );
+        assert_eq!(all[0].resets_sent, 1);
         assert!(all[0].socket.is_some());
         // 6 acked: the SYN, 4 bytes, the FIN.
         assert_eq!(all[0].bytes.kernel_acked, Some(4));
