@@ -33,6 +33,7 @@ pub use sites::{sites_in, ArgSpec, Site, Sites};
 use crate::target::{Image, Target};
 
 use crate::event::Event;
+use crate::sock::SocketInfo;
 use semaphore::HeldSemaphore;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs, dead_code, unused_imports)]
@@ -584,7 +585,14 @@ impl Engine {
     pub fn sockets_before_trace(&mut self, pid: u32) -> Vec<Event> {
         let found = sockets::sockets_of(pid, monotonic_ns());
         let mut handed = false;
-        for s in found.iter().filter(|s| s.is_tcp()) {
+        // Connected ones only: a listener changes state only at its end,
+        // and while any inode waits in the map, every TCP event of the
+        // machine on an unknown socket costs the kernel side a second
+        // lookup.
+        let connected = |s: &&SocketInfo| {
+            s.is_tcp() && matches!(&s.peer, crate::sock::Endpoint::Inet(a) if a.port() != 0)
+        };
+        for s in found.iter().filter(connected) {
             let mut owner = [0u8; 8];
             owner[..4].copy_from_slice(&s.pid.to_ne_bytes());
             owner[4..].copy_from_slice(&s.fd.to_ne_bytes());
