@@ -26,6 +26,27 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* Never read or written: one instance of every record and constant set in
+ * event.h, so that their BTF is in the object and the skeleton generates
+ * the Rust side of the layout from it (engine/raw.rs). */
+struct {
+	struct ev_header header;
+	struct ev_syscall syscall;
+	struct ev_epoll_ctl epoll_ctl;
+	struct ev_epoll_wait epoll_wait;
+	struct ev_probe probe;
+	struct ev_log log;
+	struct ev_lost lost;
+	struct ev_close_enter close_enter;
+	struct ev_exec exec;
+	struct ev_fork fork;
+	struct ev_exit exit;
+	enum ev_type type;
+	enum sc_kind sc_kind;
+	enum probe_id probe_id;
+	enum ev_limit limit;
+} layout;
+
 const volatile __u32 target_tgid = 0;
 /* Set when portsnoop runs in a pid namespace other than the initial one:
  * target_tgid is then a pid of that namespace (dev and ino of its nsfs

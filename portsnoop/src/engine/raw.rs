@@ -1,7 +1,9 @@
-//! The ring buffer's records as Rust sees them (mirrors `bpf/event.h`) and
-//! their decoding into [`Event`]s. Pure, so it is tested without a kernel.
+//! The ring buffer's records decoded into [`Event`]s. The record types are
+//! not written here: the skeleton generates them from `bpf/event.h` (see
+//! there). Pure, so it is tested without a kernel.
 
 use std::collections::HashSet;
+use std::mem::offset_of;
 use std::sync::Arc;
 
 use crate::event::{
@@ -9,141 +11,53 @@ use crate::event::{
     ReadyEvent, Syscall, SyscallName,
 };
 
-const EV_SYSCALL: u32 = 1;
-const EV_EPOLL_CTL: u32 = 2;
-const EV_EPOLL_WAIT: u32 = 3;
-const EV_PROBE: u32 = 4;
-const EV_LOG: u32 = 5;
-const EV_EXEC: u32 = 6;
-const EV_LOST: u32 = 7;
-const EV_CLOSE_ENTER: u32 = 8;
-const EV_FORK: u32 = 9;
-const EV_EXIT: u32 = 10;
+use super::skel::types::{
+    ev_close_enter, ev_epoll_ctl, ev_epoll_wait, ev_exit, ev_fork, ev_header, ev_limit, ev_log,
+    ev_lost, ev_probe, ev_syscall, ev_type, probe_id, sc_kind,
+};
 
-const SC_EPOLL_WAIT: u32 = 14;
-const SC_EPOLL_PWAIT: u32 = 15;
-const SC_EPOLL_PWAIT2: u32 = 16;
-
-const WAIT_MAX_EVENTS: usize = 30;
-const NAME_LEN: usize = 64;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Header {
-    kind: u32,
-    tid: u32,
-    ts_ns: u64,
-    pid: u32,
-    pad: u32,
+// The record types are generated from `bpf/event.h` (by way of the BPF
+// object's BTF); what is left to check at build time is that the C order of
+// the syscall and probe ids is the order of the Rust tables they index.
+macro_rules! same_order {
+    ($table:expr, $($id:expr => $name:path),+ $(,)?) => {
+        $(const _: () = assert!(matches!($table[$id.0 as usize], $name));)+
+    };
 }
+same_order!(SyscallName::ALL,
+    sc_kind::SC_READ => SyscallName::Read,
+    sc_kind::SC_READV => SyscallName::Readv,
+    sc_kind::SC_RECVFROM => SyscallName::Recvfrom,
+    sc_kind::SC_RECVMSG => SyscallName::Recvmsg,
+    sc_kind::SC_WRITE => SyscallName::Write,
+    sc_kind::SC_WRITEV => SyscallName::Writev,
+    sc_kind::SC_SENDTO => SyscallName::Sendto,
+    sc_kind::SC_SENDMSG => SyscallName::Sendmsg,
+    sc_kind::SC_ACCEPT => SyscallName::Accept,
+    sc_kind::SC_ACCEPT4 => SyscallName::Accept4,
+    sc_kind::SC_CONNECT => SyscallName::Connect,
+    sc_kind::SC_SHUTDOWN => SyscallName::Shutdown,
+    sc_kind::SC_CLOSE => SyscallName::Close,
+);
+const _: () = assert!(SyscallName::ALL.len() == sc_kind::SC_EPOLL_CTL.0 as usize);
+same_order!(ProbeName::ALL,
+    probe_id::PR_ACCEPT_ENTRY => ProbeName::AcceptEntry,
+    probe_id::PR_ACCEPT_RETURN => ProbeName::AcceptReturn,
+    probe_id::PR_READ_ENTRY => ProbeName::ReadEntry,
+    probe_id::PR_READ_RETURN => ProbeName::ReadReturn,
+    probe_id::PR_WRITE_ENTRY => ProbeName::WriteEntry,
+    probe_id::PR_WRITE_RETURN => ProbeName::WriteReturn,
+    probe_id::PR_CLOSE_ENTRY => ProbeName::CloseEntry,
+    probe_id::PR_CLOSE_RETURN => ProbeName::CloseReturn,
+    probe_id::PR_CALLBACK_ENTRY => ProbeName::CallbackEntry,
+    probe_id::PR_CALLBACK_RETURN => ProbeName::CallbackReturn,
+    probe_id::PR_LOG => ProbeName::Log,
+);
+const _: () = assert!(ProbeName::ALL.len() == probe_id::PR_LOG.0 as usize + 1);
+const _: () = assert!(EpollWait::MAX_EVENTS == ev_limit::WAIT_MAX_EVENTS.0 as usize);
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawSyscall {
-    h: Header,
-    kind: u32,
-    fd: i32,
-    rv: i64,
-    dur_ns: u64,
-    arg: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawEpollCtl {
-    h: Header,
-    epfd: i32,
-    op: i32,
-    fd: i32,
-    events: u32,
-    data: u64,
-    rv: i64,
-    dur_ns: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawReady {
-    events: u32,
-    pad: u32,
-    data: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawEpollWait {
-    h: Header,
-    kind: u32,
-    epfd: i32,
-    rv: i64,
-    dur_ns: u64,
-    nready: u32,
-    pad: u32,
-    ready: [RawReady; WAIT_MAX_EVENTS],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawProbe {
-    h: Header,
-    probe: u32,
-    pad: u32,
-    args: [u64; 6],
-}
-// A callback probe's record goes on with its name: `name[NAME_LEN]`.
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawLost {
-    h: Header,
-    count: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawCloseEnter {
-    h: Header,
-    fd: i32,
-    pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawFork {
-    h: Header,
-    child: u32,
-    pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawExit {
-    h: Header,
-    code: i32,
-    pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawLog {
-    h: Header,
-    args: [u64; 4],
-    facility: [u8; 32],
-    file: [u8; 64],
-    msg: [u8; 128],
-}
-
-// The C compiler lays these out; a mismatch would decode garbage, so make
-// it a build failure instead.
-const _: () = assert!(std::mem::size_of::<Header>() == 24);
-const _: () = assert!(std::mem::size_of::<RawSyscall>() == 56);
-const _: () = assert!(std::mem::size_of::<RawEpollCtl>() == 64);
-const _: () = assert!(std::mem::size_of::<RawEpollWait>() == 56 + 16 * WAIT_MAX_EVENTS);
-const _: () = assert!(std::mem::size_of::<RawProbe>() == 32 + 48);
-const _: () = assert!(std::mem::size_of::<RawCloseEnter>() == 32);
-const _: () = assert!(std::mem::size_of::<RawFork>() == 32);
-const _: () = assert!(std::mem::size_of::<RawExit>() == 32);
-const _: () = assert!(std::mem::size_of::<RawLog>() == 24 + 32 + 32 + 64 + 128);
+/// Where a callback probe's name starts: the other probes' records end there.
+const PROBE_NAME_AT: usize = std::mem::offset_of!(ev_probe, name);
 
 /// Why a record could not be decoded. Counted by the engine, never fatal:
 /// a kernel/userland version skew must not kill a trace.
@@ -155,14 +69,32 @@ pub enum DecodeError {
     Unknown { kind: u32, id: u32 },
 }
 
-fn read<T: Copy>(data: &[u8]) -> Option<T> {
-    if data.len() < std::mem::size_of::<T>() {
+fn read<T: Copy + Default>(data: &[u8]) -> Option<T> {
+    read_prefix(data, std::mem::size_of::<T>())
+}
+
+/// Reads a record of which only the first `len` bytes must be there (the
+/// rest stays zero): a probe's record ends before its name unless it is a
+/// callback's.
+fn read_prefix<T: Copy + Default>(data: &[u8], len: usize) -> Option<T> {
+    if data.len() < len {
         return None;
     }
-    // SAFETY: the length is checked and T is a plain-old-data repr(C)
-    // struct for which every bit pattern is valid; read_unaligned copes
-    // with the ring buffer's 8-byte alignment.
-    Some(unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<T>()) })
+    let mut value = T::default();
+    let n = data.len().min(std::mem::size_of::<T>());
+    // SAFETY: T is a generated plain-old-data repr(C) struct for which every
+    // bit pattern is valid, at least n bytes long; copying bytes copes with
+    // the ring buffer's 8-byte alignment.
+    unsafe {
+        std::ptr::copy_nonoverlapping(data.as_ptr(), (&raw mut value).cast::<u8>(), n);
+    }
+    Some(value)
+}
+
+/// The bytes of a `char` array field of the record in `data`, found by its
+/// offset: the generated fields are `i8`s.
+fn field<'a>(data: &'a [u8], at: usize, field: &[i8]) -> &'a [u8] {
+    &data[at..at + field.len()]
 }
 
 fn c_str(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
@@ -209,21 +141,21 @@ fn decode_with(
     data: &[u8],
     callback_name: &mut dyn FnMut(&[u8]) -> Arc<str>,
 ) -> Result<Event, DecodeError> {
-    let h: Header = read(data).ok_or(DecodeError::Short {
+    let h: ev_header = read(data).ok_or(DecodeError::Short {
         kind: 0,
         len: data.len(),
     })?;
     let short = || DecodeError::Short {
-        kind: h.kind,
+        kind: h.r#type,
         len: data.len(),
     };
-    match h.kind {
-        EV_SYSCALL => {
-            let r: RawSyscall = read(data).ok_or_else(short)?;
+    match ev_type(h.r#type) {
+        ev_type::EV_SYSCALL => {
+            let r: ev_syscall = read(data).ok_or_else(short)?;
             let name = *SyscallName::ALL
                 .get(r.kind as usize)
                 .ok_or(DecodeError::Unknown {
-                    kind: h.kind,
+                    kind: h.r#type,
                     id: r.kind,
                 })?;
             Ok(Event::Syscall(Syscall {
@@ -237,8 +169,8 @@ fn decode_with(
                 arg: r.arg,
             }))
         }
-        EV_EPOLL_CTL => {
-            let r: RawEpollCtl = read(data).ok_or_else(short)?;
+        ev_type::EV_EPOLL_CTL => {
+            let r: ev_epoll_ctl = read(data).ok_or_else(short)?;
             Ok(Event::EpollCtl(EpollCtl {
                 ts_ns: h.ts_ns,
                 pid: h.pid,
@@ -252,15 +184,15 @@ fn decode_with(
                 dur_ns: r.dur_ns,
             }))
         }
-        EV_EPOLL_WAIT => {
-            let r: RawEpollWait = read(data).ok_or_else(short)?;
-            let name = match r.kind {
-                SC_EPOLL_WAIT => "epoll_wait",
-                SC_EPOLL_PWAIT => "epoll_pwait",
-                SC_EPOLL_PWAIT2 => "epoll_pwait2",
-                id => return Err(DecodeError::Unknown { kind: h.kind, id }),
+        ev_type::EV_EPOLL_WAIT => {
+            let r: ev_epoll_wait = read(data).ok_or_else(short)?;
+            let name = match sc_kind(r.kind) {
+                sc_kind::SC_EPOLL_WAIT => "epoll_wait",
+                sc_kind::SC_EPOLL_PWAIT => "epoll_pwait",
+                sc_kind::SC_EPOLL_PWAIT2 => "epoll_pwait2",
+                sc_kind(id) => return Err(DecodeError::Unknown { kind: h.r#type, id }),
             };
-            let n = (r.nready as usize).min(WAIT_MAX_EVENTS);
+            let n = (r.nready as usize).min(r.ready.len());
             Ok(Event::EpollWait(EpollWait {
                 ts_ns: h.ts_ns,
                 pid: h.pid,
@@ -278,18 +210,19 @@ fn decode_with(
                     .collect(),
             }))
         }
-        EV_PROBE => {
-            let r: RawProbe = read(data).ok_or_else(short)?;
+        ev_type::EV_PROBE => {
+            let r: ev_probe = read_prefix(data, PROBE_NAME_AT).ok_or_else(short)?;
             let name = *ProbeName::ALL
                 .get(r.probe as usize)
                 .ok_or(DecodeError::Unknown {
-                    kind: h.kind,
+                    kind: h.r#type,
                     id: r.probe,
                 })?;
             let strings = match name {
                 ProbeName::CallbackEntry | ProbeName::CallbackReturn => {
-                    let at = std::mem::size_of::<RawProbe>();
-                    let name = data.get(at..at + NAME_LEN).ok_or_else(short)?;
+                    let name = data
+                        .get(PROBE_NAME_AT..PROBE_NAME_AT + r.name.len())
+                        .ok_or_else(short)?;
                     vec![callback_name(name)]
                 }
                 _ => Vec::new(),
@@ -303,8 +236,8 @@ fn decode_with(
                 strings,
             }))
         }
-        EV_LOG => {
-            let r: RawLog = read(data).ok_or_else(short)?;
+        ev_type::EV_LOG => {
+            let r: ev_log = read(data).ok_or_else(short)?;
             let mut args = [0u64; 6];
             args[..4].copy_from_slice(&r.args);
             Ok(Event::Probe(Probe {
@@ -314,21 +247,21 @@ fn decode_with(
                 name: ProbeName::Log,
                 args,
                 strings: vec![
-                    c_str(&r.facility).into(),
-                    c_str(&r.file).into(),
-                    c_str(&r.msg).into(),
+                    c_str(field(data, offset_of!(ev_log, facility), &r.facility)).into(),
+                    c_str(field(data, offset_of!(ev_log, file), &r.file)).into(),
+                    c_str(field(data, offset_of!(ev_log, msg), &r.msg)).into(),
                 ],
             }))
         }
-        EV_LOST => {
-            let r: RawLost = read(data).ok_or_else(short)?;
+        ev_type::EV_LOST => {
+            let r: ev_lost = read(data).ok_or_else(short)?;
             Ok(Event::Lost {
                 ts_ns: h.ts_ns,
                 count: r.count,
             })
         }
-        EV_CLOSE_ENTER => {
-            let r: RawCloseEnter = read(data).ok_or_else(short)?;
+        ev_type::EV_CLOSE_ENTER => {
+            let r: ev_close_enter = read(data).ok_or_else(short)?;
             Ok(Event::CloseEnter(CloseEnter {
                 ts_ns: h.ts_ns,
                 pid: h.pid,
@@ -336,14 +269,14 @@ fn decode_with(
                 fd: r.fd,
             }))
         }
-        EV_EXEC => Ok(Event::Process(ProcessEvent {
+        ev_type::EV_EXEC => Ok(Event::Process(ProcessEvent {
             ts_ns: h.ts_ns,
             pid: h.pid,
             tid: h.tid,
             kind: ProcessEventKind::Exec,
         })),
-        EV_FORK => {
-            let r: RawFork = read(data).ok_or_else(short)?;
+        ev_type::EV_FORK => {
+            let r: ev_fork = read(data).ok_or_else(short)?;
             Ok(Event::Process(ProcessEvent {
                 ts_ns: h.ts_ns,
                 pid: h.pid,
@@ -351,8 +284,8 @@ fn decode_with(
                 kind: ProcessEventKind::Fork { child: r.child },
             }))
         }
-        EV_EXIT => {
-            let r: RawExit = read(data).ok_or_else(short)?;
+        ev_type::EV_EXIT => {
+            let r: ev_exit = read(data).ok_or_else(short)?;
             Ok(Event::Process(ProcessEvent {
                 ts_ns: h.ts_ns,
                 pid: h.pid,
@@ -360,13 +293,24 @@ fn decode_with(
                 kind: ProcessEventKind::Exit { code: r.code },
             }))
         }
-        id => Err(DecodeError::Unknown { kind: 0, id }),
+        ev_type(id) => Err(DecodeError::Unknown { kind: 0, id }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::skel::types::ev_ready;
+
+    fn header(kind: ev_type, tid: u32, ts_ns: u64, pid: u32) -> ev_header {
+        ev_header {
+            r#type: kind.0,
+            tid,
+            ts_ns,
+            pid,
+            pad: 0,
+        }
+    }
 
     fn bytes<T: Copy>(v: &T) -> Vec<u8> {
         // SAFETY: reading a plain repr(C) value's bytes.
@@ -378,14 +322,8 @@ mod tests {
 
     #[test]
     fn decodes_a_syscall() {
-        let r = RawSyscall {
-            h: Header {
-                kind: EV_SYSCALL,
-                tid: 42,
-                ts_ns: 1000,
-                pid: 40,
-                pad: 0,
-            },
+        let r = ev_syscall {
+            h: header(ev_type::EV_SYSCALL, 42, 1000, 40),
             kind: 2,
             fd: 7,
             rv: -11,
@@ -403,14 +341,8 @@ mod tests {
 
     #[test]
     fn decodes_fork_and_exit_with_their_pids() {
-        let fork = RawFork {
-            h: Header {
-                kind: EV_FORK,
-                tid: 11,
-                ts_ns: 5,
-                pid: 10,
-                pad: 0,
-            },
+        let fork = ev_fork {
+            h: header(ev_type::EV_FORK, 11, 5, 10),
             child: 20,
             pad: 0,
         };
@@ -423,14 +355,8 @@ mod tests {
                 kind: ProcessEventKind::Fork { child: 20 }
             }))
         );
-        let exit = RawExit {
-            h: Header {
-                kind: EV_EXIT,
-                tid: 20,
-                ts_ns: 6,
-                pid: 20,
-                pad: 0,
-            },
+        let exit = ev_exit {
+            h: header(ev_type::EV_EXIT, 20, 6, 20),
             code: 9,
             pad: 0,
         };
@@ -448,14 +374,8 @@ mod tests {
 
     #[test]
     fn decodes_a_close_entry() {
-        let r = RawCloseEnter {
-            h: Header {
-                kind: EV_CLOSE_ENTER,
-                tid: 9,
-                ts_ns: 77,
-                pid: 1,
-                pad: 0,
-            },
+        let r = ev_close_enter {
+            h: header(ev_type::EV_CLOSE_ENTER, 9, 77, 1),
             fd: 12,
             pad: 0,
         };
@@ -473,32 +393,26 @@ mod tests {
 
     #[test]
     fn decodes_a_wait_with_only_the_filled_events() {
-        let mut r = RawEpollWait {
-            h: Header {
-                kind: EV_EPOLL_WAIT,
-                tid: 1,
-                ts_ns: 5,
-                pid: 1,
-                pad: 0,
-            },
-            kind: SC_EPOLL_PWAIT,
+        let mut r = ev_epoll_wait {
+            h: header(ev_type::EV_EPOLL_WAIT, 1, 5, 1),
+            kind: sc_kind::SC_EPOLL_PWAIT.0,
             epfd: 3,
             rv: 45,
             dur_ns: 9,
             nready: 2,
             pad: 0,
-            ready: [RawReady {
+            ready: [ev_ready {
                 events: 0xdead,
                 pad: 0,
                 data: 0xbeef,
-            }; WAIT_MAX_EVENTS],
+            }; EpollWait::MAX_EVENTS],
         };
-        r.ready[0] = RawReady {
+        r.ready[0] = ev_ready {
             events: 1,
             pad: 0,
             data: 10,
         };
-        r.ready[1] = RawReady {
+        r.ready[1] = ev_ready {
             events: 4,
             pad: 0,
             data: 11,
@@ -525,22 +439,17 @@ mod tests {
 
     #[test]
     fn decodes_probe_strings_up_to_the_nul() {
-        let mut name = [0u8; NAME_LEN];
+        let mut name = [0u8; ev_limit::NAME_LEN.0 as usize];
         name[..5].copy_from_slice(b"echo\0");
         name[5] = b'x';
-        let r = RawProbe {
-            h: Header {
-                kind: EV_PROBE,
-                tid: 1,
-                ts_ns: 5,
-                pid: 1,
-                pad: 0,
-            },
-            probe: 8,
+        let r = ev_probe {
+            h: header(ev_type::EV_PROBE, 1, 5, 1),
+            probe: probe_id::PR_CALLBACK_ENTRY.0,
             pad: 0,
             args: [1, 2, 3, 9, 1, 1],
+            name: [0; 64],
         };
-        let mut record = bytes(&r);
+        let mut record = bytes(&r)[..PROBE_NAME_AT].to_vec();
         // A callback record without its name is cut short, not misread.
         assert!(matches!(decode(&record), Err(DecodeError::Short { .. })));
         record.extend_from_slice(&name);
@@ -551,8 +460,11 @@ mod tests {
         assert_eq!(p.strings, vec![Arc::from("echo")]);
         assert_eq!(p.fd(), Some(9));
         // Other probes' records end before the name.
-        let read = RawProbe { probe: 2, ..r };
-        let Event::Probe(p) = decode(&bytes(&read)).unwrap() else {
+        let read = ev_probe {
+            probe: probe_id::PR_READ_ENTRY.0,
+            ..r
+        };
+        let Event::Probe(p) = decode(&bytes(&read)[..PROBE_NAME_AT]).unwrap() else {
             panic!("not a probe")
         };
         assert_eq!((p.name, p.strings.len()), (ProbeName::ReadEntry, 0));
@@ -561,33 +473,15 @@ mod tests {
     #[test]
     fn rejects_short_and_unknown_records() {
         assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::Short { .. })));
-        let h = Header {
-            kind: EV_SYSCALL,
-            tid: 1,
-            ts_ns: 1,
-            pid: 1,
-            pad: 0,
-        };
+        let h = header(ev_type::EV_SYSCALL, 1, 1, 1);
         assert!(matches!(decode(&bytes(&h)), Err(DecodeError::Short { .. })));
-        let h = Header {
-            kind: 99,
-            tid: 1,
-            ts_ns: 1,
-            pid: 1,
-            pad: 0,
-        };
+        let h = header(ev_type(99), 1, 1, 1);
         assert!(matches!(
             decode(&bytes(&h)),
             Err(DecodeError::Unknown { .. })
         ));
-        let r = RawSyscall {
-            h: Header {
-                kind: EV_SYSCALL,
-                tid: 1,
-                ts_ns: 1,
-                pid: 1,
-                pad: 0,
-            },
+        let r = ev_syscall {
+            h: header(ev_type::EV_SYSCALL, 1, 1, 1),
             kind: 99,
             fd: 0,
             rv: 0,
