@@ -126,7 +126,10 @@ pub fn run(config: &CountConfig) -> Result<Report, Error> {
     }
     stop.running(config.duration);
     while !stop.requested() {
-        if gone.as_ref().is_some_and(|fd| exited(fd, Duration::from_millis(100))) {
+        if gone
+            .as_ref()
+            .is_some_and(|fd| exited(fd, Duration::from_millis(100)))
+        {
             break;
         }
         if gone.is_none() {
@@ -158,7 +161,10 @@ pub fn run(config: &CountConfig) -> Result<Report, Error> {
 
 /// `"2 s"`, or `otherwise` without a duration.
 fn until(duration: Option<Duration>, otherwise: &str) -> String {
-    duration.map_or_else(|| otherwise.to_string(), |d| format!("{} s", d.as_secs_f64()))
+    duration.map_or_else(
+        || otherwise.to_string(),
+        |d| format!("{} s", d.as_secs_f64()),
+    )
 }
 
 /// Waits up to `timeout` for the process behind `pidfd` to exit.
@@ -178,7 +184,10 @@ fn exited(pidfd: &OwnedFd, timeout: Duration) -> bool {
 mod tests {
     #[test]
     fn until_says_the_duration_or_what_ends_it() {
-        assert_eq!(super::until(Some(std::time::Duration::from_millis(1500)), "x"), "1.5 s");
+        assert_eq!(
+            super::until(Some(std::time::Duration::from_millis(1500)), "x"),
+            "1.5 s"
+        );
         assert_eq!(super::until(None, "Ctrl-C"), "Ctrl-C");
     }
 }

@@ -167,7 +167,11 @@ mod tests {
         );
         assert_eq!(
             t.lines().nth(2).unwrap(),
-            format!("14409    evil\\x1b[2J\\n    rt_sigaction{}-{}1", " ".repeat(15), " ".repeat(10))
+            format!(
+                "14409    evil\\x1b[2J\\n    rt_sigaction{}-{}1",
+                " ".repeat(15),
+                " ".repeat(10)
+            )
         );
     }
 
@@ -184,7 +188,10 @@ mod tests {
             assert_eq!(v[0]["comm"], "curl");
             assert_eq!(v[0]["syscall"], "read");
             assert_eq!(v[0]["count"], 32);
-            assert_eq!(v[1]["comm"], "evil\x1b[2J\n", "escaped, decoding to the name");
+            assert_eq!(
+                v[1]["comm"], "evil\x1b[2J\n",
+                "escaped, decoding to the name"
+            );
             assert_eq!(v[0].get("fd").is_some(), by_fd);
             if by_fd {
                 assert_eq!(v[0]["fd"], 3);

@@ -98,7 +98,12 @@ mod tests {
             .collect();
         assert_eq!(
             seen,
-            [(10, "read", 7), (5, "close", 5), (10, "write", 5), (20, "write", 5)]
+            [
+                (10, "read", 7),
+                (5, "close", 5),
+                (10, "write", 5),
+                (20, "write", 5)
+            ]
         );
         assert_eq!(total(&r), 22);
     }

@@ -41,18 +41,74 @@ pub fn number(name: &str) -> Option<u32> {
 /// call missing here is counted with no fd, never wrongly.
 pub const FD_FIRST: &[&str] = &[
     // I/O
-    "read", "write", "pread64", "pwrite64", "readv", "writev", "preadv", "pwritev", "preadv2",
-    "pwritev2", "sendfile", "splice", "tee", "vmsplice", "copy_file_range", "close", "lseek",
-    "getdents", "getdents64", "ioctl", "fcntl", "flock", "fsync", "fdatasync", "sync_file_range",
-    "syncfs", "ftruncate", "fallocate", "fadvise64", "fstat", "fstatfs", "fchmod", "fchown",
-    "fchdir", "fgetxattr", "fsetxattr", "flistxattr", "fremovexattr", "readahead",
+    "read",
+    "write",
+    "pread64",
+    "pwrite64",
+    "readv",
+    "writev",
+    "preadv",
+    "pwritev",
+    "preadv2",
+    "pwritev2",
+    "sendfile",
+    "splice",
+    "tee",
+    "vmsplice",
+    "copy_file_range",
+    "close",
+    "lseek",
+    "getdents",
+    "getdents64",
+    "ioctl",
+    "fcntl",
+    "flock",
+    "fsync",
+    "fdatasync",
+    "sync_file_range",
+    "syncfs",
+    "ftruncate",
+    "fallocate",
+    "fadvise64",
+    "fstat",
+    "fstatfs",
+    "fchmod",
+    "fchown",
+    "fchdir",
+    "fgetxattr",
+    "fsetxattr",
+    "flistxattr",
+    "fremovexattr",
+    "readahead",
     // sockets
-    "bind", "listen", "accept", "accept4", "connect", "shutdown", "getsockname", "getpeername",
-    "setsockopt", "getsockopt", "sendto", "recvfrom", "sendmsg", "recvmsg", "sendmmsg", "recvmmsg",
+    "bind",
+    "listen",
+    "accept",
+    "accept4",
+    "connect",
+    "shutdown",
+    "getsockname",
+    "getpeername",
+    "setsockopt",
+    "getsockopt",
+    "sendto",
+    "recvfrom",
+    "sendmsg",
+    "recvmsg",
+    "sendmmsg",
+    "recvmmsg",
     // readiness and event fds
-    "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "timerfd_settime",
-    "timerfd_gettime", "inotify_add_watch", "inotify_rm_watch", "fanotify_mark",
-    "io_uring_enter", "io_uring_register",
+    "epoll_ctl",
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "timerfd_settime",
+    "timerfd_gettime",
+    "inotify_add_watch",
+    "inotify_rm_watch",
+    "fanotify_mark",
+    "io_uring_enter",
+    "io_uring_register",
 ];
 
 /// [`FD_FIRST`] as the numbers this architecture gives them.
@@ -95,7 +151,9 @@ mod tests {
         for must in ["read", "write", "close", "sendmsg", "epoll_ctl", "ioctl"] {
             assert!(nrs.contains(&number(must).unwrap()), "{must}");
         }
-        assert!(nrs.iter().all(|&nr| (nr as usize) < super::super::kernel::FD_FIRST_MAX));
+        assert!(nrs
+            .iter()
+            .all(|&nr| (nr as usize) < super::super::kernel::FD_FIRST_MAX));
         #[cfg(target_arch = "x86_64")]
         assert_eq!(nrs.len(), FD_FIRST.len(), "every name is an x86-64 syscall");
     }
