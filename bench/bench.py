@@ -4,8 +4,9 @@ servers with no tracer, a real framework (hyper) on plain vs evloop tokio
 sockets (requests/s untraced and under portsnoop -q and --json, what tracing
 costs per event, socket syscalls per request counted in the kernel), then
 the cost per traced event of portsnoop,
-strace and bpftrace on the same workload, then portsnoop's capacity and its
-own footprint. Rounds alternate between contenders so drift hits all alike;
+strace and bpftrace on the same workload, what counting syscalls costs a
+syscall-bound dd (portsnoop count, strace -c, bpftrace, bcc's syscount), then
+portsnoop's capacity and its own footprint. Rounds alternate between contenders so drift hits all alike;
 medians and ratios are printed and written as JSON.
 
 BENCH_QUICK=1 runs every part short (2 rounds, small loads): a check that
