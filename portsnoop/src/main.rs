@@ -65,7 +65,7 @@ enum Command {
         /// Rows the kernel's table holds; calls whose row does not fit are
         /// counted as uncounted and reported.
         #[arg(long, value_name = "N", default_value_t = count::DEFAULT_MAX_ENTRIES,
-              value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
+              value_parser = clap::value_parser!(u32).range(1..=(1 << 20)))]
         max_entries: u32,
     },
     /// List USDT probes (like `dtrace -l -n 'evloop*:::'`) of a process, a
