@@ -260,3 +260,27 @@ fn bad_input_is_refused_clearly() {
         assert!(!err.contains("panicked"), "{code:?} {err}");
     }
 }
+
+#[test]
+fn count_in_a_pid_namespace_counts_its_processes_by_its_pids() {
+    let snoop = Portsnoop::start_under(
+        &["unshare", "-pf", "--kill-child", "--mount-proc"],
+        &["count", "--json", "-d", "1"],
+    );
+    let (status, out, err) = ends_by_itself(snoop);
+    assert!(status.success(), "{status}: {err:?}");
+    let records = json_lines(&out);
+    let (_, rows) = records.split_last().expect("some output");
+    // Only portsnoop lives there, as pid 1 (its sleeping and its watchdog
+    // thread's polls); the host's processes (pids in the thousands, the
+    // test's own among them) have no pid there and are not counted.
+    assert!(
+        rows.iter()
+            .any(|r| r["pid"] == 1 && r["comm"] == "portsnoop"),
+        "{rows:#?}"
+    );
+    assert!(
+        rows.iter().all(|r| r["pid"].as_u64() < Some(20)),
+        "{rows:#?}"
+    );
+}
