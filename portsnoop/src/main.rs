@@ -4,7 +4,9 @@
 //! The CLI parses (clap checks every argument and exits 2 on misuse),
 //! dispatches to the library, and prints the error chain of a failure as
 //! `portsnoop: what: why: cause`, escaped, with exit 1. A closed output
-//! (`portsnoop | head`) is a normal end: no message, exit 0.
+//! (`portsnoop | head`) is a normal end: no message, exit 0. `portsnoop
+//! count` exits 3 when its table filled up and calls went uncounted (its
+//! output is whole, its counts lower bounds).
 
 use std::error::Error;
 use std::ffi::OsString;
