@@ -13,33 +13,36 @@ use tests::{bin, json_lines, Portsnoop, Proc, Server, WAIT};
 /// dd's calls: N reads of one byte from fd 0 and N writes to fd 1.
 const N: u64 = 20_000;
 
-/// A shell that becomes `dd bs=1 count=N` once a line arrives on its
-/// stdin: its pid is known before it starts, so it can be counted from
-/// its first read.
-struct Dd {
+/// A workload that waits for a line on its stdin: its pid is known before
+/// it starts, so it can be counted from its first call.
+struct Held {
     child: Child,
 }
 
-impl Dd {
-    fn held() -> Dd {
-        let child = Command::new("sh")
-            .args([
-                "-c",
-                &format!("read _; exec dd if=/dev/zero of=/dev/null bs=1 count={N}"),
-            ])
+impl Held {
+    /// A shell that becomes `dd bs=1 count=N` once released.
+    fn dd() -> Held {
+        Held::command(Command::new("sh").args([
+            "-c",
+            &format!("read _; exec dd if=/dev/zero of=/dev/null bs=1 count={N}"),
+        ]))
+    }
+
+    fn command(cmd: &mut Command) -> Held {
+        let child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawning sh");
-        Dd { child }
+            .expect("spawning the workload");
+        Held { child }
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Lets dd run and waits (bounded) for it to finish.
+    /// Lets it run and waits (bounded) for it to finish.
     fn run(&mut self) {
         self.child
             .stdin
@@ -50,16 +53,19 @@ impl Dd {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                assert!(status.success(), "dd failed: {status}");
+                assert!(status.success(), "the workload failed: {status}");
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "dd did not finish");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the workload did not finish"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
 
-impl Drop for Dd {
+impl Drop for Held {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
@@ -103,7 +109,7 @@ fn rows_of<'a>(records: &'a [Value], pid: u32, comm: &str, syscall: &str) -> Vec
 
 #[test]
 fn count_p_sees_dd_read_and_write_at_least_n_times_and_only_its_pid() {
-    let mut dd = Dd::held();
+    let mut dd = Held::dd();
     let pid = dd.pid();
     let snoop = Portsnoop::start(&["count", "-p", &pid.to_string()]);
     dd.run();
@@ -137,7 +143,7 @@ fn count_p_sees_dd_read_and_write_at_least_n_times_and_only_its_pid() {
 
 #[test]
 fn count_system_wide_json_has_the_fields_and_the_workload() {
-    let mut dd = Dd::held();
+    let mut dd = Held::dd();
     let pid = dd.pid();
     // Room for every row of a busy CI machine while dd runs.
     let snoop = Portsnoop::start(&["count", "--json", "--max-entries", "65536"]);
@@ -165,7 +171,7 @@ fn count_system_wide_json_has_the_fields_and_the_workload() {
 
 #[test]
 fn count_by_fd_puts_dd_reads_on_fd_0_and_writes_on_fd_1() {
-    let mut dd = Dd::held();
+    let mut dd = Held::dd();
     let pid = dd.pid();
     let snoop = Portsnoop::start(&["count", "--by-fd", "--json", "-p", &pid.to_string()]);
     dd.run();
@@ -188,7 +194,7 @@ fn count_by_fd_puts_dd_reads_on_fd_0_and_writes_on_fd_1() {
 
 #[test]
 fn a_full_table_is_reported_with_what_went_uncounted() {
-    let mut dd = Dd::held();
+    let mut dd = Held::dd();
     let snoop = Portsnoop::start(&["count", "--json", "--max-entries", "2"]);
     // dd alone makes over 20 kinds of calls: at most 2 rows fit.
     dd.run();
@@ -212,6 +218,28 @@ fn a_full_table_is_reported_with_what_went_uncounted() {
         warning.contains(&format!(": {uncounted} syscalls went uncounted")),
         "{warning}"
     );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn count_names_32_bit_calls_by_the_i386_table() {
+    let mut fixture = Held::command(Command::new(bin("compat-syscall-fixture")).arg(N.to_string()));
+    let pid = fixture.pid();
+    let snoop = Portsnoop::start(&["count", "--json", "-p", &pid.to_string()]);
+    fixture.run();
+    let (status, out, err) = ends_by_itself(snoop);
+    assert!(status.success(), "{status}: {err:?}");
+    let records = json_lines(&out);
+    let count = |syscall: &str| -> u64 {
+        records
+            .iter()
+            .filter(|r| r["pid"] == pid && r["syscall"] == syscall)
+            .map(|r| r["count"].as_u64().unwrap())
+            .sum()
+    };
+    // i386's 20 is getpid; x86-64's 20, writev, must not get them.
+    assert!(count("i386:getpid") >= N, "{records:#?}");
+    assert!(count("writev") < N, "{records:#?}");
 }
 
 #[test]

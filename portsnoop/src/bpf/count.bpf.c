@@ -57,8 +57,31 @@ struct {
  * sys_enter tracepoint hands over (as portsnoop.bpf.c reads them). */
 #if defined(__TARGET_ARCH_x86)
 #define ARG0_OFFSET 112 /* di */
+/* A 32-bit call (int 0x80, or a 32-bit process's sysenter/syscall) comes
+ * with the i386 numbering (20 is getpid there, writev here): the kernel
+ * marks the thread TS_COMPAT from its entry until its return to user
+ * mode. Read through the task's BTF (CO-RE, one load: no helper). */
+#define TS_COMPAT 0x0002
+struct thread_info {
+	__u32 status;
+} __attribute__((preserve_access_index));
+struct task_struct {
+	struct thread_info thread_info;
+} __attribute__((preserve_access_index));
+
+static __always_inline __u32 call_abi(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	return task->thread_info.status & TS_COMPAT ? COUNT_ABI_IA32 : COUNT_ABI_NATIVE;
+}
 #elif defined(__TARGET_ARCH_arm64)
 #define ARG0_OFFSET 0 /* x0 */
+/* AArch32 tasks' calls are not told apart (yet): named by the arm64 table. */
+static __always_inline __u32 call_abi(void)
+{
+	return COUNT_ABI_NATIVE;
+}
 #else
 #error "portsnoop count: syscall argument registers unknown for this architecture"
 #endif
@@ -87,8 +110,9 @@ int count_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	long id = (long)ctx->args[1];
 
 	key.nr = (__u32)id;
+	key.abi = call_abi();
 	key.fd = -1;
-	if (by_fd && id >= 0 && id < COUNT_FD_FIRST_MAX && fd_first[id]) {
+	if (by_fd && key.abi == COUNT_ABI_NATIVE && id >= 0 && id < COUNT_FD_FIRST_MAX && fd_first[id]) {
 		__u64 arg0;
 
 		if (!bpf_probe_read_kernel(&arg0, sizeof(arg0), (void *)(ctx->args[0] + ARG0_OFFSET)))

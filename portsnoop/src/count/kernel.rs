@@ -8,7 +8,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
 
 use super::rows::Key;
-use super::syscalls;
+use super::syscalls::{self, Abi};
 use crate::engine::{check_privileges, ensure_btf, own_pid_namespace, Error};
 
 #[allow(clippy::all, clippy::pedantic, missing_docs, dead_code, unused_imports)]
@@ -19,6 +19,8 @@ use skel::{CountSkel, CountSkelBuilder};
 
 /// `sizeof(struct count_key)` in `bpf/count.h`.
 const KEY_SIZE: usize = 32;
+/// `COUNT_ABI_IA32` in `bpf/count.h`.
+const ABI_IA32: u32 = 1;
 /// `COUNT_COMM_LEN` in `bpf/count.h`.
 const COMM_LEN: usize = 16;
 /// `COUNT_FD_FIRST_MAX` in `bpf/count.h`: syscall numbers below it can be
@@ -161,6 +163,11 @@ fn decode_key(b: &[u8]) -> Option<Key> {
         pid: u32_at(0),
         comm: String::from_utf8_lossy(comm).into_owned(),
         nr: u32_at(4),
+        abi: if u32_at(12) == ABI_IA32 {
+            Abi::Ia32
+        } else {
+            Abi::Native
+        },
         fd: (fd >= 0).then_some(fd),
     })
 }
@@ -178,6 +185,9 @@ mod tests {
         b[16..18].copy_from_slice(b"dd");
         let k = decode_key(&b).unwrap();
         assert_eq!((k.pid, k.comm.as_str(), k.nr, k.fd), (1234, "dd", 0, None));
+        assert_eq!(k.abi, Abi::Native);
+        b[12..16].copy_from_slice(&1u32.to_ne_bytes());
+        assert_eq!(decode_key(&b).unwrap().abi, Abi::Ia32);
         b[8..12].copy_from_slice(&7i32.to_ne_bytes());
         // A full 16-byte name has no NUL.
         b[16..32].copy_from_slice(b"0123456789abcdef");

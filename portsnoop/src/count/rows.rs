@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::syscalls;
+use super::syscalls::{self, Abi};
 
 /// A row's key as the kernel side keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -15,6 +15,8 @@ pub struct Key {
     pub comm: String,
     /// The syscall number.
     pub nr: u32,
+    /// The numbering `nr` is in.
+    pub abi: Abi,
     /// The fd the call was given first (`--by-fd`, and a call that takes
     /// one), else `None`.
     pub fd: Option<i32>,
@@ -49,7 +51,7 @@ pub fn rows(entries: impl IntoIterator<Item = (Key, u64)>) -> Vec<Row> {
         .filter(|&(_, n)| n > 0)
         .map(|(k, count)| Row {
             pid: k.pid,
-            syscall: syscalls::name(k.nr).into_owned(),
+            syscall: syscalls::name(k.abi, k.nr).into_owned(),
             comm: k.comm,
             fd: k.fd,
             count,
@@ -80,6 +82,7 @@ mod tests {
             pid,
             comm: comm.into(),
             nr: syscalls::number(name).unwrap(),
+            abi: Abi::Native,
             fd,
         }
     }
@@ -128,6 +131,7 @@ mod tests {
                 pid: 1,
                 comm: "x".into(),
                 nr: 99_999,
+                abi: Abi::Native,
                 fd: None,
             },
             1,
