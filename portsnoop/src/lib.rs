@@ -5,9 +5,11 @@
 //! [`event::Event`]s; [`correlate`] (pure) turns them into
 //! [`correlate::Record`]s; [`output`] writes them; [`trace`] runs a session
 //! through all three, with [`target`] owning the traced process's life.
+//! [`count`] is `portsnoop count`: syscall counts aggregated in the kernel.
 
 pub mod bpftrace_script;
 pub mod correlate;
+pub mod count;
 pub mod engine;
 pub mod event;
 pub mod list;

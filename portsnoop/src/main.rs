@@ -4,7 +4,9 @@
 //! The CLI parses (clap checks every argument and exits 2 on misuse),
 //! dispatches to the library, and prints the error chain of a failure as
 //! `portsnoop: what: why: cause`, escaped, with exit 1. A closed output
-//! (`portsnoop | head`) is a normal end: no message, exit 0.
+//! (`portsnoop | head`) is a normal end: no message, exit 0. `portsnoop
+//! count` exits 3 when its table filled up and calls went uncounted (its
+//! output is whole, its counts lower bounds).
 
 use std::error::Error;
 use std::ffi::OsString;
@@ -17,6 +19,7 @@ use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use portsnoop::bpftrace_script;
 use portsnoop::correlate::Filter;
+use portsnoop::count::{self, CountConfig};
 use portsnoop::engine;
 use portsnoop::list::{self, ListTarget};
 use portsnoop::output::{error_chain, note};
@@ -31,7 +34,7 @@ const MAX_DURATION_SECS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
     version,
     about = "Line up an event loop's evloop USDT probes with the kernel's syscalls on the same fd",
     args_conflicts_with_subcommands = true,
-    after_help = "Examples:\n  portsnoop -p 1234                 trace a running process\n  portsnoop --json -- ./echo-mio --listen 127.0.0.1:0\n  portsnoop list                    processes with an evloop provider\n  portsnoop list --perf -p 1234     its probes as tracefs uprobes, for perf"
+    after_help = "Examples:\n  portsnoop -p 1234                 trace a running process\n  portsnoop --json -- ./echo-mio --listen 127.0.0.1:0\n  portsnoop list                    processes with an evloop provider\n  portsnoop list --perf -p 1234     its probes as tracefs uprobes, for perf\n  portsnoop count -d 5              syscalls by process and syscall, in the kernel"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,6 +45,31 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Count syscalls by process, thread name and syscall (and fd), in the
+    /// kernel, every process's or one's; at the end, a table most calls
+    /// first (or JSON Lines). Exit status 3: the table filled up and some
+    /// calls went uncounted (said on stderr and in the JSON's last line).
+    Count {
+        /// Only this process (a thread id counts its process); the count
+        /// ends when it exits.
+        #[arg(short, long, value_parser = pid_parser())]
+        pid: Option<u32>,
+        /// Stop after this many seconds (a fraction is fine; at most ten years).
+        #[arg(short, long, value_name = "SECONDS", value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Write JSON Lines {"pid","comm","syscall","count"} instead of the
+        /// table, then one {"uncounted",...} line.
+        #[arg(long)]
+        json: bool,
+        /// Rows by fd too, for the calls whose first argument is an fd.
+        #[arg(long)]
+        by_fd: bool,
+        /// Rows the kernel's table holds; calls whose row does not fit are
+        /// counted as uncounted and reported.
+        #[arg(long, value_name = "N", default_value_t = count::DEFAULT_MAX_ENTRIES,
+              value_parser = clap::value_parser!(u32).range(1..=(1 << 20)))]
+        max_entries: u32,
+    },
     /// List USDT probes (like `dtrace -l -n 'evloop*:::'`) of a process, a
     /// binary, or every running process with an evloop provider.
     List {
@@ -119,7 +147,27 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut success = ExitCode::SUCCESS;
     let result: Result<(), Box<dyn Error>> = match cli.command {
+        Some(Command::Count {
+            pid,
+            duration,
+            json,
+            by_fd,
+            max_entries,
+        }) => count::run(&CountConfig {
+            pid,
+            duration,
+            json,
+            by_fd,
+            max_entries,
+        })
+        .map(|report| {
+            if report.uncounted > 0 {
+                success = ExitCode::from(count::INCOMPLETE_EXIT);
+            }
+        })
+        .map_err(Into::into),
         Some(Command::List { pid, path, perf }) => {
             let what = match (pid, path) {
                 (Some(pid), _) => ListTarget::Pid(pid),
@@ -140,7 +188,7 @@ fn main() -> ExitCode {
             .map_err(Into::into),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => success,
         // The reader is gone (`| head`): it has what it wanted.
         Err(e) if broken_pipe(&*e) => ExitCode::SUCCESS,
         Err(e) => {

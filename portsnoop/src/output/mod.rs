@@ -5,7 +5,7 @@
 
 pub mod escape;
 pub mod json;
-mod line;
+pub(crate) mod line;
 pub mod summary;
 pub mod table;
 
