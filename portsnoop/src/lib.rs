@@ -5,6 +5,7 @@
 //! [`event::Event`]s; [`correlate`] (pure) turns them into
 //! [`correlate::Record`]s; [`output`] writes them; [`trace`] runs a session
 //! through all three, with [`target`] owning the traced process's life.
+//! [`replay`] feeds a `--json` recording's records to the same outputs.
 
 pub mod bpftrace_script;
 pub mod correlate;
@@ -12,6 +13,7 @@ pub mod engine;
 pub mod event;
 pub mod list;
 pub mod output;
+pub mod replay;
 pub mod stop;
 pub mod target;
 pub mod trace;

@@ -157,6 +157,13 @@ pub struct Op {
 }
 
 impl Op {
+    /// An op with its identity and entry time and nothing else yet: its
+    /// public fields are filled in one by one (`portsnoop replay` rebuilds
+    /// recorded ops this way).
+    pub fn new(kind: OpKind, pid: u32, tid: u32, fd: i32, entry_ts_ns: u64) -> Op {
+        *Op::open(kind, pid, tid, fd, entry_ts_ns, None, None)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn open(
         kind: OpKind,
