@@ -22,7 +22,7 @@ use crate::stop::Stop;
 use crate::target::{ChildStdout, Target};
 
 /// How often the ring buffer is drained when nothing forces a wakeup.
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How long an exec'd image's loader may take before its probes are
 /// attached anyway.

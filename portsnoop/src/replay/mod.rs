@@ -6,11 +6,19 @@
 //! ([`parse`]) and handed to the outputs in the recorded order; the last
 //! line's summary goes to their `finish`. So `replay --json` writes the
 //! recording again byte for byte, and `--perfetto` the file a live
-//! `--perfetto` of the same run wrote. The table equals the live one but
-//! for one thing a recording cannot hold: when the live table went quiet it
-//! wrote its rows out by the wall clock, and a row that came later than
-//! that is shown late, `(began ...)`; replay has no wall clock and sorts
-//! such a row in place.
+//! `--perfetto` of the same run wrote.
+//!
+//! The live table also writes rows out as the wall clock passes (a quiet
+//! target's last rows show within a second), and a row whose record comes
+//! after rows that began later were written is shown late, `(began ...)`.
+//! A recording has no wall clock, but each record was submitted when what
+//! it records ended, so the clock had reached that time when it came:
+//! replay moves the outputs' clock there before each record (at most once
+//! per live poll interval), and places late rows as the live run did.
+//! Where the live clock read a few milliseconds less than that, a late
+//! row can still fall otherwise: the table is the same rows, byte for
+//! byte when no row was late, and `tests/tests/replay.rs` compares it
+//! that way.
 //!
 //! A line that is not what the JSON contract says is an error naming its
 //! line; lines of a type this portsnoop does not know (a newer one wrote
@@ -146,6 +154,7 @@ pub fn replay(
     // Rebuilt from the records in case the summary line is missing.
     let mut rebuilt = Summary::default();
     let mut unknown: BTreeMap<String, u64> = BTreeMap::new();
+    let mut next_tick = 0;
     let bad = |line: usize, why: String| Error::Line {
         path: path.to_path_buf(),
         line,
@@ -173,6 +182,11 @@ pub fn replay(
         }
         match parse::entry(text).map_err(|why| bad(line, why))? {
             Entry::Record(r) => {
+                let now = submitted_at(&r);
+                if now >= next_tick {
+                    output.tick(now).map_err(Error::Write)?;
+                    next_tick = now.saturating_add(TICK_NS);
+                }
                 rebuild(&mut rebuilt, &r);
                 output.record(&r).map_err(Error::Write)?;
             }
@@ -200,6 +214,29 @@ pub fn replay(
     });
     output.finish(&summary).map_err(Error::Write)?;
     Ok(summary)
+}
+
+/// How often a live session's clock moves its outputs on: its poll
+/// interval.
+const TICK_NS: u64 = crate::trace::POLL_INTERVAL.as_nanos() as u64;
+
+/// When the kernel side submitted (or the correlator let go of) what a
+/// record says: the end of what it records.
+fn submitted_at(r: &Record) -> u64 {
+    use crate::event::Event;
+    match r {
+        Record::Event(Event::Syscall(s)) => s.ts_ns.saturating_add(s.dur_ns),
+        Record::Event(Event::EpollCtl(c)) => c.ts_ns.saturating_add(c.dur_ns),
+        Record::Event(Event::EpollWait(w)) => w.ts_ns.saturating_add(w.dur_ns),
+        Record::Wait(w) => w.wait.ts_ns.saturating_add(w.wait.dur_ns),
+        Record::Event(e) => e.ts_ns(),
+        Record::Op(op) => op
+            .syscalls
+            .iter()
+            .map(|s| s.ts_ns.saturating_add(s.dur_ns))
+            .chain(op.return_ts_ns)
+            .fold(op.entry_ts_ns, u64::max),
+    }
 }
 
 /// What a record adds to the summary a recording without one gets.
