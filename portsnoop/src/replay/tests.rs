@@ -75,7 +75,12 @@ fn session() -> (Vec<Record>, Summary) {
                 ReadyEvent { events: 5, data: 9 },
             ],
         }),
-        probe(10, ProbeName::CallbackEntry, [2, 1, 0xdead, 7, 1, 1], &[name]),
+        probe(
+            10,
+            ProbeName::CallbackEntry,
+            [2, 1, 0xdead, 7, 1, 1],
+            &[name],
+        ),
         probe(11, ProbeName::ReadEntry, [7, 0x1000, 64, 1, 2, 0], &[]),
         sys(12, SyscallName::Recvfrom, 7, 5),
         probe(16, ProbeName::ReadReturn, [7, 0x1000, 64, 1, 2, 5], &[]),
@@ -96,16 +101,29 @@ fn session() -> (Vec<Record>, Summary) {
             fd: 7,
         }),
         sys(25, SyscallName::Close, 7, 0),
-        probe(30, ProbeName::CallbackReturn, [2, 1, 0xdead, 1, 0, 0], &[name]),
+        probe(
+            30,
+            ProbeName::CallbackReturn,
+            [2, 1, 0xdead, 1, 0, 0],
+            &[name],
+        ),
         sys(31, SyscallName::Connect, 9, -115),
-        Event::Lost { ts_ns: 40, count: 3 },
+        Event::Lost {
+            ts_ns: 40,
+            count: 3,
+        },
         Event::Process(ProcessEvent {
             ts_ns: 41,
             pid: P,
             tid: T,
             kind: ProcessEventKind::Fork { child: 77 },
         }),
-        probe(42, ProbeName::CallbackEntry, [3, 1, 0xbeef, 8, 1, 1], &["never returns"]),
+        probe(
+            42,
+            ProbeName::CallbackEntry,
+            [3, 1, 0xbeef, 8, 1, 1],
+            &["never returns"],
+        ),
         probe(43, ProbeName::AcceptEntry, [8, 0, 0, 1, 3, 0], &[]),
         sys(44, SyscallName::Accept4, 8, 10),
         Event::Process(ProcessEvent {
@@ -123,7 +141,12 @@ fn session() -> (Vec<Record>, Summary) {
                 probes: 11,
             },
         }),
-        probe(60, ProbeName::CloseReturn, [8, 1, 7, (-9i64) as u64, 0, 0], &[]),
+        probe(
+            60,
+            ProbeName::CloseReturn,
+            [8, 1, 7, (-9i64) as u64, 0, 0],
+            &[],
+        ),
         Event::Process(ProcessEvent {
             ts_ns: 70,
             pid: P,
@@ -172,7 +195,9 @@ fn the_session_has_what_the_tests_need() {
     assert!(ops.iter().any(|o| o.mismatch.is_some()));
     assert!(ops.iter().any(|o| o.incomplete.is_some()));
     assert!(ops.iter().any(|o| o.return_ts_ns.is_none()));
-    assert!(records.iter().any(|r| matches!(r, Record::Wait(w) if w.fds.contains(&None))));
+    assert!(records
+        .iter()
+        .any(|r| matches!(r, Record::Wait(w) if w.fds.contains(&None))));
     assert!(summary.lost_events == 3 && summary.process_end.is_some());
 }
 
@@ -235,7 +260,10 @@ fn a_recording_without_its_summary_still_replays() {
     let Entry::Summary(rebuilt) = entry(last.trim_end()).unwrap() else {
         panic!("no summary line: {last}");
     };
-    assert_eq!((rebuilt.ops, rebuilt.mismatches), (summary.ops, summary.mismatches));
+    assert_eq!(
+        (rebuilt.ops, rebuilt.mismatches),
+        (summary.ops, summary.mismatches)
+    );
     assert_eq!(rebuilt.per_fd, summary.per_fd);
 }
 
@@ -255,17 +283,32 @@ fn bad_lines_are_errors_naming_their_line() {
         (2, "[1,2]", "not a JSON object"),
         (3, r#"{"ts_ns":1}"#, "no \"type\""),
         (4, r#"{"type":"syscall","ts_ns":-1}"#, "\"ts_ns\" is not"),
-        (5, r#"{"type":"syscall","ts_ns":1,"pid":1,"tid":1,"name":"frob"}"#, "unknown syscall"),
-        (6, r#"{"type":"probe","ts_ns":1,"pid":1,"tid":1,"name":"log","args":[1],"strings":[]}"#, "4 arguments"),
+        (
+            5,
+            r#"{"type":"syscall","ts_ns":1,"pid":1,"tid":1,"name":"frob"}"#,
+            "unknown syscall",
+        ),
+        (
+            6,
+            r#"{"type":"probe","ts_ns":1,"pid":1,"tid":1,"name":"log","args":[1],"strings":[]}"#,
+            "4 arguments",
+        ),
     ] {
         let err = replay_json(with(n, bad).as_bytes()).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with(&format!("rec.jsonl: line {}: ", n + 1)), "{msg}");
+        assert!(
+            msg.starts_with(&format!("rec.jsonl: line {}: ", n + 1)),
+            "{msg}"
+        );
         assert!(msg.contains(says), "{msg}");
     }
     // A line after the summary.
     let err = replay_json(format!("{text}{}\n", lines[0]).as_bytes()).unwrap_err();
-    assert!(err.to_string().contains(&format!("line {}", lines.len() + 1)), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("line {}", lines.len() + 1)),
+        "{err}"
+    );
     // Not UTF-8.
     let err = replay_json(b"{\"type\":\"lost\",\"ts_ns\":1,\"count\":\xff}\n").unwrap_err();
     assert!(err.to_string().contains("line 1: not UTF-8"), "{err}");

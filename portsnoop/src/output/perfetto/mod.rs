@@ -23,7 +23,8 @@
 //! and laid out at the end: per thread, sorted by start (longer first),
 //! each slice placed inside the ones still open; one that would outlast
 //! its parent (an op still open when its callback returned, which is a
-//! mismatch) is cut at the parent's end and says so (`end_cut_ns`). A
+//! mismatch) is cut at the parent's end and says so (`end_cut_ns`); what
+//! it held after that is shown at its own time, outside. A
 //! callback the trace never saw return ends with the last thing its
 //! thread did. The file is one packet sequence written by one writer, with
 //! no interned data: nothing depends on incremental state.
@@ -654,3 +655,6 @@ impl<W: Write> Output for Perfetto<W> {
         self.out.flush()
     }
 }
+
+#[cfg(test)]
+mod tests;
