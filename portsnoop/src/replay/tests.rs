@@ -228,7 +228,7 @@ fn each_line_parses_back_into_its_record() {
             for s in &mut op.syscalls {
                 s.arg = 0;
             }
-            *op = Box::new(op.clone().without_state());
+            **op = op.clone().without_state();
         }
         assert_eq!(got, want, "{line}");
     }
@@ -424,7 +424,12 @@ fn the_replayed_table_places_late_rows_as_the_live_one_did() {
     recording.truncate(recording.iter().rposition(|&b| b == b'\n').unwrap() + 1);
     let mut replayed = Vec::new();
     let mut table = Table::new(&mut replayed);
-    replay(std::path::Path::new("rec.jsonl"), &recording[..], &mut table).unwrap();
+    replay(
+        std::path::Path::new("rec.jsonl"),
+        &recording[..],
+        &mut table,
+    )
+    .unwrap();
     drop(table);
     assert_eq!(String::from_utf8(replayed).unwrap(), live);
 }

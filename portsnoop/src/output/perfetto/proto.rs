@@ -119,20 +119,44 @@ mod tests {
     #[test]
     fn varints_as_the_protobuf_docs_show_them() {
         // "Base 128 Varints": 1 is 01, 150 is 96 01; key = field << 3 | wire.
-        assert_eq!(bytes(|p| drop(p.uint(1, 1))), [0x08, 0x01]);
-        assert_eq!(bytes(|p| drop(p.uint(1, 150))), [0x08, 0x96, 0x01]);
-        assert_eq!(bytes(|p| drop(p.uint(1, 0))), [0x08, 0x00]);
         assert_eq!(
-            bytes(|p| drop(p.uint(1, u64::MAX))),
+            bytes(|p| {
+                p.uint(1, 1);
+            }),
+            [0x08, 0x01]
+        );
+        assert_eq!(
+            bytes(|p| {
+                p.uint(1, 150);
+            }),
+            [0x08, 0x96, 0x01]
+        );
+        assert_eq!(
+            bytes(|p| {
+                p.uint(1, 0);
+            }),
+            [0x08, 0x00]
+        );
+        assert_eq!(
+            bytes(|p| {
+                p.uint(1, u64::MAX);
+            }),
             [0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]
         );
         // A field number past 15 takes a two-byte key (TracePacket's 58).
-        assert_eq!(bytes(|p| drop(p.uint(58, 3))), [0xd0, 0x03, 0x03]);
+        assert_eq!(
+            bytes(|p| {
+                p.uint(58, 3);
+            }),
+            [0xd0, 0x03, 0x03]
+        );
     }
 
     #[test]
     fn negative_ints_take_ten_bytes() {
-        let b = bytes(|p| drop(p.int(4, -1)));
+        let b = bytes(|p| {
+            p.int(4, -1);
+        });
         assert_eq!(b.len(), 11);
         assert_eq!(b[0], 0x20);
         assert_eq!(b[10], 0x01);
@@ -142,7 +166,9 @@ mod tests {
     fn strings_are_length_prefixed() {
         // The docs' "testing" in field 2.
         assert_eq!(
-            bytes(|p| drop(p.str(2, "testing"))),
+            bytes(|p| {
+                p.str(2, "testing");
+            }),
             [0x12, 0x07, b't', b'e', b's', b't', b'i', b'n', b'g']
         );
     }

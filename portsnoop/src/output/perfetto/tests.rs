@@ -9,6 +9,9 @@ use crate::event::EpollWait;
 const P: u32 = 7;
 const T: u32 = 8;
 
+/// A message's fields: (field number, varint value or bytes).
+type Fields<'a> = Vec<(u32, Result<u64, &'a [u8]>)>;
+
 /// One decoded track event: (ts, track, type, name, annotations).
 type Ev = (u64, u64, u64, String, Vec<(String, String)>);
 
@@ -27,7 +30,7 @@ fn varint(b: &[u8], at: &mut usize) -> u64 {
 }
 
 /// The fields of a message: (field, varint value or bytes).
-fn fields(b: &[u8]) -> Vec<(u32, Result<u64, &[u8]>)> {
+fn fields(b: &[u8]) -> Fields<'_> {
     let mut at = 0;
     let mut out = Vec::new();
     while at < b.len() {
@@ -258,7 +261,7 @@ fn tracks_are_described_and_losses_and_process_events_marked() {
         })),
     ];
     let trace = write(&records);
-    let descriptors: Vec<Vec<(u32, Result<u64, &[u8]>)>> = fields(&trace)
+    let descriptors: Vec<Fields<'_>> = fields(&trace)
         .into_iter()
         .filter_map(|(_, p)| {
             fields(p.unwrap_err())
