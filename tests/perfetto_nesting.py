@@ -57,6 +57,7 @@ def main(path):
             t = {"name": d.name if d.HasField("name") else None}
             if d.HasField("thread"):
                 t["pid"], t["tid"] = d.thread.pid, d.thread.tid
+                t["parent"] = d.parent_uuid
             if d.HasField("process"):
                 t["process"] = d.process.pid
             if str(d.uuid) in out["tracks"]:
@@ -67,6 +68,12 @@ def main(path):
                 out["errors"].append(f"packet {i}: clock {p.timestamp_clock_id}, not MONOTONIC (3)")
             e = p.track_event
             events.setdefault(e.track_uuid, []).append((p.timestamp, i, e))
+
+    for uuid, t in out["tracks"].items():
+        if "tid" in t and not any(p.get("process") == t["pid"] for p in out["tracks"].values()):
+            out["errors"].append(f"thread track {uuid}: no track for its process {t['pid']}")
+        if "tid" in t and out["tracks"].get(str(t["parent"]), {}).get("process") != t["pid"]:
+            out["errors"].append(f"thread track {uuid}: its parent is not its process's track")
 
     for uuid, evs in events.items():
         if str(uuid) not in out["tracks"]:

@@ -78,6 +78,8 @@ mod field {
     pub const CLOCK_TIMESTAMP: u32 = 2;
     /// `TrackDescriptor.uuid`
     pub const TRACK_UUID: u32 = 1;
+    /// `TrackDescriptor.parent_uuid`
+    pub const TRACK_PARENT_UUID: u32 = 5;
     /// `TrackDescriptor.name`
     pub const TRACK_NAME: u32 = 2;
     /// `TrackDescriptor.process`
@@ -516,7 +518,8 @@ impl<W: Write> Perfetto<W> {
             let p = &mut self.packet;
             p.uint(field::SEQUENCE_ID, SEQUENCE);
             let d = p.begin(field::TRACK_DESCRIPTOR);
-            p.uint(field::TRACK_UUID, thread_track(tid));
+            p.uint(field::TRACK_UUID, thread_track(tid))
+                .uint(field::TRACK_PARENT_UUID, process_track(pid));
             let th = p.begin(field::TRACK_THREAD);
             p.uint(field::PID, pid.into()).uint(field::TID, tid.into());
             p.end(th);
