@@ -85,7 +85,11 @@ fn check(trace: &Value, records: &[Value]) -> Seen {
     let cut = |sl: &Value| sl["args"]["end_cut_ns"].is_u64();
     let mut seen = Seen::default();
     for r in records {
-        if r.get("tid").is_some_and(Value::is_u64) {
+        // What is drawn on its thread's track (process events go on the
+        // process's, entry and return probes are the ops).
+        let drawn = matches!(s(r, "type"), "syscall" | "wait" | "epoll_ctl" | "op")
+            || (r["type"] == "probe" && r["name"] == "log");
+        if drawn {
             let tid = n(r, "tid");
             assert_eq!(
                 tracks.get(&tid),
@@ -229,9 +233,10 @@ fn echo_mio_callbacks_hold_their_ops_and_the_ops_their_syscalls() {
     let (status, _, err) = snoop.finish();
     assert!(status.success(), "{}", err.join("\n"));
     let seen = run_checked(&dir);
-    // accept + an echo callback per message at least, each with its ops.
-    assert!(seen.callbacks > 60, "{seen:?}");
-    assert!(seen.ops_in_callbacks > 120, "{seen:?}");
+    // The accept callbacks and the echo callbacks (one can take several
+    // messages under load, the slow client's one each), with their ops.
+    assert!(seen.callbacks > 10, "{seen:?}");
+    assert!(seen.ops_in_callbacks > 100, "{seen:?}");
     assert!(seen.syscalls_in_ops >= seen.ops_in_callbacks, "{seen:?}");
     assert!(seen.waits > 5, "{seen:?}");
 }
