@@ -227,7 +227,9 @@ fn echo_mio_callbacks_hold_their_ops_and_the_ops_their_syscalls() {
         "127.0.0.1:0",
     ]);
     let addr = snoop.child_listen_addr();
-    run_load(addr, 3, 20, 100);
+    // Enough for the writer to lay out and write the loop's thread in
+    // several parts (a thousand slices or more each).
+    run_load(addr, 3, 200, 100);
     slow_client(addr, 5);
     thread::sleep(Duration::from_millis(200));
     let (status, _, err) = snoop.finish();

@@ -19,15 +19,19 @@
 //!
 //! Slices on a track must nest; the legacy JSON format cannot even say so
 //! for overlapping ones. Records come in the correlator's order (an op
-//! after its syscalls, a callback after its ops), so the slices are kept
-//! and laid out at the end: per thread, sorted by start (longer first),
-//! each slice placed inside the ones still open; one that would outlast
-//! its parent (an op still open when its callback returned, which is a
+//! after its syscalls, a callback after its ops), so each thread's slices
+//! wait until nothing still open can enclose them: the entry probes say
+//! what is open, and its op record closes it. Then they are laid out
+//! (sorted by start, longer first, each placed inside the ones still open)
+//! and written, a thousand or more at a time, whole top-level slices with
+//! all they hold: memory stays bounded by what is open, and a trace written
+//! in parts nests as one written at once. A slice that would outlast its
+//! parent (an op still open when its callback returned, which is a
 //! mismatch) is cut at the parent's end and says so (`end_cut_ns`); what
-//! it held after that is shown at its own time, outside. A
-//! callback the trace never saw return ends with the last thing its
-//! thread did. The file is one packet sequence written by one writer, with
-//! no interned data: nothing depends on incremental state.
+//! it held after that is shown at its own time, outside. A callback never
+//! seen to return ends with the last thing its thread had done by then.
+//! The file is one packet sequence written by one writer, with no interned
+//! data: nothing depends on incremental state.
 //!
 //! The same records make the same bytes (no clock read here, nothing taken
 //! from a hash map's order), so `portsnoop replay --perfetto` of a
@@ -147,12 +151,11 @@ enum Value {
     Str(String),
 }
 
-/// A slice or an instant on a thread's track, waiting for the end.
+/// A slice or an instant on a thread's track, waiting to be laid out.
 #[derive(Debug)]
 struct Item {
     start: u64,
-    /// None: a callback the trace never saw return.
-    end: Option<u64>,
+    end: u64,
     rank: Rank,
     name: Cow<'static, str>,
     args: Vec<(&'static str, Value)>,
@@ -160,59 +163,76 @@ struct Item {
     syscall: Option<SyscallName>,
 }
 
-/// Slices and instants of one thread.
+/// A thread's slices not written yet, and what may still enclose them.
 #[derive(Debug, Default)]
 struct Thread {
     pid: u32,
     items: Vec<Item>,
+    /// Entry times of the callbacks and ops its entry probes opened and no
+    /// op record has closed yet (with how many at each time): their slices
+    /// will enclose what comes after, so nothing from the first on is
+    /// written.
+    open: BTreeMap<u64, u32>,
+    /// The syscalls its ops hold, as (entry time, name): their own records
+    /// are not drawn a second time.
+    in_ops: HashSet<(u64, SyscallName)>,
+    /// The latest end of anything it did.
+    last_end: u64,
+    /// Lay out and write what can be written once `items` is this long.
+    flush_at: usize,
+    /// Its track descriptor is written.
+    described: bool,
 }
 
-/// An instant on a process's track or on the `portsnoop` track.
-#[derive(Debug)]
-struct Mark {
-    track: u64,
-    ts: u64,
-    name: Cow<'static, str>,
-    args: Vec<(&'static str, Value)>,
-}
+/// The fewest slices a thread gathers before they are laid out and
+/// written: a few hundred KiB at most, sorted a few thousand at a time.
+const FLUSH_MIN: usize = 1024;
 
-/// Writes a Perfetto trace to `W` at the end of the run.
+/// Writes a Perfetto trace to `W` as records come: each thread's slices
+/// are laid out and written once nothing still open can enclose them.
 pub struct Perfetto<W: Write> {
     out: W,
     threads: BTreeMap<u32, Thread>,
+    /// Processes whose track is written.
     processes: BTreeSet<u32>,
-    marks: Vec<Mark>,
-    /// The syscalls that ops hold, as (tid, entry time, name): their own
-    /// records are not drawn a second time.
-    in_ops: HashSet<(u32, u64, SyscallName)>,
-    first_ts: Option<u64>,
+    /// The first packet (clock, sequence) is written.
+    started: bool,
+    /// The `portsnoop` track is written.
+    portsnoop_track: bool,
     packet: Proto,
 }
 
 impl<W: Write> Perfetto<W> {
-    /// A writer to `out`; nothing is written before [`Output::finish`].
+    /// A writer to `out`.
     pub fn new(out: W) -> Perfetto<W> {
         Perfetto {
             out,
             threads: BTreeMap::new(),
             processes: BTreeSet::new(),
-            marks: Vec::new(),
-            in_ops: HashSet::new(),
-            first_ts: None,
+            started: false,
+            portsnoop_track: false,
             packet: Proto::default(),
         }
     }
 
-    fn seen(&mut self, ts: u64) {
-        self.first_ts = Some(self.first_ts.map_or(ts, |t| t.min(ts)));
+    fn thread(&mut self, pid: u32, tid: u32) -> &mut Thread {
+        let t = self.threads.entry(tid).or_insert_with(|| Thread {
+            flush_at: FLUSH_MIN,
+            ..Thread::default()
+        });
+        t.pid = pid;
+        t
     }
 
-    fn item(&mut self, pid: u32, tid: u32, item: Item) {
-        self.seen(item.start);
-        self.processes.insert(pid);
-        let thread = self.threads.entry(tid).or_default();
-        thread.pid = pid;
-        thread.items.push(item);
+    fn item(&mut self, pid: u32, tid: u32, item: Item) -> io::Result<()> {
+        let t = self.thread(pid, tid);
+        t.last_end = t.last_end.max(item.end);
+        t.items.push(item);
+        if t.items.len() >= t.flush_at {
+            let horizon = t.open.keys().next().copied().unwrap_or(u64::MAX);
+            self.write_thread(tid, horizon)?;
+        }
+        Ok(())
     }
 
     fn slice(
@@ -222,33 +242,49 @@ impl<W: Write> Perfetto<W> {
         rank: Rank,
         name: impl Into<Cow<'static, str>>,
         args: Vec<(&'static str, Value)>,
-    ) {
+    ) -> io::Result<()> {
         self.item(
             pid,
             tid,
             Item {
                 start,
-                end: Some(end.max(start)),
+                end: end.max(start),
                 rank,
                 name: name.into(),
                 args,
                 syscall: None,
             },
-        );
+        )
     }
 
     fn instant(
         &mut self,
-        (pid, tid): (u32, u32),
+        who: (u32, u32),
         ts: u64,
         name: impl Into<Cow<'static, str>>,
         args: Vec<(&'static str, Value)>,
-    ) {
-        self.slice((pid, tid), (ts, ts), Rank::Instant, name, args);
+    ) -> io::Result<()> {
+        self.slice(who, (ts, ts), Rank::Instant, name, args)
     }
 
-    fn op(&mut self, op: &Op) {
+    /// An entry probe: a slice from `ts` is open on its thread.
+    fn entered(&mut self, pid: u32, tid: u32, ts: u64) {
+        *self.thread(pid, tid).open.entry(ts).or_default() += 1;
+    }
+
+    fn op(&mut self, op: &Op) -> io::Result<()> {
         let who = (op.pid, op.tid);
+        let thread = self.thread(op.pid, op.tid);
+        if let Some(n) = thread.open.get_mut(&op.entry_ts_ns) {
+            *n -= 1;
+            if *n == 0 {
+                thread.open.remove(&op.entry_ts_ns);
+            }
+        }
+        // Never seen to return (the trace or the process ended, events
+        // were lost): it lasts as long as its thread was seen doing
+        // anything.
+        let unreturned_end = thread.last_end;
         let last_seen = op
             .syscalls
             .iter()
@@ -276,34 +312,22 @@ impl<W: Write> Perfetto<W> {
         }
         if op.kind == OpKind::Callback {
             let name = op.callback.as_deref().unwrap_or("callback").to_string();
-            self.item(
-                op.pid,
-                op.tid,
-                Item {
-                    start: op.entry_ts_ns,
-                    // Never seen to return: it lasts as long as its thread
-                    // is seen doing anything (decided at the end).
-                    end: op.return_ts_ns,
-                    rank: Rank::Callback,
-                    name: name.into(),
-                    args,
-                    syscall: None,
-                },
-            );
+            let end = op.return_ts_ns.unwrap_or(unreturned_end);
+            self.slice(who, (op.entry_ts_ns, end), Rank::Callback, name, args)?;
         } else {
             let end = op.return_ts_ns.unwrap_or(last_seen);
-            self.slice(who, (op.entry_ts_ns, end), Rank::Op, op.kind.as_str(), args);
+            self.slice(who, (op.entry_ts_ns, end), Rank::Op, op.kind.as_str(), args)?;
             for s in &op.syscalls {
-                self.in_ops.insert((op.tid, s.ts_ns, s.name));
-                // Only what the JSON op line says of its syscalls: a replayed
-                // op has nothing more.
+                self.thread(op.pid, op.tid).in_ops.insert((s.ts_ns, s.name));
+                // Only what the JSON op line says of its syscalls: a
+                // replayed op has nothing more.
                 self.slice(
                     who,
                     (s.ts_ns, s.ts_ns.saturating_add(s.dur_ns)),
                     Rank::Syscall,
                     s.name.as_str(),
                     vec![("fd", Value::Int(op.fd.into())), ("rv", Value::Int(s.rv))],
-                );
+                )?;
             }
         }
         // Where the table shows its row: at its return, or after the last
@@ -311,7 +335,7 @@ impl<W: Write> Perfetto<W> {
         let label = match (&op.mismatch, &op.incomplete) {
             (Some(_), _) => "MISMATCH",
             (None, Some(_)) => "INCOMPLETE",
-            (None, None) => return,
+            (None, None) => return Ok(()),
         };
         let why: Vec<_> = [("mismatch", &op.mismatch), ("incomplete", &op.incomplete)]
             .into_iter()
@@ -319,16 +343,16 @@ impl<W: Write> Perfetto<W> {
             .chain([("fd", Value::Int(op.fd.into()))])
             .collect();
         let at = op.return_ts_ns.unwrap_or(last_seen);
-        self.instant(who, at, format!("{label} {}", op.kind.as_str()), why);
+        self.instant(who, at, format!("{label} {}", op.kind.as_str()), why)
     }
 
-    fn syscall(&mut self, s: &Syscall) {
+    fn syscall(&mut self, s: &Syscall) -> io::Result<()> {
         self.item(
             s.pid,
             s.tid,
             Item {
                 start: s.ts_ns,
-                end: Some(s.ts_ns.saturating_add(s.dur_ns)),
+                end: s.ts_ns.saturating_add(s.dur_ns),
                 rank: Rank::Syscall,
                 name: s.name.as_str().into(),
                 args: vec![
@@ -338,10 +362,10 @@ impl<W: Write> Perfetto<W> {
                 ],
                 syscall: Some(s.name),
             },
-        );
+        )
     }
 
-    fn epoll_ctl(&mut self, c: &EpollCtl) {
+    fn epoll_ctl(&mut self, c: &EpollCtl) -> io::Result<()> {
         self.slice(
             (c.pid, c.tid),
             (c.ts_ns, c.ts_ns.saturating_add(c.dur_ns)),
@@ -355,10 +379,10 @@ impl<W: Write> Perfetto<W> {
                 ("data", Value::Uint(c.data)),
                 ("rv", Value::Int(c.rv)),
             ],
-        );
+        )
     }
 
-    fn wait(&mut self, w: &Wait) {
+    fn wait(&mut self, w: &Wait) -> io::Result<()> {
         let ww = &w.wait;
         let ready: Vec<String> = ww
             .events
@@ -384,10 +408,10 @@ impl<W: Write> Perfetto<W> {
             Rank::Op,
             ww.name,
             args,
-        );
+        )
     }
 
-    fn log(&mut self, p: &Probe) {
+    fn log(&mut self, p: &Probe) -> io::Result<()> {
         let s = |i: usize| Value::Str(p.strings.get(i).map_or("", |s| &**s).to_string());
         self.instant(
             (p.pid, p.tid),
@@ -399,24 +423,20 @@ impl<W: Write> Perfetto<W> {
                 ("line", Value::Int((p.args[2] as i32).into())),
                 ("msg", s(2)),
             ],
-        );
+        )
     }
 
-    fn process_mark(
+    /// An instant on a process's track or on the `portsnoop` track,
+    /// written now: nothing nests there.
+    fn mark(
         &mut self,
-        pid: u32,
+        track: u64,
         ts: u64,
-        name: &'static str,
-        args: Vec<(&'static str, Value)>,
-    ) {
-        self.seen(ts);
-        self.processes.insert(pid);
-        self.marks.push(Mark {
-            track: process_track(pid),
-            ts,
-            name: name.into(),
-            args,
-        });
+        name: &str,
+        args: &[(&'static str, Value)],
+    ) -> io::Result<()> {
+        self.start(ts)?;
+        self.track_event(ts, track, INSTANT, Some(name), args)
     }
 
     /// Writes the packet built in `self.packet` as one `Trace.packet`.
@@ -476,10 +496,13 @@ impl<W: Write> Perfetto<W> {
         self.flush_packet()
     }
 
-    fn descriptors(&mut self) -> io::Result<()> {
-        // First packet: the sequence starts clean, and MONOTONIC is the
-        // trace's clock.
-        let first = self.first_ts.unwrap_or(0);
+    /// The first packet, once: the sequence starts clean, and MONOTONIC
+    /// (read at `ts`, the first thing written) is the trace's clock.
+    fn start(&mut self, ts: u64) -> io::Result<()> {
+        if self.started {
+            return Ok(());
+        }
+        self.started = true;
         let p = &mut self.packet;
         p.uint(field::SEQUENCE_ID, SEQUENCE)
             .uint(field::SEQUENCE_FLAGS, SEQ_INCREMENTAL_STATE_CLEARED)
@@ -487,79 +510,140 @@ impl<W: Write> Perfetto<W> {
         let snap = p.begin(field::CLOCK_SNAPSHOT);
         let clock = p.begin(field::CLOCKS);
         p.uint(field::CLOCK_ID, CLOCK_MONOTONIC)
-            .uint(field::CLOCK_TIMESTAMP, first);
+            .uint(field::CLOCK_TIMESTAMP, ts);
         p.end(clock);
         p.uint(field::PRIMARY_TRACE_CLOCK, CLOCK_MONOTONIC);
         p.end(snap);
-        self.flush_packet()?;
+        self.flush_packet()
+    }
 
-        if self.marks.iter().any(|m| m.track == PORTSNOOP_TRACK) {
-            let p = &mut self.packet;
-            p.uint(field::SEQUENCE_ID, SEQUENCE);
-            let d = p.begin(field::TRACK_DESCRIPTOR);
-            p.uint(field::TRACK_UUID, PORTSNOOP_TRACK)
-                .str(field::TRACK_NAME, "portsnoop");
-            p.end(d);
-            self.flush_packet()?;
+    /// A track descriptor: `name` or a process or a thread.
+    fn describe(
+        &mut self,
+        uuid: u64,
+        parent: Option<u64>,
+        name: Option<&str>,
+        process: Option<u32>,
+        thread: Option<(u32, u32)>,
+    ) -> io::Result<()> {
+        let p = &mut self.packet;
+        p.uint(field::SEQUENCE_ID, SEQUENCE);
+        let d = p.begin(field::TRACK_DESCRIPTOR);
+        p.uint(field::TRACK_UUID, uuid);
+        if let Some(parent) = parent {
+            p.uint(field::TRACK_PARENT_UUID, parent);
         }
-        for pid in self.processes.clone() {
-            let p = &mut self.packet;
-            p.uint(field::SEQUENCE_ID, SEQUENCE);
-            let d = p.begin(field::TRACK_DESCRIPTOR);
-            p.uint(field::TRACK_UUID, process_track(pid));
-            let proc_ = p.begin(field::TRACK_PROCESS);
+        if let Some(name) = name {
+            p.str(field::TRACK_NAME, name);
+        }
+        if let Some(pid) = process {
+            let pd = p.begin(field::TRACK_PROCESS);
             p.uint(field::PID, pid.into());
-            p.end(proc_);
-            p.end(d);
-            self.flush_packet()?;
+            p.end(pd);
         }
-        let threads: Vec<(u32, u32)> = self.threads.iter().map(|(t, th)| (*t, th.pid)).collect();
-        for (tid, pid) in threads {
-            let p = &mut self.packet;
-            p.uint(field::SEQUENCE_ID, SEQUENCE);
-            let d = p.begin(field::TRACK_DESCRIPTOR);
-            p.uint(field::TRACK_UUID, thread_track(tid))
-                .uint(field::TRACK_PARENT_UUID, process_track(pid));
-            let th = p.begin(field::TRACK_THREAD);
+        if let Some((pid, tid)) = thread {
+            let td = p.begin(field::TRACK_THREAD);
             p.uint(field::PID, pid.into()).uint(field::TID, tid.into());
-            p.end(th);
-            p.end(d);
-            self.flush_packet()?;
+            p.end(td);
+        }
+        p.end(d);
+        self.flush_packet()
+    }
+
+    /// The process's track, once, before anything on it or its threads'.
+    fn process_track(&mut self, pid: u32) -> io::Result<()> {
+        if self.processes.insert(pid) {
+            self.describe(process_track(pid), None, None, Some(pid), None)?;
         }
         Ok(())
     }
 
-    /// Lays out one thread's slices so they nest, and writes them.
-    fn write_thread(&mut self, tid: u32, items: Vec<Item>) -> io::Result<()> {
-        let track = thread_track(tid);
-        let mut items: Vec<Item> = items
+    /// Lays out thread `tid`'s slices so they nest, and writes those that
+    /// end by `horizon`, where something still open begins (nothing can
+    /// enclose them any more); keeps the rest.
+    ///
+    /// Sorted by start, the longer (the outer) first, then callback, op,
+    /// syscall, instant (the sort is stable: ties keep the records'
+    /// order), each slice goes inside the ones still open; one that would
+    /// outlast its parent is cut at the parent's end. What is written is
+    /// whole top-level slices with everything inside them, so a trace
+    /// written in parts nests as one written at once.
+    fn write_thread(&mut self, tid: u32, horizon: u64) -> io::Result<()> {
+        let Some(thread) = self.threads.get_mut(&tid) else {
+            return Ok(());
+        };
+        let in_ops = &thread.in_ops;
+        let mut items: Vec<Item> = std::mem::take(&mut thread.items)
             .into_iter()
             .filter(|it| {
                 it.syscall
-                    .is_none_or(|name| !self.in_ops.contains(&(tid, it.start, name)))
+                    .is_none_or(|name| !in_ops.contains(&(it.start, name)))
             })
             .collect();
-        let last = items
-            .iter()
-            .map(|it| it.end.unwrap_or(it.start))
-            .max()
-            .unwrap_or(0);
-        for it in &mut items {
-            it.end.get_or_insert(last);
-        }
-        // By start, the longer (the outer) first, then callback, op,
-        // syscall; the sort is stable, so ties keep the records' order.
         items.sort_by(|a, b| {
             a.start
                 .cmp(&b.start)
                 .then(b.end.cmp(&a.end))
                 .then(a.rank.cmp(&b.rank))
         });
+        // Where each top-level slice's items begin, and how far the
+        // written ones go.
         let mut open: Vec<u64> = Vec::new();
-        for mut it in items {
-            let end = it.end.expect("set above");
-            // What ended by this start is closed first: a slice that ends
-            // where the next begins is its sibling, not its parent.
+        let mut cut: Vec<Option<u64>> = vec![None; items.len()];
+        let mut written = 0;
+        for (i, it) in items.iter().enumerate() {
+            while open.last().is_some_and(|&e| e <= it.start) {
+                open.pop();
+            }
+            // A top-level slice begins: all before it is whole, and it is
+            // written if it ends by the horizon.
+            if open.is_empty() && it.end > horizon {
+                break;
+            }
+            written = i + 1;
+            if it.rank == Rank::Instant {
+                continue;
+            }
+            let parent = open.last().copied();
+            let end = match parent {
+                Some(p) if it.end > p => {
+                    cut[i] = Some(p);
+                    p
+                }
+                _ => it.end,
+            };
+            open.push(end);
+        }
+        let pid = thread.pid;
+        let rest = items.split_off(written);
+        let described = thread.described;
+        thread.described |= !items.is_empty();
+        // The rest: gathered again until there is twice as much, so a long
+        // callback costs sorts in proportion to its slices, not to their
+        // square.
+        thread.flush_at = FLUSH_MIN.max(2 * rest.len());
+        if let Some(last) = items.last() {
+            let done = last.start;
+            thread.in_ops.retain(|(ts, _)| *ts >= done);
+        }
+        thread.items = rest;
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.start(items[0].start)?;
+        self.process_track(pid)?;
+        let track = thread_track(tid);
+        if !described {
+            self.describe(
+                track,
+                Some(process_track(pid)),
+                None,
+                None,
+                Some((pid, tid)),
+            )?;
+        }
+        let mut open: Vec<u64> = Vec::new();
+        for (mut it, cut) in items.into_iter().zip(cut) {
             while open.last().is_some_and(|&e| e <= it.start) {
                 let e = open.pop().expect("checked");
                 self.track_event(e, track, SLICE_END, None, &[])?;
@@ -568,15 +652,11 @@ impl<W: Write> Perfetto<W> {
                 self.track_event(it.start, track, INSTANT, Some(&it.name), &it.args)?;
                 continue;
             }
-            let end = match open.last() {
-                Some(&parent) if end > parent => {
-                    it.args.push(("end_cut_ns", Value::Uint(end - parent)));
-                    parent
-                }
-                _ => end,
-            };
+            if let Some(c) = cut {
+                it.args.push(("end_cut_ns", Value::Uint(it.end - c)));
+            }
             self.track_event(it.start, track, SLICE_BEGIN, Some(&it.name), &it.args)?;
-            open.push(end);
+            open.push(cut.unwrap_or(it.end));
         }
         while let Some(e) = open.pop() {
             self.track_event(e, track, SLICE_END, None, &[])?;
@@ -611,17 +691,26 @@ impl<W: Write> Output for Perfetto<W> {
             Record::Event(Event::Syscall(s)) => self.syscall(s),
             Record::Event(Event::EpollCtl(c)) => self.epoll_ctl(c),
             Record::Event(Event::Probe(p)) if p.name == ProbeName::Log => self.log(p),
-            // Entry and return probes are the ops' ends; a close's entry
-            // is the close's syscall slice.
-            Record::Event(Event::Probe(_)) | Record::Event(Event::CloseEnter(_)) => {}
+            // Entry probes open what an op record closes; the returns are
+            // the ops' ends, a close's entry its syscall's slice.
+            Record::Event(Event::Probe(p)) => {
+                if let Some((_, true)) = p.name.op() {
+                    self.entered(p.pid, p.tid, p.ts_ns);
+                }
+                Ok(())
+            }
+            Record::Event(Event::CloseEnter(_)) => Ok(()),
             Record::Event(Event::Lost { ts_ns, count }) => {
-                self.seen(*ts_ns);
-                self.marks.push(Mark {
-                    track: PORTSNOOP_TRACK,
-                    ts: *ts_ns,
-                    name: "LOST".into(),
-                    args: vec![("count", Value::Uint(*count))],
-                });
+                self.start(*ts_ns)?;
+                if !std::mem::replace(&mut self.portsnoop_track, true) {
+                    self.describe(PORTSNOOP_TRACK, None, Some("portsnoop"), None, None)?;
+                }
+                self.mark(
+                    PORTSNOOP_TRACK,
+                    *ts_ns,
+                    "LOST",
+                    &[("count", Value::Uint(*count))],
+                )
             }
             Record::Event(Event::Process(p)) => {
                 let tid = ("tid", Value::Uint(p.tid.into()));
@@ -641,19 +730,17 @@ impl<W: Write> Output for Perfetto<W> {
                         ],
                     ),
                 };
-                self.process_mark(p.pid, p.ts_ns, name, args);
+                self.start(p.ts_ns)?;
+                self.process_track(p.pid)?;
+                self.mark(process_track(p.pid), p.ts_ns, name, &args)
             }
         }
-        Ok(())
     }
 
     fn finish(&mut self, _summary: &Summary) -> io::Result<()> {
-        self.descriptors()?;
-        for (tid, thread) in std::mem::take(&mut self.threads) {
-            self.write_thread(tid, thread.items)?;
-        }
-        for m in std::mem::take(&mut self.marks) {
-            self.track_event(m.ts, m.track, INSTANT, Some(&m.name), &m.args)?;
+        let tids: Vec<u32> = self.threads.keys().copied().collect();
+        for tid in tids {
+            self.write_thread(tid, u64::MAX)?;
         }
         self.out.flush()
     }

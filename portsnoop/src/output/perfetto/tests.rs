@@ -298,3 +298,117 @@ fn tracks_are_described_and_losses_and_process_events_marked() {
         .unwrap_err();
     assert!(fields(snapshot).contains(&(field::PRIMARY_TRACE_CLOCK, Ok(CLOCK_MONOTONIC))));
 }
+
+/// The slices of `track` as a reader nests them: events sorted by time
+/// (ties in file order), an end closing the innermost open slice. Returns
+/// (name, depth, start, end) in start order; panics on a bad nesting.
+fn nested(trace: &[u8], track: u64) -> Vec<(String, usize, u64, u64)> {
+    let mut evs: Vec<(usize, Ev)> = track_events(trace)
+        .into_iter()
+        .filter(|e| e.1 == track)
+        .enumerate()
+        .collect();
+    evs.sort_by_key(|(i, e)| (e.0, *i));
+    let mut out = Vec::new();
+    let mut open: Vec<usize> = Vec::new();
+    for (_, (ts, _, ty, name, _)) in evs {
+        match ty {
+            SLICE_BEGIN => {
+                open.push(out.len());
+                out.push((name, open.len() - 1, ts, 0));
+            }
+            SLICE_END => out[open.pop().expect("an end closes an open slice")].3 = ts,
+            _ => {}
+        }
+    }
+    assert!(open.is_empty(), "slices never ended");
+    out
+}
+
+fn entry_probe(ts: u64, name: ProbeName) -> Record {
+    Record::Event(Event::Probe(Probe {
+        ts_ns: ts,
+        pid: P,
+        tid: T,
+        name,
+        args: [5, 0, 0, 0, 3, 0],
+        strings: vec![],
+    }))
+}
+
+/// One callback with a read inside, as the correlator emits them.
+fn callback_with_read(t: u64, out: &mut Vec<Record>) {
+    out.push(entry_probe(t, ProbeName::CallbackEntry));
+    out.push(entry_probe(t + 10, ProbeName::ReadEntry));
+    let recv = syscall(t + 20, SyscallName::Recvfrom, 5, 1, 10);
+    out.push(Record::Event(Event::Syscall(recv.clone())));
+    out.push(op(OpKind::Read, t + 10, Some(t + 40), vec![recv]));
+    out.push(op(OpKind::Callback, t, Some(t + 50), vec![]));
+}
+
+#[test]
+fn a_long_trace_is_written_as_it_comes_and_nests_as_one_written_at_once() {
+    let mut records = Vec::new();
+    for i in 0..3000 {
+        callback_with_read(i * 100, &mut records);
+    }
+    let mut out = Vec::new();
+    let mut p = Perfetto::new(&mut out);
+    let mut most = 0;
+    for r in &records {
+        p.record(r).unwrap();
+        most = most.max(p.threads[&T].items.len());
+    }
+    // Written as it came: never more than a flush's worth waits.
+    assert!(most <= FLUSH_MIN, "{most} slices waited");
+    p.finish(&Summary::default()).unwrap();
+    drop(p);
+    let slices = nested(&out, thread_track(T));
+    assert_eq!(slices.len(), 3 * 3000);
+    for (i, chunk) in slices.chunks(3).enumerate() {
+        let t = i as u64 * 100;
+        assert_eq!(
+            chunk,
+            [
+                ("echo".to_string(), 0, t, t + 50),
+                ("read".to_string(), 1, t + 10, t + 40),
+                ("recvfrom".to_string(), 2, t + 20, t + 30)
+            ]
+        );
+    }
+}
+
+#[test]
+fn nothing_a_still_open_callback_may_enclose_is_written_before_it() {
+    // A callback open for the whole run (a task poll that never yields,
+    // or one whose return is still to come), with many callbacks inside.
+    let mut records = vec![entry_probe(0, ProbeName::CallbackEntry)];
+    for i in 1..3000 {
+        callback_with_read(i * 100, &mut records);
+    }
+    // A write entered inside it that returns after it (a mismatch), with
+    // many syscalls on other fds in between.
+    records.push(entry_probe(399_990, ProbeName::WriteEntry));
+    let mut outer = Op::new(OpKind::Callback, P, T, 5, 0);
+    outer.return_ts_ns = Some(400_000);
+    outer.callback = Some(Arc::from("outer"));
+    records.push(Record::Op(Box::new(outer)));
+    for i in 0..2 * FLUSH_MIN as u64 {
+        let other = syscall(400_001 + i * 10, SyscallName::Write, 1, 1, 5);
+        records.push(Record::Event(Event::Syscall(other)));
+    }
+    records.push(op(OpKind::Write, 399_990, Some(500_000), vec![]));
+    let trace = write(&records);
+    let slices = nested(&trace, thread_track(T));
+    assert_eq!(slices[0], ("outer".to_string(), 0, 0, 400_000));
+    assert_eq!(slices.len(), 1 + 3 * 2999 + 1 + 2 * FLUSH_MIN);
+    assert!(
+        slices[1..=3 * 2999].iter().all(|s| s.1 >= 1),
+        "all inside the outer callback"
+    );
+    // Cut at the callback's end, in the same layout as the callback.
+    assert_eq!(
+        slices[3 * 2999 + 1],
+        ("write".to_string(), 1, 399_990, 400_000)
+    );
+}
