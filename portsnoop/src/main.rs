@@ -207,6 +207,23 @@ fn trace_config(args: TraceArgs) -> TraceConfig {
     // `--json` alone: JSON Lines are the output; `--json=FILE`: a
     // recording beside it.
     let json_main = matches!(args.json, Some(None));
+    let json_file = args.json.clone().flatten();
+    let files: Vec<&PathBuf> = [&args.output, &json_file, &args.perfetto]
+        .into_iter()
+        .flatten()
+        .collect();
+    if files
+        .iter()
+        .enumerate()
+        .any(|(i, f)| files[..i].contains(f))
+    {
+        Cli::command()
+            .error(
+                ErrorKind::ArgumentConflict,
+                "-o, --json=FILE and --perfetto need different files",
+            )
+            .exit()
+    }
     TraceConfig {
         pid: args.pid,
         command: args.command,
@@ -221,7 +238,7 @@ fn trace_config(args: TraceArgs) -> TraceConfig {
         summary: !json_main && (args.summary || args.quiet),
         quiet: args.quiet,
         output: args.output,
-        json_file: args.json.clone().flatten(),
+        json_file,
         perfetto: args.perfetto,
         filter: Filter {
             fd: args.fd,

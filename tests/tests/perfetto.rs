@@ -314,3 +314,20 @@ fn mismatches_logs_and_hostile_names_are_marked() {
         "the hostile callback's slice, its name as the app gave it"
     );
 }
+
+/// Two outputs into one file would interleave garbage: a usage error.
+#[test]
+fn two_outputs_into_one_file_is_a_usage_error() {
+    for args in [
+        ["--json=same", "-o", "same", "--perfetto", "other"],
+        ["--json=one", "-o", "same", "--perfetto", "same"],
+    ] {
+        let out = Command::new(bin("portsnoop"))
+            .args(args)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("need different files"));
+    }
+}

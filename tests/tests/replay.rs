@@ -199,6 +199,22 @@ fn bad_recordings_are_errors_naming_the_line() {
         assert!(err.contains(says), "{what}: {err}");
         assert!(!err.contains("panicked"), "{what}: {err}");
     }
+    // The output is the recording: refused before it is emptied.
+    let path = dir.join("self.jsonl");
+    std::fs::write(&path, format!("{}\n", good[0])).unwrap();
+    let out = replay(&[
+        path.to_str().unwrap(),
+        "--json",
+        "-o",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is the recording being replayed"));
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        format!("{}\n", good[0])
+    );
+
     let out = replay(&[dir.join("no-such.jsonl").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open"));

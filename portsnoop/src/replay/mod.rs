@@ -77,6 +77,9 @@ pub enum Error {
     },
     /// An output file could not be created.
     CreateOutput(PathBuf, io::Error),
+    /// An output file is the recording itself: creating it would empty
+    /// the recording before it is read.
+    OutputIsInput(PathBuf),
     /// Writing the output failed (a closed pipe too, which the CLI takes
     /// as a normal end).
     Write(io::Error),
@@ -96,6 +99,11 @@ impl fmt::Display for Error {
                 )
             }
             Error::CreateOutput(p, _) => write!(f, "cannot write {}", escape::path(p)),
+            Error::OutputIsInput(p) => write!(
+                f,
+                "{} is the recording being replayed: write the output elsewhere",
+                escape::path(p)
+            ),
             Error::Write(_) => write!(f, "writing the replay"),
         }
     }
@@ -107,13 +115,18 @@ impl std::error::Error for Error {
             Error::Open(_, e) | Error::Read(_, e) | Error::CreateOutput(_, e) | Error::Write(e) => {
                 Some(e)
             }
-            Error::Line { .. } => None,
+            Error::Line { .. } | Error::OutputIsInput(_) => None,
         }
     }
 }
 
 /// Replays `config.input` to its outputs and returns the summary.
 pub fn run(config: &ReplayConfig) -> Result<Summary, Error> {
+    for out in config.output.iter().chain(&config.perfetto) {
+        if same_file(&config.input, out) {
+            return Err(Error::OutputIsInput(out.clone()));
+        }
+    }
     let input: Box<dyn BufRead> = if config.input.as_os_str() == "-" {
         Box::new(io::stdin().lock())
     } else {
@@ -140,6 +153,16 @@ pub fn run(config: &ReplayConfig) -> Result<Summary, Error> {
         output = Box::new(Tee(vec![output, Box::new(perfetto)]));
     }
     replay(&config.input, input, &mut *output)
+}
+
+/// Whether `a` and `b` are one existing file (by device and inode, so
+/// `./x` and a link to it are too).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// Feeds every record of `input` to `output`, then the summary.
