@@ -244,3 +244,67 @@ fn bad_recordings_are_errors_naming_the_line() {
     );
     assert!(err.contains("no summary line"), "{err}");
 }
+
+/// A `-f` run (a pre-forking server and its workers): replay `--pids`
+/// shows the PID column the live table had, and the Perfetto trace, live
+/// and replayed, has a track per process.
+#[test]
+fn a_followed_run_replays_with_its_pid_column() {
+    let dir = tempdir();
+    let fixture = bin("fork-fixture");
+    let snoop = Portsnoop::start(&[
+        "-f",
+        "--summary",
+        "-o",
+        dir.join("table.txt").to_str().unwrap(),
+        &format!("--json={}", dir.join("rec.jsonl").display()),
+        "--perfetto",
+        dir.join("live.pftrace").to_str().unwrap(),
+        "--",
+        fixture.to_str().unwrap(),
+        "--workers",
+        "2",
+    ]);
+    let addr = snoop.child_listen_addr();
+    for _ in 0..2 {
+        snoop
+            .proc
+            .stderr
+            .wait_for(WAIT, |l| l.starts_with("portsnoop: following pid "))
+            .expect("the workers followed");
+    }
+    run_load(addr, 4, 10, 32);
+    thread::sleep(Duration::from_millis(200));
+    let (status, _, err) = snoop.finish();
+    assert!(status.success(), "{}", err.join("\n"));
+
+    let rec = dir.join("rec.jsonl");
+    let table_out = dir.join("replay.txt");
+    let pf_out = dir.join("replay.pftrace");
+    ok(replay(&[
+        rec.to_str().unwrap(),
+        "--pids",
+        "--summary",
+        "-o",
+        table_out.to_str().unwrap(),
+        "--perfetto",
+        pf_out.to_str().unwrap(),
+    ]));
+    let live = std::fs::read_to_string(dir.join("table.txt")).unwrap();
+    let replayed = std::fs::read_to_string(&table_out).unwrap();
+    assert!(live.lines().next().unwrap().contains(" PID "), "{live}");
+    assert_eq!(live.lines().next(), replayed.lines().next());
+    assert_eq!(rows(&replayed), rows(&live));
+    assert_eq!(summary_part(&replayed), summary_part(&live));
+    let live_pf = dir.join("live.pftrace");
+    assert!(std::fs::read(&pf_out).unwrap() == std::fs::read(&live_pf).unwrap());
+    let nesting = tests::perfetto_nesting(&live_pf);
+    assert_eq!(nesting["errors"], serde_json::json!([]));
+    let processes = nesting["tracks"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|t| t["process"].is_u64())
+        .count();
+    assert!(processes >= 3, "the server and its 2 workers: {nesting}");
+}
