@@ -145,6 +145,11 @@ impl SyscallName {
         }
     }
 
+    /// The syscall with this name.
+    pub fn from_name(name: &str) -> Option<SyscallName> {
+        SyscallName::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     /// Which eventer operation this syscall can carry out.
     pub fn op(self) -> OpKind {
         match self {
@@ -184,6 +189,22 @@ pub enum OpKind {
 }
 
 impl OpKind {
+    /// Every kind, in a stable order.
+    pub const ALL: [OpKind; 7] = [
+        OpKind::Accept,
+        OpKind::Read,
+        OpKind::Write,
+        OpKind::Close,
+        OpKind::Callback,
+        OpKind::Connect,
+        OpKind::Shutdown,
+    ];
+
+    /// The kind with this output name.
+    pub fn from_name(name: &str) -> Option<OpKind> {
+        OpKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// The name used in output (`"read"`, `"callback"`, ...).
     pub fn as_str(self) -> &'static str {
         match self {

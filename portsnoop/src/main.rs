@@ -23,6 +23,7 @@ use portsnoop::count::{self, CountConfig};
 use portsnoop::engine;
 use portsnoop::list::{self, ListTarget};
 use portsnoop::output::{error_chain, note};
+use portsnoop::replay::{self, ReplayConfig};
 use portsnoop::trace::{self, Format, TraceConfig};
 
 /// The longest `-d`: ten years.
@@ -34,7 +35,7 @@ const MAX_DURATION_SECS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
     version,
     about = "Line up an event loop's evloop USDT probes with the kernel's syscalls on the same fd",
     args_conflicts_with_subcommands = true,
-    after_help = "Examples:\n  portsnoop -p 1234                 trace a running process\n  portsnoop --json -- ./echo-mio --listen 127.0.0.1:0\n  portsnoop list                    processes with an evloop provider\n  portsnoop list --perf -p 1234     its probes as tracefs uprobes, for perf\n  portsnoop count -d 5              syscalls by process and syscall, in the kernel"
+    after_help = "Examples:\n  portsnoop -p 1234                 trace a running process\n  portsnoop --json -- ./echo-mio --listen 127.0.0.1:0\n  portsnoop -p 1234 --json=rec.jsonl --perfetto trace.pftrace\n                                    the table, a recording and a Perfetto trace\n  portsnoop replay rec.jsonl        the recording's table, offline\n  portsnoop list                    processes with an evloop provider\n  portsnoop list --perf -p 1234     its probes as tracefs uprobes, for perf\n  portsnoop count -d 5              syscalls by process and syscall, in the kernel"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -83,6 +84,30 @@ enum Command {
         #[arg(long)]
         perf: bool,
     },
+    /// Render a `--json` recording again, offline: the table (default),
+    /// --summary, --json or --perfetto, as the live run wrote them.
+    Replay {
+        /// The JSON Lines recording (`-`: stdin).
+        file: PathBuf,
+        /// Write JSON Lines instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Print the text summary after the table.
+        #[arg(long)]
+        summary: bool,
+        /// No rows, only the summary (with --json, only its summary line).
+        #[arg(short, long)]
+        quiet: bool,
+        /// Also write a Perfetto trace to FILE.
+        #[arg(long, value_name = "FILE")]
+        perfetto: Option<PathBuf>,
+        /// A PID column in the table, as a live run with -f shows.
+        #[arg(long)]
+        pids: bool,
+        /// Write output to FILE instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -93,9 +118,13 @@ struct TraceArgs {
     /// Stop after this many seconds (a fraction is fine; at most ten years).
     #[arg(short, long, value_name = "SECONDS", value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// Write JSON Lines instead of the table.
-    #[arg(long)]
-    json: bool,
+    /// Write JSON Lines instead of the table; with =FILE, write them to
+    /// FILE, every record, beside the table (a recording for `replay`).
+    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true)]
+    json: Option<Option<PathBuf>>,
+    /// Also write a Perfetto trace (ui.perfetto.dev) to FILE, at the end.
+    #[arg(long, value_name = "FILE")]
+    perfetto: Option<PathBuf>,
     /// Print per-fd and per-operation totals and latency histograms at exit.
     #[arg(long)]
     summary: bool,
@@ -182,6 +211,25 @@ fn main() -> ExitCode {
             }
             .map_err(Into::into)
         }
+        Some(Command::Replay {
+            file,
+            json,
+            summary,
+            quiet,
+            perfetto,
+            pids,
+            output,
+        }) => replay::run(&ReplayConfig {
+            input: file,
+            format: if json { Format::Json } else { Format::Table },
+            summary: !json && (summary || quiet),
+            quiet,
+            pids,
+            output,
+            perfetto,
+        })
+        .map(drop)
+        .map_err(Into::into),
         None if cli.trace.bpftrace => print_bpftrace(&cli.trace),
         None => trace::run(trace_config(cli.trace))
             .map(drop)
@@ -204,20 +252,42 @@ fn trace_config(args: TraceArgs) -> TraceConfig {
     if args.pid.is_none() && args.command.is_empty() {
         usage_error();
     }
+    // `--json` alone: JSON Lines are the output; `--json=FILE`: a
+    // recording beside it.
+    let json_main = matches!(args.json, Some(None));
+    let json_file = args.json.clone().flatten();
+    let files: Vec<&PathBuf> = [&args.output, &json_file, &args.perfetto]
+        .into_iter()
+        .flatten()
+        .collect();
+    if files
+        .iter()
+        .enumerate()
+        .any(|(i, f)| files[..i].contains(f))
+    {
+        Cli::command()
+            .error(
+                ErrorKind::ArgumentConflict,
+                "-o, --json=FILE and --perfetto need different files",
+            )
+            .exit()
+    }
     TraceConfig {
         pid: args.pid,
         command: args.command,
         duration: args.duration,
-        format: if args.json {
+        format: if json_main {
             Format::Json
         } else {
             Format::Table
         },
         // The text summary: with --json the summary is the JSON stream's
         // last line, and nothing else is written.
-        summary: !args.json && (args.summary || args.quiet),
+        summary: !json_main && (args.summary || args.quiet),
         quiet: args.quiet,
         output: args.output,
+        json_file,
+        perfetto: args.perfetto,
         filter: Filter {
             fd: args.fd,
             tid: args.tid,

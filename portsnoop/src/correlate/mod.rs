@@ -157,6 +157,22 @@ pub struct Op {
 }
 
 impl Op {
+    /// An op with its identity and entry time and nothing else yet: its
+    /// public fields are filled in one by one (`portsnoop replay` rebuilds
+    /// recorded ops this way).
+    pub fn new(kind: OpKind, pid: u32, tid: u32, fd: i32, entry_ts_ns: u64) -> Op {
+        *Op::open(kind, pid, tid, fd, entry_ts_ns, None, None)
+    }
+
+    /// Forgets the correlator's working state (whether its thread is
+    /// closing its fd), which no output shows: for comparing an op with
+    /// one rebuilt from its output.
+    #[cfg(test)]
+    pub(crate) fn without_state(mut self) -> Op {
+        self.closing = false;
+        self
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn open(
         kind: OpKind,

@@ -52,6 +52,21 @@ impl Log2Hist {
         }
     }
 
+    /// The histogram [`Log2Hist::buckets`] listed, or None if a lower
+    /// bound is not one a bucket has (0 or a power of two).
+    pub fn from_buckets(buckets: &[(u64, u64)]) -> Option<Log2Hist> {
+        let mut h = Log2Hist::default();
+        for &(lo, n) in buckets {
+            let i = match lo {
+                0 => 0,
+                lo if lo.is_power_of_two() => lo.trailing_zeros() as usize + 1,
+                _ => return None,
+            };
+            h.counts[i] = n;
+        }
+        Some(h)
+    }
+
     /// How many values were counted.
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()
@@ -217,5 +232,7 @@ mod tests {
         assert_eq!(*b.last().unwrap(), (512, 1));
         assert_eq!(h.total(), 8);
         assert_eq!(h.buckets().len(), 11);
+        assert_eq!(Log2Hist::from_buckets(&b), Some(h));
+        assert_eq!(Log2Hist::from_buckets(&[(3, 1)]), None);
     }
 }

@@ -32,6 +32,10 @@
 //!
 //! Every line but `op` and `summary` carries its whole event, so a JSON
 //! trace can be replayed through the correlator (the crate's tests do).
+//! `portsnoop replay` reads every line back into its record
+//! (`replay/parse.rs`) and writes it again byte for byte: a line type or
+//! field added here is read there too (until then, replay skips and counts
+//! lines of a type it does not know).
 //!
 //! Strings are JSON strings: the C0 controls escaped as JSON requires, and
 //! DEL, C1 and the other characters a terminal must not get raw escaped

@@ -1,0 +1,379 @@
+//! One JSON line of a `--json` recording back into what the correlator
+//! produced: the inverse of [`crate::output::json`], field by field as its
+//! contract documents them. Fields the writer derives from others (a
+//! syscall's `errno`, a probe's `fd`, a wait's `events_omitted`, the
+//! summary's `per_op`) are not read back: they are made again.
+//!
+//! A new record type is one arm in [`entry`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::correlate::{EpollMap, Log2Hist, Op, OpStats, Record, Summary, Wait};
+use crate::event::{
+    CloseEnter, EpollCtl, EpollWait, Event, OpKind, Probe, ProbeName, ProcessEvent,
+    ProcessEventKind, ReadyEvent, Syscall, SyscallName,
+};
+
+/// What one line holds.
+#[derive(Debug)]
+pub enum Entry {
+    /// A record, as the correlator emitted it.
+    Record(Record),
+    /// The summary (the last line).
+    Summary(Box<Summary>),
+    /// A line of a type this portsnoop does not know (written by a newer
+    /// one): its type.
+    Unknown(String),
+}
+
+/// Why a line is not what the contract says: a sentence, without the
+/// line number (the caller adds it).
+pub type Why = String;
+
+/// Parses one line.
+pub fn entry(line: &str) -> Result<Entry, Why> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let Value::Object(map) = &v else {
+        return Err("not a JSON object".into());
+    };
+    let ty = match map.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        _ => return Err("no \"type\" string".into()),
+    };
+    let o = Obj { map, ty };
+    let record = match ty {
+        "syscall" => Record::Event(Event::Syscall(syscall(&o)?)),
+        "close_enter" => Record::Event(Event::CloseEnter(CloseEnter {
+            ts_ns: o.u64("ts_ns")?,
+            pid: o.u32("pid")?,
+            tid: o.u32("tid")?,
+            fd: o.i32("fd")?,
+        })),
+        "epoll_ctl" => Record::Event(Event::EpollCtl(epoll_ctl(&o)?)),
+        "wait" => Record::Wait(wait(&o)?),
+        "probe" => Record::Event(Event::Probe(probe(&o)?)),
+        "op" => Record::Op(Box::new(op(&o)?)),
+        "lost" => Record::Event(Event::Lost {
+            ts_ns: o.u64("ts_ns")?,
+            count: o.u64("count")?,
+        }),
+        "process" => Record::Event(Event::Process(process(&o)?)),
+        "summary" => return Ok(Entry::Summary(Box::new(summary(&o)?))),
+        other => return Ok(Entry::Unknown(other.to_string())),
+    };
+    Ok(Entry::Record(record))
+}
+
+/// A JSON object of a known type, read field by field.
+struct Obj<'a> {
+    map: &'a Map<String, Value>,
+    ty: &'a str,
+}
+
+impl<'a> Obj<'a> {
+    fn get(&self, k: &str) -> Result<&'a Value, Why> {
+        self.map
+            .get(k)
+            .ok_or_else(|| format!("{}: no \"{k}\"", self.ty))
+    }
+
+    fn bad(&self, k: &str, want: &str) -> Why {
+        format!("{}: \"{k}\" is not {want}", self.ty)
+    }
+
+    fn u64(&self, k: &str) -> Result<u64, Why> {
+        self.get(k)?
+            .as_u64()
+            .ok_or_else(|| self.bad(k, "an unsigned 64-bit integer"))
+    }
+
+    fn i64(&self, k: &str) -> Result<i64, Why> {
+        self.get(k)?
+            .as_i64()
+            .ok_or_else(|| self.bad(k, "a signed 64-bit integer"))
+    }
+
+    fn u32(&self, k: &str) -> Result<u32, Why> {
+        u32::try_from(self.u64(k)?).map_err(|_| self.bad(k, "a 32-bit unsigned integer"))
+    }
+
+    fn i32(&self, k: &str) -> Result<i32, Why> {
+        i32::try_from(self.i64(k)?).map_err(|_| self.bad(k, "a 32-bit integer"))
+    }
+
+    fn str(&self, k: &str) -> Result<&'a str, Why> {
+        self.get(k)?.as_str().ok_or_else(|| self.bad(k, "a string"))
+    }
+
+    /// A field that may be `null`.
+    fn opt<T>(
+        &self,
+        k: &str,
+        f: impl FnOnce(&Self, &str) -> Result<T, Why>,
+    ) -> Result<Option<T>, Why> {
+        match self.get(k)? {
+            Value::Null => Ok(None),
+            _ => f(self, k).map(Some),
+        }
+    }
+
+    fn array(&self, k: &str) -> Result<&'a [Value], Why> {
+        self.get(k)?
+            .as_array()
+            .map(Vec::as_slice)
+            .ok_or_else(|| self.bad(k, "an array"))
+    }
+
+    fn object(&self, k: &str) -> Result<&'a Map<String, Value>, Why> {
+        self.get(k)?
+            .as_object()
+            .ok_or_else(|| self.bad(k, "an object"))
+    }
+
+    /// A nested object of this one, read the same way.
+    fn nested(&self, v: &'a Value, what: &'a str) -> Result<Obj<'a>, Why> {
+        match v {
+            Value::Object(map) => Ok(Obj { map, ty: what }),
+            _ => Err(format!("{what} is not an object")),
+        }
+    }
+}
+
+fn syscall_name(o: &Obj<'_>, k: &str) -> Result<SyscallName, Why> {
+    let name = o.str(k)?;
+    SyscallName::from_name(name).ok_or_else(|| format!("{}: unknown syscall {name:?}", o.ty))
+}
+
+fn syscall(o: &Obj<'_>) -> Result<Syscall, Why> {
+    Ok(Syscall {
+        ts_ns: o.u64("ts_ns")?,
+        pid: o.u32("pid")?,
+        tid: o.u32("tid")?,
+        name: syscall_name(o, "name")?,
+        fd: o.i32("fd")?,
+        rv: o.i64("rv")?,
+        dur_ns: o.u64("dur_ns")?,
+        arg: o.u64("arg")?,
+    })
+}
+
+fn epoll_ctl(o: &Obj<'_>) -> Result<EpollCtl, Why> {
+    let op = o.str("op")?;
+    Ok(EpollCtl {
+        ts_ns: o.u64("ts_ns")?,
+        pid: o.u32("pid")?,
+        tid: o.u32("tid")?,
+        epfd: o.i32("epfd")?,
+        op: EpollMap::op_number(op).ok_or_else(|| format!("epoll_ctl: unknown op {op:?}"))?,
+        fd: o.i32("fd")?,
+        events: o.u32("events")?,
+        data: o.u64("data")?,
+        rv: o.i64("rv")?,
+        dur_ns: o.u64("dur_ns")?,
+    })
+}
+
+fn wait(o: &Obj<'_>) -> Result<Wait, Why> {
+    // The names the kernel side gives waits: static, as in a live record.
+    const NAMES: [&str; 3] = ["epoll_wait", "epoll_pwait", "epoll_pwait2"];
+    let name = o.str("name")?;
+    let name = NAMES
+        .into_iter()
+        .find(|n| *n == name)
+        .ok_or_else(|| format!("wait: unknown wait {name:?}"))?;
+    let mut events = Vec::new();
+    let mut fds = Vec::new();
+    for e in o.array("events")? {
+        let e = o.nested(e, "wait event")?;
+        events.push(ReadyEvent {
+            events: e.u32("events")?,
+            data: e.u64("data")?,
+        });
+        fds.push(e.opt("fd", Obj::i32)?);
+    }
+    if events.len() > EpollWait::MAX_EVENTS {
+        return Err(format!(
+            "wait: {} events, more than the {} a wait records",
+            events.len(),
+            EpollWait::MAX_EVENTS
+        ));
+    }
+    Ok(Wait {
+        wait: EpollWait {
+            ts_ns: o.u64("ts_ns")?,
+            pid: o.u32("pid")?,
+            tid: o.u32("tid")?,
+            name,
+            epfd: o.i32("epfd")?,
+            rv: o.i64("rv")?,
+            dur_ns: o.u64("dur_ns")?,
+            events,
+        },
+        fds,
+    })
+}
+
+fn probe(o: &Obj<'_>) -> Result<Probe, Why> {
+    let name = o.str("name")?;
+    let name =
+        ProbeName::from_name(name).ok_or_else(|| format!("probe: unknown probe {name:?}"))?;
+    let given = o.array("args")?;
+    if given.len() != name.arg_count() {
+        return Err(format!(
+            "probe: {} has {} arguments, the line {}",
+            name.as_str(),
+            name.arg_count(),
+            given.len()
+        ));
+    }
+    let mut args = [0u64; 6];
+    for (a, v) in args.iter_mut().zip(given) {
+        // Signed arguments are written as i64 of the sign-extended value,
+        // the others as u64: either way the same 64 bits.
+        *a = match (v.as_u64(), v.as_i64()) {
+            (Some(u), _) => u,
+            (None, Some(i)) => i as u64,
+            _ => return Err("probe: an argument is not a 64-bit integer".into()),
+        };
+    }
+    let strings = o
+        .array("strings")?
+        .iter()
+        .map(|s| s.as_str().map(Arc::from))
+        .collect::<Option<Vec<Arc<str>>>>()
+        .ok_or_else(|| o.bad("strings", "an array of strings"))?;
+    Ok(Probe {
+        ts_ns: o.u64("ts_ns")?,
+        pid: o.u32("pid")?,
+        tid: o.u32("tid")?,
+        name,
+        args,
+        strings,
+    })
+}
+
+fn op(o: &Obj<'_>) -> Result<Op, Why> {
+    let kind = o.str("op")?;
+    let kind = OpKind::from_name(kind).ok_or_else(|| format!("op: unknown op {kind:?}"))?;
+    let mut op = Op::new(
+        kind,
+        o.u32("pid")?,
+        o.u32("tid")?,
+        o.i32("fd")?,
+        o.u64("entry_ts_ns")?,
+    );
+    op.return_ts_ns = o.opt("return_ts_ns", Obj::u64)?;
+    op.user_rv = o.opt("user_rv", Obj::i64)?;
+    for s in o.array("syscalls")? {
+        let s = o.nested(s, "op syscall")?;
+        // The op line keeps what the writers show of its syscalls; the
+        // rest is the op's (its thread, its fd) or not kept (the size
+        // argument, which the syscall's own line has).
+        op.syscalls.push(Syscall {
+            ts_ns: s.u64("ts_ns")?,
+            pid: op.pid,
+            tid: op.tid,
+            name: syscall_name(&s, "name")?,
+            fd: op.fd,
+            rv: s.i64("rv")?,
+            dur_ns: s.u64("dur_ns")?,
+            arg: 0,
+        });
+    }
+    op.kernel_ns = o.u64("kernel_ns")?;
+    op.user_ns = o.u64("user_ns")?;
+    op.mismatch = o.opt("mismatch", |o, k| o.str(k).map(String::from))?;
+    op.incomplete = o.opt("incomplete", |o, k| o.str(k).map(String::from))?;
+    op.closure = o.opt("closure", Obj::u64)?;
+    op.callback = o.opt("callback", |o, k| o.str(k).map(Arc::from))?;
+    Ok(op)
+}
+
+fn process(o: &Obj<'_>) -> Result<ProcessEvent, Why> {
+    let kind = match o.str("event")? {
+        "exit" => ProcessEventKind::Exit {
+            code: o.i32("status")?,
+        },
+        "exec" => ProcessEventKind::Exec,
+        "fork" => ProcessEventKind::Fork {
+            child: o.u32("child")?,
+        },
+        "traced" => ProcessEventKind::Traced {
+            exe: o.str("exe")?.to_string(),
+            probes: usize::try_from(o.u64("probes")?).map_err(|_| o.bad("probes", "a count"))?,
+        },
+        other => return Err(format!("process: unknown event {other:?}")),
+    };
+    Ok(ProcessEvent {
+        ts_ns: o.u64("ts_ns")?,
+        pid: o.u32("pid")?,
+        tid: o.u32("tid")?,
+        kind,
+    })
+}
+
+fn summary(o: &Obj<'_>) -> Result<Summary, Why> {
+    let mut per_fd = BTreeMap::new();
+    for (fd, ops) in o.object("per_fd")? {
+        let fd: i32 = fd
+            .parse()
+            .map_err(|_| format!("summary: per_fd key {fd:?} is not an fd"))?;
+        let ops = o.nested(ops, "summary per_fd entry")?;
+        let mut kinds = BTreeMap::new();
+        for (kind, stats) in ops.map {
+            let k =
+                OpKind::from_name(kind).ok_or_else(|| format!("summary: unknown op {kind:?}"))?;
+            kinds.insert(k, op_stats(&o.nested(stats, "summary stats")?)?);
+        }
+        per_fd.insert(fd, kinds);
+    }
+    Ok(Summary {
+        events: o.u64("events")?,
+        lost_events: o.u64("lost_events")?,
+        ops: o.u64("ops")?,
+        mismatches: o.u64("mismatches")?,
+        incomplete: o.u64("incomplete")?,
+        orphan_syscalls: o.u64("orphan_syscalls")?,
+        syscalls_cut: o.u64("syscalls_cut")?,
+        waits: o.u64("waits")?,
+        per_fd,
+        process_end: o.opt("process_end", |o, k| o.str(k).map(String::from))?,
+    })
+}
+
+fn op_stats(o: &Obj<'_>) -> Result<OpStats, Why> {
+    let mut errors = BTreeMap::new();
+    for (errno, n) in o.object("errors")? {
+        let errno: i32 = errno
+            .parse()
+            .map_err(|_| format!("summary: errno {errno:?} is not a number"))?;
+        let n = n.as_u64().ok_or_else(|| o.bad("errors", "counts"))?;
+        errors.insert(errno, n);
+    }
+    let hist = |k: &str| -> Result<Log2Hist, Why> {
+        let buckets = o
+            .array(k)?
+            .iter()
+            .map(|b| match b.as_array().map(Vec::as_slice) {
+                Some([lo, n]) => Some((lo.as_u64()?, n.as_u64()?)),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| o.bad(k, "[[lower bound, count], ...]"))?;
+        Log2Hist::from_buckets(&buckets).ok_or_else(|| o.bad(k, "a log2 histogram"))
+    };
+    Ok(OpStats {
+        count: o.u64("count")?,
+        bytes: o.u64("bytes")?,
+        errors,
+        mismatches: o.u64("mismatches")?,
+        incomplete: o.u64("incomplete")?,
+        user_ns: hist("user_ns_log2")?,
+        kernel_ns: hist("kernel_ns_log2")?,
+        user_ns_total: o.u64("user_ns_total")?,
+        kernel_ns_total: o.u64("kernel_ns_total")?,
+    })
+}
