@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use libbpf_cargo::SkeletonBuilder;
 
+#[path = "build/syscall_names.rs"]
+mod syscall_names;
+
 const SRC: &str = "src/bpf/portsnoop.bpf.c";
 
 fn main() {
@@ -18,6 +21,11 @@ fn main() {
         "aarch64" => "aarch64-linux-gnu",
         other => panic!("portsnoop: no multiarch include dir known for {other}"),
     };
+    syscall_names::generate(
+        multiarch,
+        &PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")),
+    );
+    println!("cargo:rerun-if-changed=build/syscall_names.rs");
     SkeletonBuilder::new()
         .source(SRC)
         // -mcpu=v3 for atomic exchange (claiming unreported drops), which

@@ -13,5 +13,6 @@ pub mod event;
 pub mod list;
 pub mod output;
 pub mod stop;
+pub mod syscall_names;
 pub mod target;
 pub mod trace;

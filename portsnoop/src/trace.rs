@@ -12,7 +12,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::correlate::{Correlator, Filter, Summary};
+use crate::correlate::{Correlator, Filter, StallConfig, Summary};
 use crate::engine::{self, Engine, Options};
 use crate::event::{Event, ProcessEvent, ProcessEventKind};
 use crate::output::escape;
@@ -111,6 +111,9 @@ pub struct TraceConfig {
     pub buffer_bytes: usize,
     /// `-f`: also trace the processes the target forks, and theirs.
     pub follow_forks: bool,
+    /// `--stall`: report callbacks that run past a threshold (None: off,
+    /// and nothing of it in the kernel).
+    pub stall: Option<StallConfig>,
 }
 
 /// Runs a session to its end and returns its summary.
@@ -157,6 +160,7 @@ pub fn run(config: TraceConfig) -> Result<Summary, Error> {
         &Options {
             buffer_bytes: config.buffer_bytes,
             follow_forks: config.follow_forks,
+            stall_syscall_min_ns: config.stall.map(|c| c.syscall_min_ns),
         },
     )?;
     let attached = engine.attached().clone();
@@ -182,6 +186,9 @@ pub fn run(config: TraceConfig) -> Result<Summary, Error> {
     target.release();
 
     let mut correlator = Correlator::new(config.filter.clone());
+    if let Some(stall) = config.stall {
+        correlator = correlator.with_stalls(stall);
+    }
     if config.follow_forks {
         correlator.set_root(attached.pid);
     }

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::event::{
-    CloseEnter, EpollCtl, EpollWait, Event, Probe, ProbeName, ProcessEvent, ProcessEventKind,
-    ReadyEvent, Syscall, SyscallName,
+    CloseEnter, EpollCtl, EpollWait, Event, OffCpu, Probe, ProbeName, ProcessEvent,
+    ProcessEventKind, ReadyEvent, SlowSyscall, Syscall, SyscallName,
 };
 
 const EV_SYSCALL: u32 = 1;
@@ -19,6 +19,8 @@ const EV_LOST: u32 = 7;
 const EV_CLOSE_ENTER: u32 = 8;
 const EV_FORK: u32 = 9;
 const EV_EXIT: u32 = 10;
+const EV_SLOW_SYSCALL: u32 = 11;
+const EV_OFF_CPU: u32 = 12;
 
 const SC_EPOLL_WAIT: u32 = 14;
 const SC_EPOLL_PWAIT: u32 = 15;
@@ -125,6 +127,24 @@ struct RawExit {
 
 #[repr(C)]
 #[derive(Clone, Copy)]
+struct RawSlowSyscall {
+    h: Header,
+    nr: u32,
+    pad: u32,
+    arg0: u64,
+    rv: i64,
+    dur_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawOffCpu {
+    h: Header,
+    total_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
 struct RawLog {
     h: Header,
     args: [u64; 4],
@@ -143,6 +163,8 @@ const _: () = assert!(std::mem::size_of::<RawProbe>() == 32 + 48);
 const _: () = assert!(std::mem::size_of::<RawCloseEnter>() == 32);
 const _: () = assert!(std::mem::size_of::<RawFork>() == 32);
 const _: () = assert!(std::mem::size_of::<RawExit>() == 32);
+const _: () = assert!(std::mem::size_of::<RawSlowSyscall>() == 56);
+const _: () = assert!(std::mem::size_of::<RawOffCpu>() == 32);
 const _: () = assert!(std::mem::size_of::<RawLog>() == 24 + 32 + 32 + 64 + 128);
 
 /// Why a record could not be decoded. Counted by the engine, never fatal:
@@ -360,6 +382,27 @@ fn decode_with(
                 kind: ProcessEventKind::Exit { code: r.code },
             }))
         }
+        EV_SLOW_SYSCALL => {
+            let r: RawSlowSyscall = read(data).ok_or_else(short)?;
+            Ok(Event::SlowSyscall(SlowSyscall {
+                ts_ns: h.ts_ns,
+                pid: h.pid,
+                tid: h.tid,
+                nr: r.nr,
+                arg0: r.arg0,
+                rv: r.rv,
+                dur_ns: r.dur_ns,
+            }))
+        }
+        EV_OFF_CPU => {
+            let r: RawOffCpu = read(data).ok_or_else(short)?;
+            Ok(Event::OffCpu(OffCpu {
+                ts_ns: h.ts_ns,
+                pid: h.pid,
+                tid: h.tid,
+                total_ns: r.total_ns,
+            }))
+        }
         id => Err(DecodeError::Unknown { kind: 0, id }),
     }
 }
@@ -444,6 +487,47 @@ mod tests {
             }))
         );
         assert!(decode(&bytes(&exit)[..24]).is_err());
+    }
+
+    #[test]
+    fn decodes_stall_records() {
+        let h = |kind| Header {
+            kind,
+            tid: 9,
+            ts_ns: 100,
+            pid: 8,
+            pad: 0,
+        };
+        let slow = RawSlowSyscall {
+            h: h(EV_SLOW_SYSCALL),
+            nr: 74,
+            pad: 0,
+            arg0: 5,
+            rv: 0,
+            dur_ns: 50_000_000,
+        };
+        let Event::SlowSyscall(s) = decode(&bytes(&slow)).unwrap() else {
+            panic!("not a slow syscall")
+        };
+        assert_eq!(
+            (s.nr, s.arg0, s.rv, s.dur_ns, s.pid, s.tid),
+            (74, 5, 0, 50_000_000, 8, 9)
+        );
+        assert!(decode(&bytes(&slow)[..48]).is_err());
+        let off = RawOffCpu {
+            h: h(EV_OFF_CPU),
+            total_ns: 7,
+        };
+        assert_eq!(
+            decode(&bytes(&off)),
+            Ok(Event::OffCpu(OffCpu {
+                ts_ns: 100,
+                pid: 8,
+                tid: 9,
+                total_ns: 7
+            }))
+        );
+        assert!(decode(&bytes(&off)[..24]).is_err());
     }
 
     #[test]

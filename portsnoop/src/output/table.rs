@@ -18,7 +18,7 @@ use super::escape::Escaped;
 use super::line::Line;
 use super::summary::SummaryReport;
 use super::{events_omitted, Output, EPOLL_MASK_NAMES};
-use crate::correlate::{EpollMap, Record, Summary};
+use crate::correlate::{EpollMap, Record, Stall, Summary};
 use crate::event::{errno_name, errno_of, Event, ProbeName, ProcessEventKind};
 
 /// Rows are held this long (in trace time) for late arrivals to sort in.
@@ -346,6 +346,47 @@ impl Details {
     }
 }
 
+/// `NAME 50.2ms: off-CPU 50.1ms, on-CPU 0.1ms; nanosleep 50.1ms, fsync fd
+/// 7 12.0ms, +2 more`: the longest syscalls first (three at most), each
+/// with its fd if it has one. The name is the app's: escaped.
+fn stall_details(st: &Stall) -> String {
+    let mut text = format!(
+        "{} {}: off-CPU {}, on-CPU {}",
+        Escaped(&st.name),
+        duration(st.dur_ns),
+        duration(st.off_cpu_ns),
+        duration(st.dur_ns.saturating_sub(st.off_cpu_ns))
+    );
+    let mut longest: Vec<_> = st.syscalls.iter().collect();
+    longest.sort_by(|a, b| b.dur_ns.cmp(&a.dur_ns));
+    for (i, s) in longest.iter().take(3).enumerate() {
+        text.push_str(if i == 0 { "; " } else { ", " });
+        text.push_str(&s.name);
+        if let Some(fd) = s.fd {
+            text.push_str(&format!(" fd {fd}"));
+        }
+        if let Some(errno) = errno_of(s.rv) {
+            text.push_str(&format!(" {}", errno_name(errno).unwrap_or("error")));
+        }
+        text.push(' ');
+        text.push_str(&duration(s.dur_ns));
+    }
+    let more = (longest.len() as u64).saturating_sub(3) + st.syscalls_cut;
+    if more > 0 {
+        text.push_str(&format!(", +{more} more"));
+    }
+    text
+}
+
+/// `12.3ms` from 1 ms up, else `45us`.
+fn duration(ns: u64) -> String {
+    if ns >= 1_000_000 {
+        format!("{}.{}ms", ns / 1_000_000, (ns % 1_000_000) / 100_000)
+    } else {
+        format!("{}us", ns / 1000)
+    }
+}
+
 /// A row whose ERROR column stays empty.
 fn row(pid: u32, tid: u32, what: impl Into<Cow<'static, str>>, fd: FdCol, details: Details) -> Row {
     Row {
@@ -541,6 +582,45 @@ impl<W: Write> Output for Table<W> {
             }
             // Seen as the close's own row when it returns.
             Record::Event(Event::CloseEnter(_)) => Ok(()),
+            // Bookkeeping for stalls: the STALL row says what came of it.
+            Record::Event(Event::OffCpu(_)) => Ok(()),
+            Record::Event(Event::SlowSyscall(s)) => {
+                let what: Cow<'static, str> = match s.name() {
+                    Some(name) => name.into(),
+                    None => format!("syscall_{}", s.nr).into(),
+                };
+                self.push_lasting(
+                    s.ts_ns,
+                    s.dur_ns,
+                    row_rv(
+                        s.pid,
+                        s.tid,
+                        what,
+                        s.fd().map_or(FdCol::Dash, FdCol::Num),
+                        Details::Syscall {
+                            rv: s.rv,
+                            arg: 0,
+                            dur_ns: s.dur_ns,
+                        },
+                        s.rv,
+                    ),
+                )
+            }
+            // Shown where the callback returned, when it was known.
+            Record::Stall(st) => self.push(
+                st.ts_ns.saturating_add(st.dur_ns),
+                row(
+                    st.pid,
+                    st.tid,
+                    "STALL",
+                    if st.fd < 0 {
+                        FdCol::Dash
+                    } else {
+                        FdCol::Num(st.fd)
+                    },
+                    Details::Text(stall_details(st)),
+                ),
+            ),
             Record::Op(op) => match (&op.mismatch, &op.incomplete) {
                 // Agreeing ops are already visible as their rows; only
                 // disagreements and gaps get a row of their own.
