@@ -206,3 +206,240 @@ pub(crate) fn judge(
         syscalls_cut: watch.syscalls_cut,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Correlator, Filter, Record, Summary};
+    use super::*;
+    use crate::event::{Event, OffCpu, Probe, ProbeName, SyscallName};
+
+    const P: u32 = 7;
+    const T: u32 = 70;
+    const MS: u64 = 1_000_000;
+    const CONFIG: StallConfig = StallConfig {
+        threshold_ns: 10 * MS,
+        syscall_min_ns: 10_000,
+    };
+
+    fn callback(ts: u64, entry: bool, name: &str, closure: u64, fd: i32) -> Event {
+        let (probe, args) = if entry {
+            (
+                ProbeName::CallbackEntry,
+                [closure, closure, 0, fd as u64, 1, 0],
+            )
+        } else {
+            (ProbeName::CallbackReturn, [closure, closure, 0, 0, 0, 0])
+        };
+        Event::Probe(Probe {
+            ts_ns: ts,
+            pid: P,
+            tid: T,
+            name: probe,
+            args,
+            strings: vec![name.into()],
+        })
+    }
+
+    fn slow(ts: u64, nr: u32, arg0: u64, dur_ns: u64) -> Event {
+        Event::SlowSyscall(SlowSyscall {
+            ts_ns: ts,
+            pid: P,
+            tid: T,
+            nr,
+            arg0,
+            rv: 0,
+            dur_ns,
+        })
+    }
+
+    fn write(ts: u64, fd: i32, dur_ns: u64) -> Event {
+        Event::Syscall(Syscall {
+            ts_ns: ts,
+            pid: P,
+            tid: T,
+            name: SyscallName::Write,
+            fd,
+            rv: 5,
+            dur_ns,
+            arg: 5,
+        })
+    }
+
+    fn off_cpu(ts: u64, total_ns: u64) -> Event {
+        Event::OffCpu(OffCpu {
+            ts_ns: ts,
+            pid: P,
+            tid: T,
+            total_ns,
+        })
+    }
+
+    fn run(events: Vec<Event>) -> (Vec<Stall>, Summary) {
+        let mut c = Correlator::new(Filter::default()).with_stalls(CONFIG);
+        let mut out = Vec::new();
+        for e in events {
+            c.push(e, &mut out);
+        }
+        let summary = c.finish(&mut out);
+        let stalls = out
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Stall(s) => Some(*s),
+                _ => None,
+            })
+            .collect();
+        (stalls, summary)
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn a_sleeping_callback_is_a_stall_with_its_syscall_and_off_cpu_time() {
+        let (stalls, summary) = run(vec![
+            off_cpu(0, 5 * MS), // before: not this callback's
+            callback(0, true, "handler", 1, 9),
+            slow(MS, 230, 1, 50 * MS), // clock_nanosleep
+            write(52 * MS, 9, 20_000),
+            write(53 * MS, 9, 2_000), // under the minimum
+            off_cpu(60 * MS, 55 * MS),
+            callback(60 * MS, false, "handler", 1, 9),
+        ]);
+        assert_eq!(stalls.len(), 1);
+        let s = &stalls[0];
+        assert_eq!(
+            (&*s.name, s.fd, s.tid, s.dur_ns, s.off_cpu_ns),
+            ("handler", 9, T, 60 * MS, 50 * MS)
+        );
+        let names: Vec<_> = s.syscalls.iter().map(|c| (&*c.name, c.fd)).collect();
+        assert_eq!(names, [("clock_nanosleep", None), ("write", Some(9))]);
+        assert_eq!(s.syscalls[0].dur_ns, 50 * MS);
+        let st = &summary.stalls[&Arc::from("handler")];
+        assert_eq!((st.count, st.total_ns, st.max_ns), (1, 60 * MS, 60 * MS));
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn fsync_names_its_fd() {
+        let (stalls, _) = run(vec![
+            callback(0, true, "h", 1, 9),
+            slow(MS, 74, 12, 30 * MS),
+            callback(40 * MS, false, "h", 1, 9),
+        ]);
+        assert_eq!(
+            (&*stalls[0].syscalls[0].name, stalls[0].syscalls[0].fd),
+            ("fsync", Some(12))
+        );
+        // No off-CPU report: it never left the CPU.
+        assert_eq!(stalls[0].off_cpu_ns, 0);
+    }
+
+    #[test]
+    fn a_short_callback_is_no_stall() {
+        let (stalls, summary) = run(vec![
+            callback(0, true, "h", 1, 9),
+            slow(MS, 35, 0, 5 * MS),
+            callback(10 * MS - 1, false, "h", 1, 9),
+        ]);
+        assert!(stalls.is_empty());
+        assert!(summary.stalls.is_empty());
+    }
+
+    #[test]
+    fn nested_the_innermost_is_reported_once() {
+        let (stalls, _) = run(vec![
+            callback(0, true, "outer", 1, 9),
+            callback(MS, true, "inner", 2, 9),
+            slow(2 * MS, 35, 0, 30 * MS),
+            callback(40 * MS, false, "inner", 2, 9),
+            callback(41 * MS, false, "outer", 1, 9),
+        ]);
+        let names: Vec<_> = stalls.iter().map(|s| &*s.name).collect();
+        assert_eq!(names, ["inner"]);
+    }
+
+    #[test]
+    fn an_outer_stall_over_short_inner_callbacks_keeps_their_syscalls() {
+        let (stalls, _) = run(vec![
+            callback(0, true, "outer", 1, 9),
+            callback(MS, true, "inner", 2, 9),
+            slow(2 * MS, 35, 0, 6 * MS),
+            callback(9 * MS, false, "inner", 2, 9),
+            callback(10 * MS, true, "inner", 3, 9),
+            slow(11 * MS, 35, 0, 6 * MS),
+            callback(18 * MS, false, "inner", 3, 9),
+            callback(19 * MS, false, "outer", 1, 9),
+        ]);
+        assert_eq!(stalls.len(), 1);
+        assert_eq!((&*stalls[0].name, stalls[0].syscalls.len()), ("outer", 2));
+    }
+
+    #[test]
+    fn a_callback_cut_by_a_loss_is_never_a_stall() {
+        let (stalls, summary) = run(vec![
+            callback(0, true, "h", 1, 9),
+            Event::Lost {
+                ts_ns: MS,
+                count: 3,
+            },
+            callback(40 * MS, false, "h", 1, 9),
+        ]);
+        assert!(stalls.is_empty());
+        assert_eq!(summary.incomplete, 1 + 1);
+    }
+
+    #[test]
+    fn after_a_loss_an_unknown_off_cpu_total_makes_no_stall() {
+        let (stalls, summary) = run(vec![
+            Event::Lost { ts_ns: 0, count: 1 },
+            callback(MS, true, "h", 1, 9),
+            off_cpu(40 * MS, 80 * MS),
+            callback(40 * MS, false, "h", 1, 9),
+            // Known again from here.
+            callback(50 * MS, true, "h", 2, 9),
+            off_cpu(90 * MS, 100 * MS),
+            callback(90 * MS, false, "h", 2, 9),
+        ]);
+        assert_eq!(summary.stalls_incomplete, 1);
+        assert_eq!(stalls.len(), 1);
+        assert_eq!(
+            (stalls[0].closure, stalls[0].off_cpu_ns),
+            (Some(2), 20 * MS)
+        );
+    }
+
+    #[test]
+    fn without_stall_tracking_nothing_is_reported() {
+        let mut c = Correlator::new(Filter::default());
+        let mut out = Vec::new();
+        for e in [
+            callback(0, true, "h", 1, 9),
+            callback(40 * MS, false, "h", 1, 9),
+        ] {
+            c.push(e, &mut out);
+        }
+        assert!(!out.iter().any(|r| matches!(r, Record::Stall(_))));
+    }
+
+    #[test]
+    fn the_summary_ranks_names_by_total_time() {
+        let (_, summary) = run(vec![
+            callback(0, true, "a", 1, 9),
+            callback(20 * MS, false, "a", 1, 9),
+            callback(30 * MS, true, "b", 2, 9),
+            callback(60 * MS, false, "b", 2, 9),
+            callback(70 * MS, true, "a", 3, 9),
+            callback(85 * MS, false, "a", 3, 9),
+        ]);
+        let top: Vec<_> = summary
+            .top_stalls()
+            .into_iter()
+            .map(|(n, st)| (n.to_string(), st.count, st.total_ns, st.max_ns))
+            .collect();
+        assert_eq!(
+            top,
+            [
+                ("a".to_string(), 2, 35 * MS, 20 * MS),
+                ("b".to_string(), 1, 30 * MS, 30 * MS)
+            ]
+        );
+    }
+}

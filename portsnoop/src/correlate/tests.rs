@@ -707,6 +707,8 @@ fn at(mut e: Event, ts: u64) -> Event {
         Event::Probe(x) => x.ts_ns = ts,
         Event::Lost { ts_ns, .. } => *ts_ns = ts,
         Event::Process(x) => x.ts_ns = ts,
+        Event::SlowSyscall(x) => x.ts_ns = ts,
+        Event::OffCpu(x) => x.ts_ns = ts,
     }
     e
 }
