@@ -43,9 +43,7 @@ fn stalls(lines: &[Value]) -> Vec<&Value> {
 }
 
 fn u(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} in {v}"))
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} in {v}"))
 }
 
 /// The summed duration of the stall's syscalls called one of `names`.
@@ -82,7 +80,11 @@ fn each_blocking_handler_is_one_stall_naming_its_syscall_and_off_cpu_time() {
     let lines = json_lines(&out);
     let summary = lines.last().expect("a summary line");
     assert_eq!(summary["type"], "summary");
-    assert_eq!(u(summary, "lost_events"), 0, "events lost: the test is void");
+    assert_eq!(
+        u(summary, "lost_events"),
+        0,
+        "events lost: the test is void"
+    );
 
     let stalls = stalls(&lines);
     let names: Vec<&str> = stalls.iter().map(|s| s["name"].as_str().unwrap()).collect();
@@ -136,7 +138,10 @@ fn each_blocking_handler_is_one_stall_naming_its_syscall_and_off_cpu_time() {
     let top = summary["stalls"].as_array().expect("summary stalls");
     let mut top_names: Vec<&str> = top.iter().map(|t| t["name"].as_str().unwrap()).collect();
     top_names.sort_unstable();
-    assert_eq!(top_names, ["handler_fsync", "handler_sleep", "handler_spin"]);
+    assert_eq!(
+        top_names,
+        ["handler_fsync", "handler_sleep", "handler_spin"]
+    );
     for t in top {
         assert_eq!(u(t, "count"), 1);
         assert_eq!(u(t, "total_ns"), u(t, "max_ns"));

@@ -176,7 +176,6 @@ pub(crate) enum Verdict {
 }
 
 /// Decides whether a callback that returned is a stall.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn judge(
     config: &StallConfig,
     mut watch: StallWatch,

@@ -346,9 +346,10 @@ impl Details {
     }
 }
 
-/// `NAME 50.2ms: off-CPU 50.1ms, on-CPU 0.1ms; nanosleep 50.1ms, fsync fd
-/// 7 12.0ms, +2 more`: the longest syscalls first (three at most), each
-/// with its fd if it has one. The name is the app's: escaped.
+/// `NAME 45.0ms: off-CPU 40.6ms, on-CPU 4.4ms; fsync fd 14 30.2ms (8
+/// calls), unlink 11.8ms, write fd 14 2.1ms (8 calls)`: the syscalls
+/// grouped by name, fd and errno, the most time first (three groups at
+/// most). The name is the app's: escaped.
 fn stall_details(st: &Stall) -> String {
     let mut text = format!(
         "{} {}: off-CPU {}, on-CPU {}",
@@ -357,23 +358,41 @@ fn stall_details(st: &Stall) -> String {
         duration(st.off_cpu_ns),
         duration(st.dur_ns.saturating_sub(st.off_cpu_ns))
     );
-    let mut longest: Vec<_> = st.syscalls.iter().collect();
-    longest.sort_by(|a, b| b.dur_ns.cmp(&a.dur_ns));
-    for (i, s) in longest.iter().take(3).enumerate() {
+    // (name, fd, errno) -> (calls, total ns), in first-seen order.
+    type Key<'a> = (&'a str, Option<i32>, Option<i32>);
+    let mut groups: Vec<(Key<'_>, (u64, u64))> = Vec::new();
+    for s in &st.syscalls {
+        let key = (&*s.name, s.fd, errno_of(s.rv));
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, (n, total))) => {
+                *n += 1;
+                *total = total.saturating_add(s.dur_ns);
+            }
+            None => groups.push((key, (1, s.dur_ns))),
+        }
+    }
+    groups.sort_by_key(|(_, (_, total))| std::cmp::Reverse(*total));
+    for (i, ((name, fd, errno), (n, total))) in groups.iter().take(3).enumerate() {
         text.push_str(if i == 0 { "; " } else { ", " });
-        text.push_str(&s.name);
-        if let Some(fd) = s.fd {
+        text.push_str(name);
+        if let Some(fd) = fd {
             text.push_str(&format!(" fd {fd}"));
         }
-        if let Some(errno) = errno_of(s.rv) {
-            text.push_str(&format!(" {}", errno_name(errno).unwrap_or("error")));
+        if let Some(errno) = errno {
+            text.push_str(&format!(" {}", errno_name(*errno).unwrap_or("error")));
         }
         text.push(' ');
-        text.push_str(&duration(s.dur_ns));
+        text.push_str(&duration(*total));
+        if *n > 1 {
+            text.push_str(&format!(" ({n} calls)"));
+        }
     }
-    let more = (longest.len() as u64).saturating_sub(3) + st.syscalls_cut;
+    let more = groups.len().saturating_sub(3);
     if more > 0 {
-        text.push_str(&format!(", +{more} more"));
+        text.push_str(&format!(", +{more} more kinds"));
+    }
+    if st.syscalls_cut > 0 {
+        text.push_str(&format!(", +{} calls not kept", st.syscalls_cut));
     }
     text
 }
