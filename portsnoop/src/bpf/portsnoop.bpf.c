@@ -311,8 +311,15 @@ static __always_inline void slow_enter(struct bpf_raw_tracepoint_args *ctx)
 	struct inflight *v = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, 0);
 	__u64 a[4];
 
-	if (!v || !v->cb_depth)
+	if (!v)
 		return;
+	if (!v->cb_depth) {
+		/* One whose exit was never seen (an exec's, while the new
+		 * image waited to be attached) must not be taken for this. */
+		if (v->other_ts)
+			v->other_ts = 0;
+		return;
+	}
 	v->other_ts = bpf_ktime_get_ns();
 	v->other_nr = (__u32)ctx->args[1];
 	v->other_arg0 = syscall_args(ctx->args[0], a) ? 0 : a[0];
@@ -541,6 +548,7 @@ int on_exec(struct bpf_raw_tracepoint_args *ctx)
 			v->off_cpu_total = 0;
 			v->off_cpu_reported = 0;
 			v->switched_out_ts = 0;
+			v->other_ts = 0;
 		}
 	}
 	/* Nothing more until the engine has attached the new image's sites
@@ -677,20 +685,29 @@ int evloop_site(struct pt_regs *ctx)
  * them. The filter is the storage itself: only threads a callback probe of
  * the target has marked have a depth, so other processes cost two lookups
  * that find nothing (and in a pid namespace or with -f nothing else needs
- * to be known). Attached only with stall tracking on. */
+ * to be known); without either, the tgid check comes first. Attached only
+ * with stall tracking on. */
 SEC("tp_btf/sched_switch")
 int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
 	if (!stall_track)
 		return 0;
+	/* Without -f and a pid namespace, the target's tgid says it in two
+	 * loads, before any lookup: most switches on a machine are other
+	 * processes'. */
+	bool plain = !follow && !in_pid_ns;
+	bool prev_maybe = !plain || prev->tgid == target_tgid;
+	bool next_maybe = !plain || next->tgid == target_tgid;
+	if (!prev_maybe && !next_maybe)
+		return 0;
 	__u64 now = 0;
-	struct inflight *v = bpf_task_storage_get(&inflight, prev, 0, 0);
+	struct inflight *v = prev_maybe ? bpf_task_storage_get(&inflight, prev, 0, 0) : 0;
 
 	if (v && v->cb_depth) {
 		now = bpf_ktime_get_ns();
 		v->switched_out_ts = now;
 	}
-	v = bpf_task_storage_get(&inflight, next, 0, 0);
+	v = next_maybe ? bpf_task_storage_get(&inflight, next, 0, 0) : 0;
 	if (v && v->switched_out_ts) {
 		if (!now)
 			now = bpf_ktime_get_ns();
