@@ -198,3 +198,21 @@ fn stall_zero_turns_it_off_kernel_side_and_all() {
         .iter()
         .any(|v| v["type"] == "op" && v["callback"] == "handler_sleep"));
 }
+
+#[test]
+fn bad_stall_values_are_clear_usage_errors() {
+    for (value, says) in [
+        ("-1", "out of range"),
+        ("abc", "not a number of milliseconds"),
+        ("NaN", "out of range"),
+        ("1e12", "out of range"),
+    ] {
+        let out = std::process::Command::new(tests::bin("portsnoop"))
+            .args([&format!("--stall={value}"), "-p", "1"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--stall {value}: {err}");
+        assert!(err.contains(says), "--stall {value}: {err}");
+    }
+}
