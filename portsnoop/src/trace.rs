@@ -270,6 +270,31 @@ pub fn run(config: TraceConfig) -> Result<Summary, Error> {
         "{} events, {} lost, {} ops, {} mismatches",
         summary.events, summary.lost_events, summary.ops, summary.mismatches
     ));
+    // Stalls are what an operator asks first: said on stderr too, so a run
+    // with -q or -o FILE shows them at once. Names are the app's: escaped.
+    if let Some(stall) = config.stall {
+        let top = summary.top_stalls();
+        let count: u64 = top.iter().map(|(_, st)| st.count).sum();
+        let worst: Vec<String> = top
+            .iter()
+            .take(3)
+            .map(|(name, st)| {
+                format!(
+                    "{} x{} (max {:.1} ms)",
+                    escape::escape(name),
+                    st.count,
+                    st.max_ns as f64 / 1e6
+                )
+            })
+            .collect();
+        note(format_args!(
+            "{count} stall{} (callbacks that ran {} ms or more){}{}",
+            if count == 1 { "" } else { "s" },
+            stall.threshold_ns as f64 / 1e6,
+            if worst.is_empty() { "" } else { ": " },
+            worst.join(", ")
+        ));
+    }
     // We started it: it ends with us (on an error return too, when the
     // target is dropped).
     target.end();

@@ -166,6 +166,12 @@ fn the_table_shows_a_stall_row_and_the_summary_its_top_stalls() {
     );
     let text = out.join("\n");
     assert!(text.contains("top stalls"), "{text}");
+    assert!(
+        err.iter().any(|l| l.starts_with(
+            "portsnoop: 1 stall (callbacks that ran 20 ms or more): handler_sleep x1 (max "
+        )),
+        "{err:?}"
+    );
     assert!(text.contains("handler_sleep stalls (ns)"), "{text}");
 }
 
