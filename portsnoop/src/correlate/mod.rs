@@ -162,8 +162,9 @@ pub struct Op {
     /// for everyone else, and this op waits only for that close.
     closing: bool,
     /// An open callback's gathering for the stall check (stall tracking
-    /// on, callbacks only; taken at the return).
-    watch: Option<Box<StallWatch>>,
+    /// on, callbacks only; taken at the return). Inline: the op is boxed
+    /// already, and a box per callback would be an allocation per callback.
+    watch: Option<StallWatch>,
 }
 
 impl Op {
@@ -347,9 +348,7 @@ impl Thread {
 
     /// The innermost open callback's stall watch, if stall tracking is on.
     fn watch(&mut self) -> Option<&mut StallWatch> {
-        self.callbacks
-            .last_mut()
-            .and_then(|c| c.watch.as_deref_mut())
+        self.callbacks.last_mut().and_then(|c| c.watch.as_mut())
     }
 }
 
@@ -767,10 +766,10 @@ impl Correlator {
                     p.strings.first().cloned(),
                 );
                 if stalls.is_some() {
-                    op.watch = Some(Box::new(StallWatch {
+                    op.watch = Some(StallWatch {
                         off_cpu_at_entry: thread.off_cpu_total,
                         ..StallWatch::default()
-                    }));
+                    });
                 }
                 thread.callbacks.push(op);
                 // No callback begins inside an op.
@@ -795,10 +794,9 @@ impl Correlator {
                         op.close(p.ts_ns, p.rv());
                         if let (Some(config), Some(mut watch)) = (stalls, op.watch.take()) {
                             for inner in inner_watches {
-                                watch.absorb(*inner);
+                                watch.absorb(inner);
                             }
-                            match stall::judge(&config, *watch, &op, p.ts_ns, thread.off_cpu_total)
-                            {
+                            match stall::judge(&config, watch, &op, p.ts_ns, thread.off_cpu_total) {
                                 Verdict::Pass(watch) => {
                                     if let Some(outer) = thread.watch() {
                                         outer.absorb(watch);
