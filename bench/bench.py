@@ -478,11 +478,13 @@ def stall_cost(results):
                      "us_per_event": round(statistics.median(per_round[m]), 3),
                      "cpu_us_per_event": round(statistics.median(
                          x / n * 1e6 for x, n in zip(extra_busy, seen[m])), 3)})
-    # On against off, round by round: the extra load time of each.
-    on_vs_off = [a / b if b > 0 else float("nan") for a, b in zip(per_round["stall on"], per_round["stall off"])]
+    # On against off, round by round: what tracking adds per event (a
+    # difference: on a noisy machine a round's untraced run can come out
+    # slower than a traced one, and a ratio of two such is meaningless).
+    on_minus_off = [a - b for a, b in zip(per_round["stall on"], per_round["stall off"])]
     results["stall_cost"] = {"load": f"echo-mio, {conns} conns x {msgs} msgs x {size} B", "rows": rows,
-                             "on_vs_off_us_per_event_rounds": [round(x, 3) for x in on_vs_off],
-                             "on_vs_off_us_per_event_median": round(statistics.median(on_vs_off), 3)}
+                             "on_minus_off_us_per_event_rounds": [round(x, 3) for x in on_minus_off],
+                             "on_minus_off_us_per_event_median": round(statistics.median(on_minus_off), 3)}
     print(f"\n== stall tracking: cost per traced event on vs off (echo-mio, {conns} conns x {msgs} msgs x {size} B, "
           f"no stalls; median of {ROUNDS}) ==")
     print("%-10s %9s %9s %10s %12s" % ("portsnoop", "load s", "seen", "us/event", "cpu us/event"))
@@ -490,8 +492,8 @@ def stall_cost(results):
     for r in rows:
         print("%-10s %9.4f %9d %10.3f %12.3f" % (r["mode"], r["median_secs"], r["events_seen"], r["us_per_event"],
                                                  r["cpu_us_per_event"]))
-    print("on / off, us per event, round by round: median %.3f, rounds %s" % (
-        statistics.median(on_vs_off), " ".join("%.3f" % x for x in on_vs_off)))
+    print("on - off, us per event, round by round: median %+.3f, rounds %s" % (
+        statistics.median(on_minus_off), " ".join("%+.3f" % x for x in on_minus_off)))
 
 
 def capacity(results):
