@@ -5,8 +5,9 @@ sockets (requests/s untraced and under portsnoop -q and --json, what tracing
 costs per event, socket syscalls per request counted in the kernel), then
 the cost per traced event of portsnoop,
 strace and bpftrace on the same workload, what counting syscalls costs a
-syscall-bound dd (portsnoop count, strace -c, bpftrace, bcc's syscount), then
-portsnoop's capacity and its own footprint. Rounds alternate between contenders so drift hits all alike;
+syscall-bound dd (portsnoop count, strace -c, bpftrace, bcc's syscount), the
+cost per event with stall tracking on next to off, then portsnoop's capacity
+and its own footprint. Rounds alternate between contenders so drift hits all alike;
 medians and ratios are printed and written as JSON.
 
 BENCH_QUICK=1 runs every part short (2 rounds, small loads): a check that
@@ -326,7 +327,7 @@ STRACE_CALLS = "read,readv,recvfrom,recvmsg,write,writev,sendto,sendmsg,accept,a
                "epoll_ctl,epoll_wait,epoll_pwait,epoll_pwait2"
 
 
-def traced_run(mode, conns, msgs, size):
+def traced_run(mode, conns, msgs, size, portsnoop_flags=()):
     """One load against a fresh echo-mio under `mode`. Returns the load's
     seconds, the events the tracer saw (None untraced), the CPU seconds the
     whole machine was busy during the load, and the tracer's own CPU and
@@ -336,7 +337,8 @@ def traced_run(mode, conns, msgs, size):
     tracer, events = None, None
     strace_log = f"/dev/shm/evloop-bench-strace.{os.getpid()}"
     if mode == "portsnoop":
-        tracer = Proc([os.path.join(REL, "portsnoop"), "-p", str(pid), "-o", "/dev/null"], stdout=False)
+        tracer = Proc([os.path.join(REL, "portsnoop"), *portsnoop_flags, "-p", str(pid), "-o", "/dev/null"],
+                      stdout=False)
         tracer.wait_line(lambda l: l.endswith("; ready"), where="err")
     elif mode == "strace":
         # To tmpfs, not /dev/null, to count what it traced; the writes are
@@ -444,6 +446,56 @@ def trace_cost(results):
             r["cpu_us_per_own_event"], r.get("x_cheaper_than_strace_per_event"),
             r.get("x_cheaper_than_strace_per_own_event")))
     print(f"portsnoop: lost {lost}, own CPU {statistics.median(cpu):.3f} s per run, peak RSS {max(rss)} KiB")
+
+
+def stall_cost(results):
+    """Cost per traced event with stall tracking on (portsnoop's default,
+    --stall 10) next to off (--stall 0: nothing of it loaded), on echo-mio,
+    whose callbacks never stall: what tracking costs when nothing stalls.
+    Rounds alternate untraced, off, on; each traced run is taken against
+    its round's untraced run. The sched_switch program runs on every
+    context switch of the machine, so the machine's busy CPU is shown too."""
+    conns, msgs, size = 4, int(os.environ.get("BENCH_TRACE_MSGS", "2000" if QUICK else "15000")), 64
+    modes = {"untraced": None, "stall off": ["--stall", "0"], "stall on": ["--stall", "10"]}
+    secs = {m: [] for m in modes}
+    busy = {m: [] for m in modes}
+    seen = {m: [] for m in modes}
+    for _ in range(ROUNDS):
+        for m, flags in modes.items():
+            s, ev, b, _, _ = traced_run("portsnoop" if flags else "untraced", conns, msgs, size, flags or ())
+            secs[m].append(s)
+            busy[m].append(b)
+            if ev:
+                seen[m].append(ev[0])
+    rows = []
+    per_round = {}
+    for m in modes:
+        if m == "untraced":
+            continue
+        extra = [t - u for t, u in zip(secs[m], secs["untraced"])]
+        extra_busy = [t - u for t, u in zip(busy[m], busy["untraced"])]
+        per_round[m] = [x / n * 1e6 for x, n in zip(extra, seen[m])]
+        rows.append({"mode": m, "median_secs": round(statistics.median(secs[m]), 4),
+                     "events_seen": int(statistics.median(seen[m])),
+                     "us_per_event": round(statistics.median(per_round[m]), 3),
+                     "cpu_us_per_event": round(statistics.median(
+                         x / n * 1e6 for x, n in zip(extra_busy, seen[m])), 3)})
+    # On against off, round by round: what tracking adds per event (a
+    # difference: on a noisy machine a round's untraced run can come out
+    # slower than a traced one, and a ratio of two such is meaningless).
+    on_minus_off = [a - b for a, b in zip(per_round["stall on"], per_round["stall off"])]
+    results["stall_cost"] = {"load": f"echo-mio, {conns} conns x {msgs} msgs x {size} B", "rows": rows,
+                             "on_minus_off_us_per_event_rounds": [round(x, 3) for x in on_minus_off],
+                             "on_minus_off_us_per_event_median": round(statistics.median(on_minus_off), 3)}
+    print(f"\n== stall tracking: cost per traced event on vs off (echo-mio, {conns} conns x {msgs} msgs x {size} B, "
+          f"no stalls; median of {ROUNDS}) ==")
+    print("%-10s %9s %9s %10s %12s" % ("portsnoop", "load s", "seen", "us/event", "cpu us/event"))
+    print("%-10s %9.4f" % ("untraced", statistics.median(secs["untraced"])))
+    for r in rows:
+        print("%-10s %9.4f %9d %10.3f %12.3f" % (r["mode"], r["median_secs"], r["events_seen"], r["us_per_event"],
+                                                 r["cpu_us_per_event"]))
+    print("on - off, us per event, round by round: median %+.3f, rounds %s" % (
+        statistics.median(on_minus_off), " ".join("%+.3f" % x for x in on_minus_off)))
 
 
 def capacity(results):
@@ -630,7 +682,7 @@ def count_cost(results):
 
 def main():
     results = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} cores, {os.uname().release}"}
-    parts = ["echo", "http", "trace", "count", "capacity"]
+    parts = ["echo", "http", "trace", "count", "stall", "capacity"]
     which = sys.argv[1:] or parts
     unknown = set(which) - set(parts)
     if unknown:
@@ -643,6 +695,8 @@ def main():
         trace_cost(results)
     if "count" in which:
         count_cost(results)
+    if "stall" in which:
+        stall_cost(results)
     if "capacity" in which:
         capacity(results)
     out = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench", "results", "latest.json"))

@@ -34,6 +34,12 @@ pub enum Event {
     },
     /// The traced process exited, was killed or exec'd.
     Process(ProcessEvent),
+    /// Stall tracking: a syscall of any kind, not otherwise traced, that a
+    /// thread made inside a callback and that lasted at least the kernel
+    /// side's minimum.
+    SlowSyscall(SlowSyscall),
+    /// Stall tracking: a thread's off-CPU time inside callbacks so far.
+    OffCpu(OffCpu),
 }
 
 impl Event {
@@ -47,6 +53,8 @@ impl Event {
             Event::Probe(e) => e.ts_ns,
             Event::Lost { ts_ns, .. } => *ts_ns,
             Event::Process(e) => e.ts_ns,
+            Event::SlowSyscall(e) => e.ts_ns,
+            Event::OffCpu(e) => e.ts_ns,
         }
     }
 
@@ -60,6 +68,8 @@ impl Event {
             Event::Probe(e) => Some(e.pid),
             Event::Lost { .. } => None,
             Event::Process(e) => Some(e.pid),
+            Event::SlowSyscall(e) => Some(e.pid),
+            Event::OffCpu(e) => Some(e.pid),
         }
     }
 
@@ -73,6 +83,8 @@ impl Event {
             Event::Probe(e) => Some(e.tid),
             Event::Lost { .. } => None,
             Event::Process(e) => Some(e.tid),
+            Event::SlowSyscall(e) => Some(e.tid),
+            Event::OffCpu(e) => Some(e.tid),
         }
     }
 }
@@ -247,6 +259,68 @@ impl Syscall {
     pub fn errno(&self) -> Option<i32> {
         errno_of(self.rv)
     }
+}
+
+/// A syscall of any kind that a thread made inside a callback and that
+/// lasted at least the kernel side's minimum (stall tracking): `nanosleep`,
+/// `fsync`, `futex`, `openat`... The traced fd syscalls come as
+/// [`Syscall`]s instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlowSyscall {
+    /// Entry time.
+    pub ts_ns: u64,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// The syscall number (this architecture's).
+    pub nr: u32,
+    /// Its first argument, raw.
+    pub arg0: u64,
+    /// What it returned: a value or `-errno`.
+    pub rv: i64,
+    /// Time from entry to exit.
+    pub dur_ns: u64,
+}
+
+impl SlowSyscall {
+    /// Its name (`"fsync"`), or `None` for a number this build's table
+    /// does not have.
+    pub fn name(&self) -> Option<&'static str> {
+        crate::syscalls::native_name(self.nr)
+    }
+
+    /// Its fd: the first argument, for the syscalls whose first argument is
+    /// one (`fsync`, `pread64`, `ioctl`, `setsockopt`...); `None` for the
+    /// rest (`nanosleep`, `futex`, and `openat`, whose first argument is a
+    /// directory, usually `AT_FDCWD`).
+    pub fn fd(&self) -> Option<i32> {
+        let name = self.name()?;
+        crate::syscalls::FD_FIRST
+            .contains(&name)
+            .then_some(self.arg0 as i32)
+    }
+
+    /// The errno, if it failed.
+    pub fn errno(&self) -> Option<i32> {
+        errno_of(self.rv)
+    }
+}
+
+/// A thread's off-CPU time while inside callbacks, as a running total that
+/// the kernel side reports at a callback's entry or return when it changed
+/// (stall tracking): a callback's off-CPU time is the difference between
+/// the totals at its return and at its entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffCpu {
+    /// When it was reported (the callback probe's time).
+    pub ts_ns: u64,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Off-CPU ns inside callbacks since the thread was first seen.
+    pub total_ns: u64,
 }
 
 /// The entry of a `close(fd)`.

@@ -17,5 +17,6 @@ pub mod list;
 pub mod output;
 pub mod replay;
 pub mod stop;
+pub mod syscalls;
 pub mod target;
 pub mod trace;

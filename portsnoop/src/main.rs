@@ -18,7 +18,7 @@ use std::time::Duration;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use portsnoop::bpftrace_script;
-use portsnoop::correlate::Filter;
+use portsnoop::correlate::{Filter, StallConfig};
 use portsnoop::count::{self, CountConfig};
 use portsnoop::engine;
 use portsnoop::list::{self, ListTarget};
@@ -28,6 +28,25 @@ use portsnoop::trace::{self, Format, TraceConfig};
 
 /// The longest `-d`: ten years.
 const MAX_DURATION_SECS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
+
+/// `--stall`'s default, ms. tokio asks for no more than 10-100 us between
+/// awaits; what an operator wants flagged is what a user can feel and what
+/// a scheduler hiccup never is: 10 ms is 100 times tokio's upper bound, a
+/// latency a client sees, and longer than the few ms a busy machine's
+/// scheduler may keep a runnable thread waiting (the time slice), so a
+/// flagged callback has really stalled its loop. Lower it to hunt smaller
+/// stalls (`--stall 1`, `--stall 0.2`).
+const STALL_DEFAULT_MS: &str = "10";
+
+/// The shortest syscall kept inside a callback for the stall report, ns.
+/// A syscall that does not block takes a microsecond or two; at 10 us it
+/// waited or did real work, its record costs the app under a tenth of the
+/// syscall itself, and it takes a thousand shorter ones to make a 10 ms
+/// stall, which the on-CPU time then shows.
+const STALL_SYSCALL_MIN_NS: u64 = 10_000;
+
+/// The longest `--stall`: an hour.
+const MAX_STALL_MS: f64 = 3_600_000.0;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -145,6 +164,12 @@ struct TraceArgs {
     /// forks (and theirs), each row with its own pid (a PID column).
     #[arg(short = 'f', long)]
     follow_forks: bool,
+    /// Report a callback or task poll that runs at least MS milliseconds as
+    /// a stall (a STALL row, a `stall` JSON line, the summary's top
+    /// stalls): with the syscalls of any kind it made and its time off the
+    /// CPU. 0 turns stall tracking off, kernel side and all.
+    #[arg(long, value_name = "MS", default_value = STALL_DEFAULT_MS, value_parser = parse_stall)]
+    stall: StallThreshold,
     /// Ring buffer size in KiB (rounded up to a power of two).
     #[arg(long, value_name = "KIB", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(4..=1048576))]
     buffer_kb: u32,
@@ -160,6 +185,25 @@ struct TraceArgs {
 fn pid_parser() -> clap::builder::RangedI64ValueParser<u32> {
     clap::value_parser!(u32).range(1..=i64::from(i32::MAX))
 }
+
+/// `--stall`: milliseconds (a fraction is fine), 0 for off, at most an
+/// hour; the threshold in ns, or None for off.
+fn parse_stall(s: &str) -> Result<StallThreshold, String> {
+    let ms: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of milliseconds"))?;
+    if !(0.0..=MAX_STALL_MS).contains(&ms) {
+        return Err(format!(
+            "{s} is out of range: give 0 (off) to {MAX_STALL_MS} milliseconds (an hour)"
+        ));
+    }
+    let ns = (ms * 1e6).round() as u64;
+    Ok(StallThreshold((ns > 0).then_some(ns)))
+}
+
+/// `--stall`'s value: the threshold in ns, None when off.
+#[derive(Clone, Copy, Debug)]
+struct StallThreshold(Option<u64>);
 
 /// `-d`: seconds, more than 0 and at most [`MAX_DURATION_SECS`].
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -294,6 +338,10 @@ fn trace_config(args: TraceArgs) -> TraceConfig {
         },
         buffer_bytes: args.buffer_kb as usize * 1024,
         follow_forks: args.follow_forks,
+        stall: args.stall.0.map(|threshold_ns| StallConfig {
+            threshold_ns,
+            syscall_min_ns: STALL_SYSCALL_MIN_NS,
+        }),
     }
 }
 

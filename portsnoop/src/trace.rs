@@ -12,7 +12,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::correlate::{Correlator, Filter, Summary};
+use crate::correlate::{Correlator, Filter, StallConfig, Summary};
 use crate::engine::{self, Engine, Options};
 use crate::event::{Event, ProcessEvent, ProcessEventKind};
 use crate::output::escape;
@@ -117,6 +117,9 @@ pub struct TraceConfig {
     pub buffer_bytes: usize,
     /// `-f`: also trace the processes the target forks, and theirs.
     pub follow_forks: bool,
+    /// `--stall`: report callbacks that run past a threshold (None: off,
+    /// and nothing of it in the kernel).
+    pub stall: Option<StallConfig>,
 }
 
 /// Runs a session to its end and returns its summary.
@@ -173,6 +176,7 @@ pub fn run(config: TraceConfig) -> Result<Summary, Error> {
         &Options {
             buffer_bytes: config.buffer_bytes,
             follow_forks: config.follow_forks,
+            stall_syscall_min_ns: config.stall.map(|c| c.syscall_min_ns),
         },
     )?;
     let attached = engine.attached().clone();
@@ -198,6 +202,9 @@ pub fn run(config: TraceConfig) -> Result<Summary, Error> {
     target.release();
 
     let mut correlator = Correlator::new(config.filter.clone());
+    if let Some(stall) = config.stall {
+        correlator = correlator.with_stalls(stall);
+    }
     if config.follow_forks {
         correlator.set_root(attached.pid);
     }
@@ -279,6 +286,31 @@ pub fn run(config: TraceConfig) -> Result<Summary, Error> {
         "{} events, {} lost, {} ops, {} mismatches",
         summary.events, summary.lost_events, summary.ops, summary.mismatches
     ));
+    // Stalls are what an operator asks first: said on stderr too, so a run
+    // with -q or -o FILE shows them at once. Names are the app's: escaped.
+    if let Some(stall) = config.stall {
+        let top = summary.top_stalls();
+        let count: u64 = top.iter().map(|(_, st)| st.count).sum();
+        let worst: Vec<String> = top
+            .iter()
+            .take(3)
+            .map(|(name, st)| {
+                format!(
+                    "{} x{} (max {:.1} ms)",
+                    escape::escape(name),
+                    st.count,
+                    st.max_ns as f64 / 1e6
+                )
+            })
+            .collect();
+        note(format_args!(
+            "{count} stall{} (callbacks that ran {} ms or more){}{}",
+            if count == 1 { "" } else { "s" },
+            stall.threshold_ns as f64 / 1e6,
+            if worst.is_empty() { "" } else { ": " },
+            worst.join(", ")
+        ));
+    }
     // We started it: it ends with us (on an error return too, when the
     // target is dropped).
     target.end();

@@ -18,6 +18,8 @@ enum ev_type {
 	EV_CLOSE_ENTER = 8,
 	EV_FORK = 9,
 	EV_EXIT = 10,
+	EV_SLOW_SYSCALL = 11,
+	EV_OFF_CPU = 12,
 };
 
 /* Syscall kinds, in the order of event.rs's SyscallName::ALL, then epoll. */
@@ -158,6 +160,29 @@ struct ev_exit {
 	struct ev_header h;
 	__s32 code;
 	__u32 pad;
+};
+
+/* Stall tracking: a syscall portsnoop does not otherwise trace (any
+ * number: nanosleep, fsync, futex, openat...) that a thread made inside a
+ * callback and that lasted at least stall_syscall_min_ns. h.ts_ns is its
+ * entry. arg0 is its first argument, raw (the consumer knows which
+ * syscalls take an fd there). */
+struct ev_slow_syscall {
+	struct ev_header h;
+	__u32 nr;
+	__u32 pad;
+	__u64 arg0;
+	__s64 rv;
+	__u64 dur_ns;
+};
+
+/* Stall tracking: the thread's off-CPU time inside callbacks so far (a
+ * running total, never reset), submitted at a callback entry or return
+ * when it changed since the thread's last one: the consumer takes the
+ * difference between a callback's entry and return. */
+struct ev_off_cpu {
+	struct ev_header h;
+	__u64 total_ns;
 };
 
 #endif

@@ -60,6 +60,7 @@
 //! ```
 
 mod epoll;
+mod stall;
 mod summary;
 
 // Keys are the target's tids and fds: small integers, never chosen by an
@@ -68,7 +69,10 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 
 pub use epoll::{parse_fdinfo, registrations_of, EpollMap};
-pub use summary::{Log2Hist, OpStats, Summary};
+pub use stall::{Stall, StallConfig, StallSyscall};
+pub use summary::{Log2Hist, OpStats, StallStats, Summary};
+
+use stall::{StallWatch, Verdict};
 
 use crate::event::{EpollWait, Event, OpKind, Probe, ProbeName, ProcessEventKind, Syscall};
 
@@ -104,6 +108,9 @@ pub enum Record {
     /// Boxed: an op is the largest record, and records are moved several
     /// times on their way out.
     Op(Box<Op>),
+    /// A callback that ran past the stall threshold (only with
+    /// [`Correlator::with_stalls`]), after its callback op.
+    Stall(Box<Stall>),
 }
 
 /// An epoll wait, as the seed showed `port_getn`: the count, then each
@@ -154,6 +161,10 @@ pub struct Op {
     /// Its thread has entered `close(2)` on its fd: the fd's life is over
     /// for everyone else, and this op waits only for that close.
     closing: bool,
+    /// An open callback's gathering for the stall check (stall tracking
+    /// on, callbacks only; taken at the return). Inline: the op is boxed
+    /// already, and a box per callback would be an allocation per callback.
+    watch: Option<StallWatch>,
 }
 
 impl Op {
@@ -199,6 +210,7 @@ impl Op {
             closing: false,
             closure,
             callback,
+            watch: None,
         })
     }
 
@@ -327,6 +339,11 @@ struct Thread {
     /// Why the thread may be inside callbacks whose entries we did not
     /// see. Never cleared: callbacks nest, and how deep it was is unknown.
     callbacks_gap: Option<Gap>,
+    /// Stall tracking: the thread's off-CPU total inside callbacks as the
+    /// kernel side last reported it ([`Event::OffCpu`]). It starts at 0
+    /// with the kernel side's; after a loss a report may be missing, so it
+    /// is unknown until the next one.
+    off_cpu_total: Option<u64>,
 }
 
 impl Thread {
@@ -337,7 +354,17 @@ impl Thread {
             callbacks: Vec::new(),
             ops_gap: gap,
             callbacks_gap: gap,
+            off_cpu_total: if gap == Some(Gap::Lost) {
+                None
+            } else {
+                Some(0)
+            },
         }
+    }
+
+    /// The innermost open callback's stall watch, if stall tracking is on.
+    fn watch(&mut self) -> Option<&mut StallWatch> {
+        self.callbacks.last_mut().and_then(|c| c.watch.as_mut())
     }
 }
 
@@ -365,6 +392,8 @@ pub struct Correlator {
     /// With `-f`, the process portsnoop started or attached to: only its
     /// end is the summary's `process_end` (a followed child's is a row).
     root: Option<u32>,
+    /// Stall tracking, if on.
+    stalls: Option<StallConfig>,
     summary: Summary,
 }
 
@@ -374,6 +403,25 @@ impl Correlator {
         Correlator {
             filter,
             ..Correlator::default()
+        }
+    }
+
+    /// Reports callbacks that run past `config`'s threshold as
+    /// [`Record::Stall`]s (see the `stall` module's rules).
+    pub fn with_stalls(mut self, config: StallConfig) -> Correlator {
+        self.stalls = Some(config);
+        self
+    }
+
+    /// Keeps a syscall with the innermost open callback of `tid`, if stall
+    /// tracking is on and it lasted long enough.
+    fn watch_syscall(&mut self, tid: u32, dur_ns: u64, s: impl FnOnce() -> StallSyscall) {
+        let Some(config) = self.stalls else { return };
+        if dur_ns < config.syscall_min_ns {
+            return;
+        }
+        if let Some(watch) = self.threads.get_mut(&tid).and_then(Thread::watch) {
+            watch.add(s());
         }
     }
 
@@ -444,9 +492,19 @@ impl Correlator {
             Event::CloseEnter(c) => self.on_close_enter(c, out),
             Event::EpollCtl(c) => {
                 self.epoll.entry(c.pid).or_default().apply(&c);
+                self.watch_syscall(c.tid, c.dur_ns, || (&c).into());
                 self.emit_event(Event::EpollCtl(c), out);
             }
+            Event::SlowSyscall(s) => {
+                self.watch_syscall(s.tid, s.dur_ns, || (&s).into());
+                self.emit_event(Event::SlowSyscall(s), out);
+            }
+            Event::OffCpu(o) => {
+                self.thread(o.pid, o.tid).off_cpu_total = Some(o.total_ns);
+                self.emit_event(Event::OffCpu(o), out);
+            }
             Event::EpollWait(w) => {
+                self.watch_syscall(w.tid, w.dur_ns, || (&w).into());
                 self.summary.waits += 1;
                 let rec = Wait {
                     fds: vec![None; w.events.len()],
@@ -464,6 +522,8 @@ impl Correlator {
                 for t in self.threads.values_mut() {
                     t.ops_gap = Some(Gap::Lost);
                     t.callbacks_gap = Some(Gap::Lost);
+                    // A report of it may be what was lost.
+                    t.off_cpu_total = None;
                 }
                 // Whatever they were in, they are in the dark again.
                 self.closing.clear();
@@ -547,6 +607,7 @@ impl Correlator {
     }
 
     fn on_syscall(&mut self, s: Syscall, out: &mut Vec<Record>) {
+        self.watch_syscall(s.tid, s.dur_ns, || (&s).into());
         let fd = s.fd;
         let is_close = s.name.op() == OpKind::Close && s.rv == 0;
         // Its fd's life already ended at the close's entry, when the number
@@ -701,14 +762,17 @@ impl Correlator {
             self.emit_event(Event::Probe(p), out);
             return;
         };
+        let stalls = self.stalls;
         let thread = self.thread(p.pid, p.tid);
         let mut done = Vec::new();
+        let mut stall = None;
+        let mut stall_incomplete = false;
         let mut new_eventer_fd = None;
         let mut closes_eventer_fd = false;
         if kind == OpKind::Callback {
             if is_entry {
                 let fd = p.fd().unwrap_or(-1);
-                let op = Op::open(
+                let mut op = Op::open(
                     kind,
                     p.pid,
                     p.tid,
@@ -717,6 +781,12 @@ impl Correlator {
                     p.closure(),
                     p.strings.first().cloned(),
                 );
+                if stalls.is_some() {
+                    op.watch = Some(StallWatch {
+                        off_cpu_at_entry: thread.off_cpu_total,
+                        ..StallWatch::default()
+                    });
+                }
                 thread.callbacks.push(op);
                 // No callback begins inside an op.
                 thread.ops_gap = None;
@@ -728,14 +798,35 @@ impl Correlator {
                 match pos {
                     Some(i) => {
                         // Callbacks nested inside this one that never returned.
+                        let mut inner_watches = Vec::new();
                         for mut inner in thread.callbacks.drain(i + 1..) {
                             inner.mismatch = Some(
                                 "callback returned without its inner callback's return".into(),
                             );
+                            inner_watches.extend(inner.watch.take());
                             done.push(inner);
                         }
                         let mut op = thread.callbacks.pop().expect("index is valid");
                         op.close(p.ts_ns, p.rv());
+                        if let (Some(config), Some(mut watch)) = (stalls, op.watch.take()) {
+                            for inner in inner_watches {
+                                watch.absorb(inner);
+                            }
+                            match stall::judge(&config, watch, &op, p.ts_ns, thread.off_cpu_total) {
+                                Verdict::Pass(watch) => {
+                                    if let Some(outer) = thread.watch() {
+                                        outer.absorb(watch);
+                                    }
+                                }
+                                Verdict::Stall(s) => {
+                                    if let Some(outer) = thread.watch() {
+                                        outer.inner_stalled = true;
+                                    }
+                                    stall = Some(s);
+                                }
+                                Verdict::Incomplete => stall_incomplete = true,
+                            }
+                        }
                         done.push(op);
                     }
                     None => {
@@ -829,6 +920,15 @@ impl Correlator {
         for op in done {
             self.emit_op(op, out);
         }
+        if stall_incomplete {
+            self.summary.stalls_incomplete += 1;
+        }
+        if let Some(s) = stall {
+            if self.keeps_tid(Some(s.tid)) && self.keeps_fd(Some(s.fd)) {
+                self.summary.add_stall(&s);
+                out.push(Record::Stall(s));
+            }
+        }
     }
 
     fn abandon_all(&mut self, gap: Gap, out: &mut Vec<Record>) {
@@ -884,7 +984,8 @@ impl Correlator {
             Event::EpollCtl(c) => Some(c.fd),
             Event::Probe(p) if p.name == ProbeName::Log => None,
             Event::Probe(p) => p.fd(),
-            Event::EpollWait(_) | Event::Lost { .. } | Event::Process(_) => None,
+            Event::SlowSyscall(s) => s.fd(),
+            Event::EpollWait(_) | Event::Lost { .. } | Event::Process(_) | Event::OffCpu(_) => None,
         };
         let global = matches!(ev, Event::Lost { .. } | Event::Process(_));
         if global
@@ -895,7 +996,10 @@ impl Correlator {
         }
     }
 
-    fn emit_op(&mut self, op: Box<Op>, out: &mut Vec<Record>) {
+    fn emit_op(&mut self, mut op: Box<Op>, out: &mut Vec<Record>) {
+        // A callback cut short (loss, exec, the end) still holds what its
+        // stall watch gathered: no output reads it.
+        op.watch = None;
         if self.keeps_tid(Some(op.tid)) && self.keeps_fd(Some(op.fd)) {
             self.summary.add_op(&op);
             out.push(Record::Op(op));

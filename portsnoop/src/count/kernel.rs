@@ -8,8 +8,8 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
 
 use super::rows::Key;
-use super::syscalls::{self, Abi};
 use crate::engine::{check_privileges, ensure_btf, own_pid_namespace, Error};
+use crate::syscalls::{self, Abi};
 
 #[allow(clippy::all, clippy::pedantic, missing_docs, dead_code, unused_imports)]
 mod skel {
@@ -25,7 +25,7 @@ const ABI_IA32: u32 = 1;
 const COMM_LEN: usize = 16;
 /// `COUNT_FD_FIRST_MAX` in `bpf/count.h`: syscall numbers below it can be
 /// marked as taking an fd first.
-pub(super) const FD_FIRST_MAX: usize = 1024;
+pub(crate) const FD_FIRST_MAX: usize = 1024;
 
 /// What to count.
 #[derive(Clone, Copy, Debug)]

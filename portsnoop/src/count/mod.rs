@@ -21,7 +21,6 @@
 pub mod kernel;
 pub mod report;
 pub mod rows;
-pub mod syscalls;
 
 use std::fmt;
 use std::io::{self, BufWriter};

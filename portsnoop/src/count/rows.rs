@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::syscalls::{self, Abi};
+use crate::syscalls::{self, Abi};
 
 /// A row's key as the kernel side keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -7,13 +7,13 @@ use std::mem::offset_of;
 use std::sync::Arc;
 
 use crate::event::{
-    CloseEnter, EpollCtl, EpollWait, Event, Probe, ProbeName, ProcessEvent, ProcessEventKind,
-    ReadyEvent, Syscall, SyscallName,
+    CloseEnter, EpollCtl, EpollWait, Event, OffCpu, Probe, ProbeName, ProcessEvent,
+    ProcessEventKind, ReadyEvent, SlowSyscall, Syscall, SyscallName,
 };
 
 use super::skel::types::{
     ev_close_enter, ev_epoll_ctl, ev_epoll_wait, ev_exit, ev_fork, ev_header, ev_limit, ev_log,
-    ev_lost, ev_probe, ev_syscall, ev_type, probe_id, sc_kind,
+    ev_lost, ev_off_cpu, ev_probe, ev_slow_syscall, ev_syscall, ev_type, probe_id, sc_kind,
 };
 
 // The record types are generated from `bpf/event.h` (by way of the BPF
@@ -293,6 +293,27 @@ fn decode_with(
                 kind: ProcessEventKind::Exit { code: r.code },
             }))
         }
+        ev_type::EV_SLOW_SYSCALL => {
+            let r: ev_slow_syscall = read(data).ok_or_else(short)?;
+            Ok(Event::SlowSyscall(SlowSyscall {
+                ts_ns: h.ts_ns,
+                pid: h.pid,
+                tid: h.tid,
+                nr: r.nr,
+                arg0: r.arg0,
+                rv: r.rv,
+                dur_ns: r.dur_ns,
+            }))
+        }
+        ev_type::EV_OFF_CPU => {
+            let r: ev_off_cpu = read(data).ok_or_else(short)?;
+            Ok(Event::OffCpu(OffCpu {
+                ts_ns: h.ts_ns,
+                pid: h.pid,
+                tid: h.tid,
+                total_ns: r.total_ns,
+            }))
+        }
         ev_type(id) => Err(DecodeError::Unknown { kind: 0, id }),
     }
 }
@@ -370,6 +391,41 @@ mod tests {
             }))
         );
         assert!(decode(&bytes(&exit)[..24]).is_err());
+    }
+
+    #[test]
+    fn decodes_stall_records() {
+        let h = |kind| header(kind, 9, 100, 8);
+        let slow = ev_slow_syscall {
+            h: h(ev_type::EV_SLOW_SYSCALL),
+            nr: 74,
+            pad: 0,
+            arg0: 5,
+            rv: 0,
+            dur_ns: 50_000_000,
+        };
+        let Event::SlowSyscall(s) = decode(&bytes(&slow)).unwrap() else {
+            panic!("not a slow syscall")
+        };
+        assert_eq!(
+            (s.nr, s.arg0, s.rv, s.dur_ns, s.pid, s.tid),
+            (74, 5, 0, 50_000_000, 8, 9)
+        );
+        assert!(decode(&bytes(&slow)[..48]).is_err());
+        let off = ev_off_cpu {
+            h: h(ev_type::EV_OFF_CPU),
+            total_ns: 7,
+        };
+        assert_eq!(
+            decode(&bytes(&off)),
+            Ok(Event::OffCpu(OffCpu {
+                ts_ns: 100,
+                pid: 8,
+                tid: 9,
+                total_ns: 7
+            }))
+        );
+        assert!(decode(&bytes(&off)[..24]).is_err());
     }
 
     #[test]

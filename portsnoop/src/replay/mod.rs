@@ -259,6 +259,7 @@ fn submitted_at(r: &Record) -> u64 {
             .map(|s| s.ts_ns.saturating_add(s.dur_ns))
             .chain(op.return_ts_ns)
             .fold(op.entry_ts_ns, u64::max),
+        Record::Stall(st) => st.ts_ns.saturating_add(st.dur_ns),
     }
 }
 
@@ -273,6 +274,7 @@ fn rebuild(s: &mut Summary, r: &Record) {
         Record::Event(crate::event::Event::Lost { count, .. }) => {
             s.lost_events = s.lost_events.saturating_add(*count)
         }
+        Record::Stall(st) => s.add_stall(st),
         Record::Event(_) => s.events += 1,
     }
 }

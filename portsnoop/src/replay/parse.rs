@@ -11,10 +11,12 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::correlate::{EpollMap, Log2Hist, Op, OpStats, Record, Summary, Wait};
+use crate::correlate::{
+    EpollMap, Log2Hist, Op, OpStats, Record, Stall, StallStats, StallSyscall, Summary, Wait,
+};
 use crate::event::{
-    CloseEnter, EpollCtl, EpollWait, Event, OpKind, Probe, ProbeName, ProcessEvent,
-    ProcessEventKind, ReadyEvent, Syscall, SyscallName,
+    CloseEnter, EpollCtl, EpollWait, Event, OffCpu, OpKind, Probe, ProbeName, ProcessEvent,
+    ProcessEventKind, ReadyEvent, SlowSyscall, Syscall, SyscallName,
 };
 
 /// What one line holds.
@@ -61,6 +63,22 @@ pub fn entry(line: &str) -> Result<Entry, Why> {
             count: o.u64("count")?,
         }),
         "process" => Record::Event(Event::Process(process(&o)?)),
+        "stall" => Record::Stall(Box::new(stall(&o)?)),
+        "slow_syscall" => Record::Event(Event::SlowSyscall(SlowSyscall {
+            ts_ns: o.u64("ts_ns")?,
+            pid: o.u32("pid")?,
+            tid: o.u32("tid")?,
+            nr: o.u32("nr")?,
+            arg0: o.u64("arg0")?,
+            rv: o.i64("rv")?,
+            dur_ns: o.u64("dur_ns")?,
+        })),
+        "off_cpu" => Record::Event(Event::OffCpu(OffCpu {
+            ts_ns: o.u64("ts_ns")?,
+            pid: o.u32("pid")?,
+            tid: o.u32("tid")?,
+            total_ns: o.u64("total_ns")?,
+        })),
         "summary" => return Ok(Entry::Summary(Box::new(summary(&o)?))),
         other => return Ok(Entry::Unknown(other.to_string())),
     };
@@ -330,6 +348,19 @@ fn summary(o: &Obj<'_>) -> Result<Summary, Why> {
         }
         per_fd.insert(fd, kinds);
     }
+    let mut stalls = BTreeMap::new();
+    for v in o.array("stalls")? {
+        let st = o.nested(v, "summary stall")?;
+        let name: Arc<str> = st.str("name")?.into();
+        let stats = StallStats {
+            count: st.u64("count")?,
+            total_ns: st.u64("total_ns")?,
+            max_ns: st.u64("max_ns")?,
+            off_cpu_ns_total: st.u64("off_cpu_ns_total")?,
+            dur_ns: hist(&st, "dur_ns_log2")?,
+        };
+        stalls.insert(name, stats);
+    }
     Ok(Summary {
         events: o.u64("events")?,
         lost_events: o.u64("lost_events")?,
@@ -341,7 +372,52 @@ fn summary(o: &Obj<'_>) -> Result<Summary, Why> {
         waits: o.u64("waits")?,
         per_fd,
         process_end: o.opt("process_end", |o, k| o.str(k).map(String::from))?,
+        stalls,
+        stalls_incomplete: o.u64("stalls_incomplete")?,
     })
+}
+
+fn stall(o: &Obj<'_>) -> Result<Stall, Why> {
+    let syscalls = o
+        .array("syscalls")?
+        .iter()
+        .map(|v| {
+            let c = o.nested(v, "stall syscall")?;
+            Ok(StallSyscall {
+                ts_ns: c.u64("ts_ns")?,
+                name: c.str("name")?.to_string().into(),
+                fd: c.opt("fd", Obj::i32)?,
+                rv: c.i64("rv")?,
+                dur_ns: c.u64("dur_ns")?,
+            })
+        })
+        .collect::<Result<Vec<_>, Why>>()?;
+    Ok(Stall {
+        ts_ns: o.u64("ts_ns")?,
+        pid: o.u32("pid")?,
+        tid: o.u32("tid")?,
+        fd: o.i32("fd")?,
+        name: o.str("name")?.into(),
+        closure: o.opt("closure", Obj::u64)?,
+        dur_ns: o.u64("dur_ns")?,
+        off_cpu_ns: o.u64("off_cpu_ns")?,
+        syscalls,
+        syscalls_cut: o.u64("syscalls_cut")?,
+    })
+}
+
+/// A log2 histogram as the summary writes it: `[[lower bound, count], ...]`.
+fn hist(o: &Obj<'_>, k: &str) -> Result<Log2Hist, Why> {
+    let buckets = o
+        .array(k)?
+        .iter()
+        .map(|b| match b.as_array().map(Vec::as_slice) {
+            Some([lo, n]) => Some((lo.as_u64()?, n.as_u64()?)),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| o.bad(k, "[[lower bound, count], ...]"))?;
+    Log2Hist::from_buckets(&buckets).ok_or_else(|| o.bad(k, "a log2 histogram"))
 }
 
 fn op_stats(o: &Obj<'_>) -> Result<OpStats, Why> {
@@ -353,26 +429,14 @@ fn op_stats(o: &Obj<'_>) -> Result<OpStats, Why> {
         let n = n.as_u64().ok_or_else(|| o.bad("errors", "counts"))?;
         errors.insert(errno, n);
     }
-    let hist = |k: &str| -> Result<Log2Hist, Why> {
-        let buckets = o
-            .array(k)?
-            .iter()
-            .map(|b| match b.as_array().map(Vec::as_slice) {
-                Some([lo, n]) => Some((lo.as_u64()?, n.as_u64()?)),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| o.bad(k, "[[lower bound, count], ...]"))?;
-        Log2Hist::from_buckets(&buckets).ok_or_else(|| o.bad(k, "a log2 histogram"))
-    };
     Ok(OpStats {
         count: o.u64("count")?,
         bytes: o.u64("bytes")?,
         errors,
         mismatches: o.u64("mismatches")?,
         incomplete: o.u64("incomplete")?,
-        user_ns: hist("user_ns_log2")?,
-        kernel_ns: hist("kernel_ns_log2")?,
+        user_ns: hist(o, "user_ns_log2")?,
+        kernel_ns: hist(o, "kernel_ns_log2")?,
         user_ns_total: o.u64("user_ns_total")?,
         kernel_ns_total: o.u64("kernel_ns_total")?,
     })

@@ -7,10 +7,10 @@ use proptest::prelude::*;
 
 use super::parse::{entry, Entry};
 use super::*;
-use crate::correlate::{Correlator, Filter, Op, Wait};
+use crate::correlate::{Correlator, Filter, Op, StallConfig, Wait};
 use crate::event::{
-    CloseEnter, EpollCtl, EpollWait, Event, Probe, ProbeName, ProcessEvent, ProcessEventKind,
-    ReadyEvent, Syscall, SyscallName,
+    CloseEnter, EpollCtl, EpollWait, Event, OffCpu, Probe, ProbeName, ProcessEvent,
+    ProcessEventKind, ReadyEvent, SlowSyscall, Syscall, SyscallName,
 };
 use crate::output::json::Json;
 
@@ -101,6 +101,22 @@ fn session() -> (Vec<Record>, Summary) {
             fd: 7,
         }),
         sys(25, SyscallName::Close, 7, 0),
+        // fsync(5) for 2 ns: stall tracking's record of an untraced call.
+        Event::SlowSyscall(SlowSyscall {
+            ts_ns: 27,
+            pid: P,
+            tid: T,
+            nr: 74,
+            arg0: 5,
+            rv: 0,
+            dur_ns: 2,
+        }),
+        Event::OffCpu(OffCpu {
+            ts_ns: 30,
+            pid: P,
+            tid: T,
+            total_ns: 3,
+        }),
         probe(
             30,
             ProbeName::CallbackReturn,
@@ -154,7 +170,11 @@ fn session() -> (Vec<Record>, Summary) {
             kind: ProcessEventKind::Exit { code: 256 },
         }),
     ];
-    let mut c = Correlator::new(Filter::default());
+    // A callback of 20 ns is a stall at a 5 ns threshold.
+    let mut c = Correlator::new(Filter::default()).with_stalls(StallConfig {
+        threshold_ns: 5,
+        syscall_min_ns: 1,
+    });
     let mut out = Vec::new();
     for e in events {
         c.push(e, &mut out);
@@ -195,6 +215,10 @@ fn the_session_has_what_the_tests_need() {
     assert!(ops.iter().any(|o| o.mismatch.is_some()));
     assert!(ops.iter().any(|o| o.incomplete.is_some()));
     assert!(ops.iter().any(|o| o.return_ts_ns.is_none()));
+    assert!(records
+        .iter()
+        .any(|r| matches!(r, Record::Stall(st) if !st.syscalls.is_empty())));
+    assert!(!summary.stalls.is_empty());
     assert!(records
         .iter()
         .any(|r| matches!(r, Record::Wait(w) if w.fds.contains(&None))));
@@ -241,7 +265,7 @@ fn each_line_parses_back_into_its_record() {
 #[test]
 fn unknown_types_are_skipped_and_counted() {
     let (records, summary) = session();
-    let mut recording = b"{\"type\":\"stall\",\"ts_ns\":1}\n".to_vec();
+    let mut recording = b"{\"type\":\"from_the_future\",\"ts_ns\":1}\n".to_vec();
     recording.extend(json_of(&records, &summary));
     let replayed = replay_json(&recording).unwrap();
     assert_eq!(replayed, json_of(&records, &summary));

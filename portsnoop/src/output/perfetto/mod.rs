@@ -8,7 +8,9 @@
 //!   holding its syscalls as slices;
 //! - epoll waits, `epoll_ctl`s and the syscalls no op holds as slices;
 //! - a `MISMATCH op` or `INCOMPLETE op` instant where the table shows its
-//!   row, `log` probes as instants; on the process's track its exit, exec
+//!   row, a `STALL name` instant at a stalled callback's entry (with its
+//!   off-CPU time and longest syscall), the untraced syscalls a callback
+//!   made (stall tracking) as slices inside it, `log` probes as instants; on the process's track its exit, exec
 //!   and forks; lost events on a `portsnoop` track.
 //!
 //! Every slice carries its values as debug annotations (fd, rv, closure,
@@ -47,7 +49,7 @@ use std::io::{self, Write};
 
 use self::proto::Proto;
 use super::{events_omitted, Output, EPOLL_MASK_NAMES};
-use crate::correlate::{EpollMap, Op, Record, Summary, Wait};
+use crate::correlate::{EpollMap, Op, Record, Stall, Summary, Wait};
 use crate::event::{
     EpollCtl, Event, OpKind, Probe, ProbeName, ProcessEventKind, Syscall, SyscallName,
 };
@@ -344,6 +346,30 @@ impl<W: Write> Perfetto<W> {
             .collect();
         let at = op.return_ts_ns.unwrap_or(last_seen);
         self.instant(who, at, format!("{label} {}", op.kind.as_str()), why)
+    }
+
+    /// A `STALL name` instant at the stalled callback's entry, so it is the
+    /// first thing inside the callback's slice, with where the time went.
+    fn stall(&mut self, st: &Stall) -> io::Result<()> {
+        let mut args = vec![
+            ("fd", Value::Int(st.fd.into())),
+            ("dur_ns", Value::Uint(st.dur_ns)),
+            ("off_cpu_ns", Value::Uint(st.off_cpu_ns)),
+            (
+                "on_cpu_ns",
+                Value::Uint(st.dur_ns.saturating_sub(st.off_cpu_ns)),
+            ),
+        ];
+        if let Some(longest) = st.syscalls.iter().max_by_key(|c| c.dur_ns) {
+            let what = format!("{} {}ns", longest.name, longest.dur_ns);
+            args.push(("longest_syscall", Value::Str(what)));
+        }
+        self.instant(
+            (st.pid, st.tid),
+            st.ts_ns,
+            format!("STALL {}", st.name),
+            args,
+        )
     }
 
     fn syscall(&mut self, s: &Syscall) -> io::Result<()> {
@@ -700,6 +726,26 @@ impl<W: Write> Output for Perfetto<W> {
                 Ok(())
             }
             Record::Event(Event::CloseEnter(_)) => Ok(()),
+            // Inside its callback by its times, as the traced syscalls are.
+            Record::Event(Event::SlowSyscall(s)) => {
+                let mut args = vec![("nr", Value::Uint(s.nr.into())), ("rv", Value::Int(s.rv))];
+                if let Some(fd) = s.fd() {
+                    args.push(("fd", Value::Int(fd.into())));
+                }
+                let name = s
+                    .name()
+                    .map_or_else(|| Cow::Owned(format!("syscall_{}", s.nr)), Cow::Borrowed);
+                self.slice(
+                    (s.pid, s.tid),
+                    (s.ts_ns, s.ts_ns.saturating_add(s.dur_ns)),
+                    Rank::Syscall,
+                    name,
+                    args,
+                )
+            }
+            // Running totals: a stall says what they came to.
+            Record::Event(Event::OffCpu(_)) => Ok(()),
+            Record::Stall(st) => self.stall(st),
             Record::Event(Event::Lost { ts_ns, count }) => {
                 self.start(*ts_ns)?;
                 if !std::mem::replace(&mut self.portsnoop_track, true) {

@@ -1,5 +1,5 @@
 //! Syscall numbers as names, and which calls take an fd first (for
-//! `--by-fd`).
+//! `portsnoop count --by-fd` and the syscalls of a stall).
 //!
 //! The names are generated at build time from the kernel's UAPI header for
 //! the target architecture (`asm/unistd_64.h`, from linux-libc-dev; see
@@ -33,20 +33,28 @@ pub enum Abi {
 /// signed `long` would read it) for a number the header does not name;
 /// `i386:` before a 32-bit call's.
 pub fn name(abi: Abi, nr: u32) -> Cow<'static, str> {
-    let table = match abi {
-        Abi::Native => SYSCALL_NAMES,
-        Abi::Ia32 => SYSCALL_NAMES_IA32,
+    let known = match abi {
+        Abi::Native => native_name(nr),
+        Abi::Ia32 => lookup(SYSCALL_NAMES_IA32, nr),
     };
-    let known = table
-        .binary_search_by_key(&nr, |&(n, _)| n)
-        .ok()
-        .map(|i| table[i].1);
     match (abi, known) {
         (Abi::Native, Some(name)) => Cow::Borrowed(name),
         (Abi::Native, None) => Cow::Owned(format!("syscall_{}", nr as i32)),
         (Abi::Ia32, Some(name)) => Cow::Owned(format!("i386:{name}")),
         (Abi::Ia32, None) => Cow::Owned(format!("i386:syscall_{}", nr as i32)),
     }
+}
+
+/// The name of native syscall `nr`, if the header names it.
+pub fn native_name(nr: u32) -> Option<&'static str> {
+    lookup(SYSCALL_NAMES, nr)
+}
+
+fn lookup(table: &[(u32, &'static str)], nr: u32) -> Option<&'static str> {
+    table
+        .binary_search_by_key(&nr, |&(n, _)| n)
+        .ok()
+        .map(|i| table[i].1)
 }
 
 /// The number of native syscall `name`, if this architecture has it.
@@ -82,6 +90,9 @@ pub const FD_FIRST: &[&str] = &[
     "vmsplice",
     "copy_file_range",
     "close",
+    "dup",
+    "dup2",
+    "dup3",
     "lseek",
     "getdents",
     "getdents64",
@@ -183,7 +194,7 @@ mod tests {
         }
         assert!(nrs
             .iter()
-            .all(|&nr| (nr as usize) < super::super::kernel::FD_FIRST_MAX));
+            .all(|&nr| (nr as usize) < crate::count::kernel::FD_FIRST_MAX));
         #[cfg(target_arch = "x86_64")]
         assert_eq!(nrs.len(), FD_FIRST.len(), "every name is an x86-64 syscall");
     }
