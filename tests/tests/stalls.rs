@@ -222,3 +222,77 @@ fn bad_stall_values_are_clear_usage_errors() {
         assert!(err.contains(says), "--stall {value}: {err}");
     }
 }
+
+/// One live run writes a `--json=FILE` recording and a Perfetto trace:
+/// replaying the recording gives it back byte for byte with its stall, and
+/// the trace marks the stall inside the handler's slice, with the sleep
+/// (a syscall portsnoop only sees through stall tracking) inside it too.
+#[test]
+fn a_stall_replays_and_is_marked_inside_its_callback_in_perfetto() {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "portsnoop-stall-replay-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rec = dir.join("rec.jsonl");
+    let trace = dir.join("trace.pftrace");
+    let server = stall_server();
+    let pid = server.pid().to_string();
+    let tracer = Portsnoop::start(&[
+        "-p",
+        &pid,
+        "-q",
+        "--stall",
+        "30",
+        &format!("--json={}", rec.display()),
+        "--perfetto",
+        trace.to_str().unwrap(),
+    ]);
+    requests(server.addr, &["hello", &format!("sleep {BLOCK_MS}")]);
+    let (status, _, err) = tracer.finish();
+    assert!(status.success(), "portsnoop failed: {err:?}");
+
+    let recorded = std::fs::read(&rec).unwrap();
+    let lines = tests::json_file(&rec);
+    let stall = *stalls(&lines).first().expect("a stall in the recording");
+    assert_eq!(stall["name"], "handler_sleep");
+    let replayed = std::process::Command::new(tests::bin("portsnoop"))
+        .args(["replay", rec.to_str().unwrap(), "--json"])
+        .output()
+        .expect("running portsnoop replay");
+    assert!(replayed.status.success(), "{replayed:?}");
+    assert!(
+        replayed.stdout == recorded,
+        "replay --json differs from the recording:\n{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+
+    let nesting = tests::perfetto_nesting(&trace);
+    assert_eq!(nesting["errors"], serde_json::json!([]), "{nesting}");
+    let slices = nesting["slices"].as_array().unwrap();
+    let marks: Vec<&Value> = nesting["instants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["name"] == "STALL handler_sleep")
+        .collect();
+    assert_eq!(marks.len(), 1, "{nesting}");
+    let mark = marks[0];
+    assert_eq!(u(mark, "ts"), u(stall, "ts_ns"));
+    assert_eq!(u(&mark["args"], "dur_ns"), u(stall, "dur_ns"));
+    let parent = &slices[mark["parent"].as_u64().expect("inside a slice") as usize];
+    assert_eq!(parent["name"], "handler_sleep", "{mark}");
+    let sleep = slices
+        .iter()
+        .find(|s| s["name"] == "clock_nanosleep" || s["name"] == "nanosleep")
+        .expect("the sleep's slice");
+    assert_eq!(
+        slices[sleep["parent"].as_u64().expect("inside a slice") as usize]["name"],
+        "handler_sleep"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
