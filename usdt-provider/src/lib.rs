@@ -399,3 +399,51 @@ macro_rules! evloop_log {
         $crate::log($facility, file!(), line!(), || format!($($fmt)+))
     };
 }
+
+#[cfg(test)]
+mod tests {
+    /// `(probe fn name, [(arg, type)])` of every `fn` in `text`.
+    fn fns(text: &str) -> Vec<(String, Vec<(String, String)>)> {
+        let mut out = Vec::new();
+        for part in text.split("fn ").skip(1) {
+            let (name, rest) = part.split_once('(').unwrap();
+            let args = rest.split_once(')').unwrap().0;
+            let args = args
+                .split(',')
+                .filter(|a| !a.trim().is_empty())
+                .map(|a| {
+                    let (n, t) = a.split_once(':').unwrap();
+                    (n.trim().to_string(), t.trim().to_string())
+                })
+                .collect();
+            out.push((name.trim().to_string(), args));
+        }
+        out
+    }
+
+    /// The `#[usdt::provider]` declaration (what DTrace platforms and
+    /// aarch64 get) and the `sites!` table (what Linux x86-64's own sites
+    /// are made from) declare the same probes with the same arguments.
+    #[test]
+    fn the_provider_declaration_and_the_sites_table_agree() {
+        let src = include_str!("lib.rs");
+        let decl = src.split("mod evloop {").nth(1).unwrap();
+        let decl = &decl[..decl.find("\n}\n").unwrap()];
+        let declared = fns(decl);
+        let table = src.split("\nsites! {").nth(1).unwrap();
+        let table = &table[..table.find("\n}\n").unwrap()];
+        let rows: Vec<_> = table
+            .lines()
+            .filter_map(|l| l.split_once("=> "))
+            .map(|(_, row)| {
+                let (probe, rest) = row.split_once(' ').unwrap();
+                let (name, args) = rest.split_once(" (").unwrap();
+                // The probe name tracers see: the usdt crate's rule.
+                assert_eq!(name.trim_matches('"'), probe.replace("__", "-"));
+                fns(&format!("fn {probe}({args}")).pop().unwrap()
+            })
+            .collect();
+        assert_eq!(declared.len(), 11);
+        assert_eq!(rows, declared);
+    }
+}
