@@ -1,9 +1,10 @@
-//! The Linux x86-64 probe sites are the 5-byte nop the kernel optimizes
-//! (a uprobe there becomes a call to a trampoline instead of a trap), and
-//! the optimized path harms nothing: values the firing code keeps live
-//! across a fire come back unchanged while a tracer reads every fire's
-//! exact arguments.
-#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+//! Built with `--cfg evloop_nop5` (test.sh does, in target/nop5), the Linux
+//! x86-64 probe sites are the 5-byte nop the kernel optimizes (a uprobe
+//! there becomes a call to a trampoline instead of a trap), and the
+//! optimized path harms nothing: values the firing code keeps live across a
+//! fire come back unchanged while a tracer reads every fire's exact
+//! arguments.
+#![cfg(all(target_os = "linux", target_arch = "x86_64", evloop_nop5))]
 
 use std::path::PathBuf;
 use std::process::Command;

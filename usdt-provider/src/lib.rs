@@ -166,14 +166,18 @@ pub struct Callback<'a> {
 // one site per probe, reached only through `SITES`, no note can outlive its
 // code.
 //
-// On Linux x86-64 the site is `nop5_site`'s naked function (a 5-byte nop
-// the kernel can turn into a call instead of a trap); elsewhere it is the
-// usdt macro expanded once, in an `#[inline(never)]` function.
+// The site is the usdt macro expanded once, in an `#[inline(never)]`
+// function: a 1-byte `nop`. Built with `--cfg evloop_nop5` on Linux x86-64,
+// it is `nop5_site`'s naked function instead, a 5-byte nop Linux 6.18 turns
+// into a call to a trampoline rather than a trap. Not the default: that
+// call enters the kernel by a syscall, which every raw syscall tracepoint
+// on the machine sees, portsnoop's included, and under portsnoop a fire
+// costs more than the trap (measured by bench/site-form.sh; README).
 //
 // The wrappers read the probe's semaphore themselves (the same load the usdt
 // macro does, on the same symbol) and build the arguments only when it is
 // set; a disabled probe still costs a load and a branch, and never a call.
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(all(target_os = "linux", target_arch = "x86_64", evloop_nop5))]
 #[macro_use]
 mod nop5_site;
 
@@ -182,13 +186,13 @@ macro_rules! sites {
         /// The probe sites, one function per probe.
         mod site {
             $(
-                #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+                #[cfg(all(target_os = "linux", target_arch = "x86_64", evloop_nop5))]
                 nop5_site!($field, $probe, $name, ($($arg: $ty),*));
 
                 /// The one site of this probe. `extern "C"`: its arguments
                 /// arrive in the registers the note names, so the site is
                 /// the asm alone.
-                #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+                #[cfg(not(all(target_os = "linux", target_arch = "x86_64", evloop_nop5)))]
                 #[inline(never)]
                 pub(super) extern "C" fn $field($($arg: $ty),*) {
                     crate::evloop::$probe!(|| ($($arg),*));

@@ -1,13 +1,16 @@
-//! Linux x86-64 probe sites the kernel can turn into a call: a naked
-//! function per probe whose first instruction is the 5-byte nop
-//! `0f 1f 44 00 00`, with the probe's stapsdt note written here instead of
-//! by the usdt crate's macro.
+//! Linux x86-64 probe sites the kernel can turn into a call, used when built
+//! with `--cfg evloop_nop5`: a naked function per probe whose first
+//! instruction is the 5-byte nop `0f 1f 44 00 00`, with the probe's stapsdt
+//! note written here instead of by the usdt crate's macro.
 //!
 //! Why: a uprobe on a 1-byte `nop` (the usdt crate's site) traps with `int3`
 //! on every fire. Since Linux 6.18, a uprobe on exactly this nop5 is
 //! rewritten after its first hit into a `call` to a trampoline page that
-//! enters the kernel by a syscall, which is cheaper than the trap (measured
-//! by `bench/site-form.sh`). Other kernels trap on the nop5 as on any
+//! enters the kernel by a syscall, which is cheaper than the trap for a
+//! tracer such as bpftrace (measured by `bench/site-form.sh`). Why not by
+//! default: that syscall runs every raw syscall tracepoint program on the
+//! machine, and portsnoop has two (it traces syscalls), so under portsnoop a
+//! fire costs more than the trap. Other kernels trap on the nop5 as on any
 //! instruction: Linux 6.16 and 6.17 emulate it like the 1-byte nop, older
 //! ones single-step it out of line (slower per fire than the 1-byte nop).
 //!
