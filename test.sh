@@ -15,3 +15,9 @@ cargo test --release --workspace "$@"
 # the flag does not rebuild the main one; just eventloop-probes' tests.
 RUSTFLAGS="--cfg tokio_unstable" RUSTDOCFLAGS="--cfg tokio_unstable" \
     cargo test --release -p eventloop-probes --features axum --target-dir target/unstable "$@"
+# The provider's own naked nop5 probe sites (`--cfg evloop_nop5`, Linux
+# x86-64; not the default, see README "A probe fire is a trap"): the tests
+# that read the sites, in their own target dir. CARGO_TARGET_DIR, absolute:
+# the tests' harness builds and finds the servers there.
+RUSTFLAGS="--cfg evloop_nop5" CARGO_TARGET_DIR="$PWD/target/nop5" \
+    cargo test --release -p tests --test optimized_sites --test provider --test probe_sites --test portsnoop "$@"

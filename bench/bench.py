@@ -4,8 +4,10 @@ servers with no tracer, a real framework (hyper) on plain vs evloop tokio
 sockets (requests/s untraced and under portsnoop -q and --json, what tracing
 costs per event, socket syscalls per request counted in the kernel), then
 the cost per traced event of portsnoop,
-strace and bpftrace on the same workload, then portsnoop's capacity and its
-own footprint. Rounds alternate between contenders so drift hits all alike;
+strace and bpftrace on the same workload, what counting syscalls costs a
+syscall-bound dd (portsnoop count, strace -c, bpftrace, bcc's syscount), the
+cost per event with stall tracking on next to off, then portsnoop's capacity
+and its own footprint. Rounds alternate between contenders so drift hits all alike;
 medians and ratios are printed and written as JSON.
 
 BENCH_QUICK=1 runs every part short (2 rounds, small loads): a check that
@@ -325,7 +327,7 @@ STRACE_CALLS = "read,readv,recvfrom,recvmsg,write,writev,sendto,sendmsg,accept,a
                "epoll_ctl,epoll_wait,epoll_pwait,epoll_pwait2"
 
 
-def traced_run(mode, conns, msgs, size):
+def traced_run(mode, conns, msgs, size, portsnoop_flags=()):
     """One load against a fresh echo-mio under `mode`. Returns the load's
     seconds, the events the tracer saw (None untraced), the CPU seconds the
     whole machine was busy during the load, and the tracer's own CPU and
@@ -335,7 +337,8 @@ def traced_run(mode, conns, msgs, size):
     tracer, events = None, None
     strace_log = f"/dev/shm/evloop-bench-strace.{os.getpid()}"
     if mode == "portsnoop":
-        tracer = Proc([os.path.join(REL, "portsnoop"), "-p", str(pid), "-o", "/dev/null"], stdout=False)
+        tracer = Proc([os.path.join(REL, "portsnoop"), *portsnoop_flags, "-p", str(pid), "-o", "/dev/null"],
+                      stdout=False)
         tracer.wait_line(lambda l: l.endswith("; ready"), where="err")
     elif mode == "strace":
         # To tmpfs, not /dev/null, to count what it traced; the writes are
@@ -496,6 +499,54 @@ def churn(results):
           f"{int(n)} events per run, connections in the summary {tcp_rows}, lost {lost}")
     print(f"us/event (median of each round's traced minus untraced load time, / events): "
           f"{results['churn']['us_per_event']}")
+def stall_cost(results):
+    """Cost per traced event with stall tracking on (portsnoop's default,
+    --stall 10) next to off (--stall 0: nothing of it loaded), on echo-mio,
+    whose callbacks never stall: what tracking costs when nothing stalls.
+    Rounds alternate untraced, off, on; each traced run is taken against
+    its round's untraced run. The sched_switch program runs on every
+    context switch of the machine, so the machine's busy CPU is shown too."""
+    conns, msgs, size = 4, int(os.environ.get("BENCH_TRACE_MSGS", "2000" if QUICK else "15000")), 64
+    modes = {"untraced": None, "stall off": ["--stall", "0"], "stall on": ["--stall", "10"]}
+    secs = {m: [] for m in modes}
+    busy = {m: [] for m in modes}
+    seen = {m: [] for m in modes}
+    for _ in range(ROUNDS):
+        for m, flags in modes.items():
+            s, ev, b, _, _ = traced_run("portsnoop" if flags else "untraced", conns, msgs, size, flags or ())
+            secs[m].append(s)
+            busy[m].append(b)
+            if ev:
+                seen[m].append(ev[0])
+    rows = []
+    per_round = {}
+    for m in modes:
+        if m == "untraced":
+            continue
+        extra = [t - u for t, u in zip(secs[m], secs["untraced"])]
+        extra_busy = [t - u for t, u in zip(busy[m], busy["untraced"])]
+        per_round[m] = [x / n * 1e6 for x, n in zip(extra, seen[m])]
+        rows.append({"mode": m, "median_secs": round(statistics.median(secs[m]), 4),
+                     "events_seen": int(statistics.median(seen[m])),
+                     "us_per_event": round(statistics.median(per_round[m]), 3),
+                     "cpu_us_per_event": round(statistics.median(
+                         x / n * 1e6 for x, n in zip(extra_busy, seen[m])), 3)})
+    # On against off, round by round: what tracking adds per event (a
+    # difference: on a noisy machine a round's untraced run can come out
+    # slower than a traced one, and a ratio of two such is meaningless).
+    on_minus_off = [a - b for a, b in zip(per_round["stall on"], per_round["stall off"])]
+    results["stall_cost"] = {"load": f"echo-mio, {conns} conns x {msgs} msgs x {size} B", "rows": rows,
+                             "on_minus_off_us_per_event_rounds": [round(x, 3) for x in on_minus_off],
+                             "on_minus_off_us_per_event_median": round(statistics.median(on_minus_off), 3)}
+    print(f"\n== stall tracking: cost per traced event on vs off (echo-mio, {conns} conns x {msgs} msgs x {size} B, "
+          f"no stalls; median of {ROUNDS}) ==")
+    print("%-10s %9s %9s %10s %12s" % ("portsnoop", "load s", "seen", "us/event", "cpu us/event"))
+    print("%-10s %9.4f" % ("untraced", statistics.median(secs["untraced"])))
+    for r in rows:
+        print("%-10s %9.4f %9d %10.3f %12.3f" % (r["mode"], r["median_secs"], r["events_seen"], r["us_per_event"],
+                                                 r["cpu_us_per_event"]))
+    print("on - off, us per event, round by round: median %+.3f, rounds %s" % (
+        statistics.median(on_minus_off), " ".join("%+.3f" % x for x in on_minus_off)))
 
 
 def capacity(results):
@@ -541,12 +592,152 @@ def capacity(results):
     print(f"16 KiB buffer: {ev2} events delivered, {lost2} lost (counted and reported); echoes still correct")
 
 
+def held_dd(calls):
+    """A shell that becomes `dd bs=1 count=CALLS` (CALLS reads and CALLS
+    writes) once a line arrives on its stdin: a tracer can attach to its pid
+    first, and the clock starts at the release."""
+    return subprocess.Popen(["sh", "-c", f"read _; exec dd if=/dev/zero of=/dev/null bs=1 count={calls}"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+
+
+def release_and_time(dd):
+    t0 = time.perf_counter()
+    dd.stdin.write("go\n")
+    dd.stdin.close()
+    dd.wait(timeout=600)
+    secs = time.perf_counter() - t0
+    if dd.returncode != 0:
+        raise RuntimeError(f"dd failed: {dd.returncode}")
+    return secs
+
+
+def wait_traced(pid):
+    """strace says nothing once attached: wait until the process is."""
+    deadline = time.time() + WAIT
+    while time.time() < deadline:
+        with open(f"/proc/{pid}/status") as f:
+            if re.search(r"TracerPid:\s+[1-9]", f.read()):
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"strace did not attach to {pid}")
+
+
+def counted_run(mode, calls):
+    """One dd under `mode`. Returns (seconds from release to exit, dd's
+    reads as the counter saw them or None)."""
+    dd = held_dd(calls)
+    pid = dd.pid
+    tracer, reads = None, None
+    try:
+        if mode in ("portsnoop -p", "portsnoop all"):
+            argv = [os.path.join(REL, "portsnoop"), "count", "--json"] + (["-p", str(pid)] if mode.endswith("-p") else [])
+            tracer = Proc(argv)
+            tracer.wait_line(lambda l: l.endswith("; ready"), where="err")
+        elif mode == "strace -c":
+            tracer = Proc(["strace", "-c", "-f", "-p", str(pid)], stdout=False)
+            wait_traced(pid)
+        elif mode == "bpftrace":
+            script = ('BEGIN { printf("counting\\n"); } '
+                      f'tracepoint:raw_syscalls:sys_enter /pid == {pid}/ {{ @[comm, args->id] = count(); }}')
+            tracer = Proc(["bpftrace", "-B", "line", "-e", script])
+            tracer.wait_line(lambda l: l == "counting")  # BEGIN runs after attaching
+        elif mode == "syscount":
+            tracer = Proc(["syscount-bpfcc", "-p", str(pid)])
+            tracer.wait_line(lambda l: l.startswith("Tracing"))
+        secs = release_and_time(dd)
+        if tracer is not None:
+            if mode == "portsnoop -p":
+                tracer.p.wait(WAIT)  # ends by itself with its process
+            tracer.stop()
+            if mode.startswith("portsnoop"):
+                reads = sum(json.loads(l)["count"] for l in tracer.out
+                            if '"syscall":"read"' in l and f'"pid":{pid},"comm":"dd"' in l)
+            elif mode == "strace -c":
+                # % time, seconds, usecs/call, calls, [errors,] syscall
+                row = next((l.split() for l in tracer.err if l.split()[-1:] == ["read"]), None)
+                reads = int(row[3]) if row else None
+            elif mode == "bpftrace":
+                m = next((re.match(r"@\[dd, 0\]: (\d+)", l) for l in tracer.out if l.startswith("@[dd, 0]")), None)
+                reads = int(m.group(1)) if m else None
+        return secs, reads
+    finally:
+        if dd.poll() is None:
+            dd.kill()
+            dd.wait()
+        if tracer is not None and tracer.p.poll() is None:
+            tracer.stop()
+
+
+def syscount_usable():
+    """Whether bcc's syscount runs here; else why not (it compiles its BPF
+    program at run time and needs the running kernel's headers)."""
+    try:
+        r = subprocess.run(["syscount-bpfcc", "-d", "1"], capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        return "syscount-bpfcc is not installed (Debian: bpfcc-tools)"
+    except subprocess.TimeoutExpired:
+        return "syscount-bpfcc -d 1 did not end within 60 s"
+    if r.returncode == 0 and "SYSCALL" in r.stdout:
+        return None
+    lines = (r.stdout + r.stderr).splitlines()  # bcc says what is missing on stdout
+    why = next((l for l in lines if "kernel headers" in l), None) or next(
+        (l.strip() for l in lines if "Exception" in l), r.stderr.strip()[-200:])
+    return f"syscount-bpfcc fails here: {why}"
+
+
+def count_cost(results):
+    """What counting costs each syscall of a syscall-bound process: dd bs=1
+    untraced, under portsnoop count -p and system-wide, strace -c -f, bpftrace's
+    count() on raw_syscalls:sys_enter, and bcc's syscount where it runs; each
+    traced run against the same round's untraced run."""
+    calls = int(os.environ.get("BENCH_COUNT_CALLS", "20000" if QUICK else "200000"))
+    syscalls = 2 * calls  # dd bs=1: one read and one write per byte
+    modes = ["untraced", "portsnoop -p", "portsnoop all", "strace -c", "bpftrace"]
+    skipped = syscount_usable()
+    if skipped is None:
+        modes.append("syscount")
+    secs = {m: [] for m in modes}
+    reads = {m: [] for m in modes}
+    for _ in range(ROUNDS):
+        for m in modes:
+            s, r = counted_run(m, calls)
+            secs[m].append(s)
+            if r is not None:
+                reads[m].append(r)
+    rows = []
+    for m in modes:
+        extra = [t - u for t, u in zip(secs[m], secs["untraced"])]
+        rows.append({
+            "mode": m, "median_secs": round(statistics.median(secs[m]), 4),
+            "ns_per_syscall_added": round(statistics.median(extra) / syscalls * 1e9, 1),
+            "x_untraced": round(statistics.median(t / u for t, u in zip(secs[m], secs["untraced"])), 2),
+            "reads_seen": reads[m],
+        })
+    strace = next(r for r in rows if r["mode"] == "strace -c")
+    for r in rows:
+        if r["mode"] != "untraced" and r["ns_per_syscall_added"] > 0:
+            r["x_cheaper_than_strace"] = round(strace["ns_per_syscall_added"] / r["ns_per_syscall_added"], 1)
+    results["count_cost"] = {"load": f"dd if=/dev/zero of=/dev/null bs=1 count={calls} ({syscalls} syscalls)",
+                             "rounds": ROUNDS, "rows": rows, "syscount_skipped": skipped}
+    print(f"\n== cost of counting syscalls (dd bs=1 count={calls}: {syscalls} read+write; median of {ROUNDS} "
+          f"paired rounds) ==")
+    print("ns/syscall: (traced - that round's untraced seconds) / syscalls. x untraced: traced / untraced, per round.")
+    print("%-14s %9s %11s %10s %10s  %s" % ("counter", "dd s", "ns/syscall", "x untraced", "x strace", "reads seen"))
+    for r in rows:
+        print("%-14s %9.4f %11.1f %10.2f %10s  %s" % (r["mode"], r["median_secs"], r["ns_per_syscall_added"],
+                                                      r["x_untraced"], r.get("x_cheaper_than_strace", ""),
+                                                      r["reads_seen"] or ""))
+    if skipped:
+        print(f"bcc syscount skipped: {skipped}")
+
+
 def main():
     results = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} cores, {os.uname().release}"}
-    which = sys.argv[1:] or ["echo", "http", "trace", "churn", "capacity"]
-    unknown = set(which) - {"echo", "http", "trace", "churn", "capacity"}
+    parts = ["echo", "http", "trace", "churn", "count", "stall", "capacity"]
+    which = sys.argv[1:] or parts
+    unknown = set(which) - set(parts)
     if unknown:
-        sys.exit(f"bench.py: unknown part(s) {sorted(unknown)}; parts: echo http trace churn capacity")
+        sys.exit(f"bench.py: unknown part(s) {sorted(unknown)}; parts: {' '.join(parts)}")
     if "echo" in which:
         echo_throughput(results)
     if "http" in which:
@@ -555,6 +746,10 @@ def main():
         trace_cost(results)
     if "churn" in which:
         churn(results)
+    if "count" in which:
+        count_cost(results)
+    if "stall" in which:
+        stall_cost(results)
     if "capacity" in which:
         capacity(results)
     out = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench", "results", "latest.json"))

@@ -3,7 +3,8 @@
 # (criterion), echo throughput of the servers (mio and tokio, each against its
 # uninstrumented baseline), hyper on tokio's vs evloop's sockets (requests/s
 # untraced and under portsnoop -q, syscalls per request), the cost per traced
-# event of portsnoop vs strace vs bpftrace, and portsnoop's capacity. Prints
+# event of portsnoop vs strace vs bpftrace, the cost per syscall of portsnoop
+# count vs strace -c vs bpftrace vs bcc's syscount, and portsnoop's capacity. Prints
 # medians and ratios; writes bench/results/latest.json. About 7 minutes on 2
 # cores; BENCH_QUICK=1 bench/run.sh is a ~2-minute check that it all runs.
 set -euo pipefail

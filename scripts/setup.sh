@@ -15,6 +15,8 @@ have pkg-config || need_pkgs+=(pkg-config)
 [ -e /usr/include/libelf.h ] || need_pkgs+=(libelf-dev)
 [ -e /usr/include/zlib.h ] || need_pkgs+=(zlib1g-dev)
 [ -e /usr/include/linux/bpf.h ] || need_pkgs+=(linux-libc-dev)
+have python3 || need_pkgs+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need_pkgs+=(python3-pip)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
@@ -35,6 +37,17 @@ fi
 if [ ! -d /sys/kernel/tracing/events/syscalls ]; then
     echo "setup: /sys/kernel/tracing/events/syscalls is missing: tracefs could not be mounted (are you root?)" >&2
     exit 1
+fi
+
+# tests/perfetto_nesting.py reads portsnoop's Perfetto traces with the trace
+# protos the perfetto package ships (its trace processor, which downloads a
+# binary, is not used). Debian's own python3 refuses a plain pip install.
+if ! python3 -c 'import perfetto.protos.perfetto.trace.perfetto_trace_pb2' >/dev/null 2>&1; then
+    echo "setup: installing the perfetto Python package" >&2
+    export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+    python3 -m pip install --quiet 'perfetto==0.59.1' protobuf 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages 'perfetto==0.59.1' protobuf
+    python3 -c 'import perfetto.protos.perfetto.trace.perfetto_trace_pb2'
 fi
 
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true

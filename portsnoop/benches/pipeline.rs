@@ -8,7 +8,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use portsnoop::correlate::{Correlator, Filter};
 use portsnoop::event::{EpollWait, Event, Probe, ProbeName, ReadyEvent, Syscall, SyscallName};
-use portsnoop::output::{json::Json, table::Table, Output};
+use portsnoop::output::{json::Json, perfetto::Perfetto, table::Table, Output};
 
 fn echo_session(rounds: u64) -> Vec<Event> {
     let mut ev = Vec::new();
@@ -142,6 +142,9 @@ fn pipeline(c: &mut Criterion) {
     });
     g.bench_function("correlate_and_json", |b| {
         b.iter(|| run(&mut Json::new(sink())))
+    });
+    g.bench_function("correlate_and_perfetto", |b| {
+        b.iter(|| run(&mut Perfetto::new(sink())))
     });
     g.finish();
 }

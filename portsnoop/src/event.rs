@@ -42,6 +42,12 @@ pub enum Event {
     /// A TCP state change, retransmit or reset on a socket a traced fd
     /// holds or last held.
     Tcp(TcpEvent),
+    /// Stall tracking: a syscall of any kind, not otherwise traced, that a
+    /// thread made inside a callback and that lasted at least the kernel
+    /// side's minimum.
+    SlowSyscall(SlowSyscall),
+    /// Stall tracking: a thread's off-CPU time inside callbacks so far.
+    OffCpu(OffCpu),
 }
 
 impl Event {
@@ -57,6 +63,8 @@ impl Event {
             Event::Process(e) => e.ts_ns,
             Event::Socket(e) => e.ts_ns,
             Event::Tcp(e) => e.ts_ns,
+            Event::SlowSyscall(e) => e.ts_ns,
+            Event::OffCpu(e) => e.ts_ns,
         }
     }
 
@@ -72,6 +80,8 @@ impl Event {
             Event::Process(e) => Some(e.pid),
             Event::Socket(e) => Some(e.pid),
             Event::Tcp(e) => Some(e.pid),
+            Event::SlowSyscall(e) => Some(e.pid),
+            Event::OffCpu(e) => Some(e.pid),
         }
     }
 
@@ -87,6 +97,8 @@ impl Event {
             Event::Process(e) => Some(e.tid),
             Event::Socket(e) => Some(e.tid),
             Event::Tcp(e) => Some(e.tid),
+            Event::SlowSyscall(e) => Some(e.tid),
+            Event::OffCpu(e) => Some(e.tid),
         }
     }
 }
@@ -159,6 +171,11 @@ impl SyscallName {
         }
     }
 
+    /// The syscall with this name.
+    pub fn from_name(name: &str) -> Option<SyscallName> {
+        SyscallName::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     /// Which eventer operation this syscall can carry out.
     pub fn op(self) -> OpKind {
         match self {
@@ -198,6 +215,22 @@ pub enum OpKind {
 }
 
 impl OpKind {
+    /// Every kind, in a stable order.
+    pub const ALL: [OpKind; 7] = [
+        OpKind::Accept,
+        OpKind::Read,
+        OpKind::Write,
+        OpKind::Close,
+        OpKind::Callback,
+        OpKind::Connect,
+        OpKind::Shutdown,
+    ];
+
+    /// The kind with this output name.
+    pub fn from_name(name: &str) -> Option<OpKind> {
+        OpKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// The name used in output (`"read"`, `"callback"`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -240,6 +273,68 @@ impl Syscall {
     pub fn errno(&self) -> Option<i32> {
         errno_of(self.rv)
     }
+}
+
+/// A syscall of any kind that a thread made inside a callback and that
+/// lasted at least the kernel side's minimum (stall tracking): `nanosleep`,
+/// `fsync`, `futex`, `openat`... The traced fd syscalls come as
+/// [`Syscall`]s instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlowSyscall {
+    /// Entry time.
+    pub ts_ns: u64,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// The syscall number (this architecture's).
+    pub nr: u32,
+    /// Its first argument, raw.
+    pub arg0: u64,
+    /// What it returned: a value or `-errno`.
+    pub rv: i64,
+    /// Time from entry to exit.
+    pub dur_ns: u64,
+}
+
+impl SlowSyscall {
+    /// Its name (`"fsync"`), or `None` for a number this build's table
+    /// does not have.
+    pub fn name(&self) -> Option<&'static str> {
+        crate::syscalls::native_name(self.nr)
+    }
+
+    /// Its fd: the first argument, for the syscalls whose first argument is
+    /// one (`fsync`, `pread64`, `ioctl`, `setsockopt`...); `None` for the
+    /// rest (`nanosleep`, `futex`, and `openat`, whose first argument is a
+    /// directory, usually `AT_FDCWD`).
+    pub fn fd(&self) -> Option<i32> {
+        let name = self.name()?;
+        crate::syscalls::FD_FIRST
+            .contains(&name)
+            .then_some(self.arg0 as i32)
+    }
+
+    /// The errno, if it failed.
+    pub fn errno(&self) -> Option<i32> {
+        errno_of(self.rv)
+    }
+}
+
+/// A thread's off-CPU time while inside callbacks, as a running total that
+/// the kernel side reports at a callback's entry or return when it changed
+/// (stall tracking): a callback's off-CPU time is the difference between
+/// the totals at its return and at its entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffCpu {
+    /// When it was reported (the callback probe's time).
+    pub ts_ns: u64,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Off-CPU ns inside callbacks since the thread was first seen.
+    pub total_ns: u64,
 }
 
 /// The entry of a `close(fd)`.

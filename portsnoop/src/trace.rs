@@ -12,16 +12,17 @@ use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::correlate::{Correlator, Filter, Summary};
+use crate::correlate::{Correlator, Filter, StallConfig, Summary};
 use crate::engine::{self, Engine, Options};
 use crate::event::{Event, ProcessEvent, ProcessEventKind};
 use crate::output::escape;
-use crate::output::{error_chain, json::Json, note, table::Table, Output, SummaryOnly};
+use crate::output::perfetto::Perfetto;
+use crate::output::{error_chain, json::Json, note, table::Table, Output, SummaryOnly, Tee};
 use crate::stop::Stop;
 use crate::target::{ChildStdout, Target};
 
 /// How often the ring buffer is drained when nothing forces a wakeup.
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How long an exec'd image's loader may take before its probes are
 /// attached anyway.
@@ -105,12 +106,20 @@ pub struct TraceConfig {
     pub quiet: bool,
     /// Write here instead of stdout.
     pub output: Option<PathBuf>,
+    /// `--json=FILE`: JSON Lines here too, every record whatever `quiet`
+    /// says (a recording for `portsnoop replay`).
+    pub json_file: Option<PathBuf>,
+    /// `--perfetto FILE`: a Perfetto trace here too.
+    pub perfetto: Option<PathBuf>,
     /// Which fds/threads to keep.
     pub filter: Filter,
     /// Ring buffer size.
     pub buffer_bytes: usize,
     /// `-f`: also trace the processes the target forks, and theirs.
     pub follow_forks: bool,
+    /// `--stall`: report callbacks that run past a threshold (None: off,
+    /// and nothing of it in the kernel).
+    pub stall: Option<StallConfig>,
 }
 
 /// Runs a session to its end and returns its summary.
@@ -151,12 +160,23 @@ pub fn run(config: TraceConfig) -> Result<Summary, Error> {
     };
     // Rows are small and many: write them out in large blocks.
     let sink = BufWriter::with_capacity(1 << 16, stop.progress(sink));
-    let mut output = make_output(&config, sink);
+    let mut output = make_output(
+        config.format,
+        config.quiet,
+        config.summary,
+        config.follow_forks,
+        sink,
+    );
+    let extra = extra_outputs(&config, &stop)?;
+    if !extra.is_empty() {
+        output = Box::new(Tee(std::iter::once(output).chain(extra).collect()));
+    }
     let mut engine = Engine::attach(
         &target,
         &Options {
             buffer_bytes: config.buffer_bytes,
             follow_forks: config.follow_forks,
+            stall_syscall_min_ns: config.stall.map(|c| c.syscall_min_ns),
         },
     )?;
     let attached = engine.attached().clone();
@@ -186,6 +206,9 @@ pub fn run(config: TraceConfig) -> Result<Summary, Error> {
     target.release();
 
     let mut correlator = Correlator::new(config.filter.clone());
+    if let Some(stall) = config.stall {
+        correlator = correlator.with_stalls(stall);
+    }
     if config.follow_forks {
         correlator.set_root(attached.pid);
     }
@@ -270,6 +293,31 @@ pub fn run(config: TraceConfig) -> Result<Summary, Error> {
         "{} events, {} lost, {} ops, {} mismatches",
         summary.events, summary.lost_events, summary.ops, summary.mismatches
     ));
+    // Stalls are what an operator asks first: said on stderr too, so a run
+    // with -q or -o FILE shows them at once. Names are the app's: escaped.
+    if let Some(stall) = config.stall {
+        let top = summary.top_stalls();
+        let count: u64 = top.iter().map(|(_, st)| st.count).sum();
+        let worst: Vec<String> = top
+            .iter()
+            .take(3)
+            .map(|(name, st)| {
+                format!(
+                    "{} x{} (max {:.1} ms)",
+                    escape::escape(name),
+                    st.count,
+                    st.max_ns as f64 / 1e6
+                )
+            })
+            .collect();
+        note(format_args!(
+            "{count} stall{} (callbacks that ran {} ms or more){}{}",
+            if count == 1 { "" } else { "s" },
+            stall.threshold_ns as f64 / 1e6,
+            if worst.is_empty() { "" } else { ": " },
+            worst.join(", ")
+        ));
+    }
     // We started it: it ends with us (on an error return too, when the
     // target is dropped).
     target.end();
@@ -280,25 +328,49 @@ pub fn run(config: TraceConfig) -> Result<Summary, Error> {
 }
 
 /// The writer for the chosen format: JSON Lines only JSON (its summary is
-/// its last line); the table with the text summary after it if asked.
-fn make_output<W: Write + 'static>(config: &TraceConfig, sink: W) -> Box<dyn Output> {
-    if config.format == Format::Json {
-        return match config.quiet {
+/// its last line); the table with the text summary after it if asked, and
+/// a PID column if `pids`. `quiet`: no rows, only the end.
+pub(crate) fn make_output<W: Write + 'static>(
+    format: Format,
+    quiet: bool,
+    summary: bool,
+    pids: bool,
+    sink: W,
+) -> Box<dyn Output> {
+    if format == Format::Json {
+        return match quiet {
             false => Box::new(Json::new(sink)),
             true => Box::new(SummaryOnly(Json::new(sink))),
         };
     }
     let mut table = Table::new(sink);
-    if config.follow_forks {
+    if pids {
         table = table.with_pids();
     }
-    if config.summary {
+    if summary {
         table = table.with_summary();
     }
-    match config.quiet {
+    match quiet {
         false => Box::new(table),
         true => Box::new(SummaryOnly(table)),
     }
+}
+
+/// The files `--json=FILE` and `--perfetto FILE` ask for, created now so
+/// a path that cannot be written fails before anything is traced.
+fn extra_outputs(config: &TraceConfig, stop: &Stop) -> Result<Vec<Box<dyn Output>>, Error> {
+    let create = |path: &PathBuf| {
+        let file = File::create(path).map_err(|e| Error::CreateOutput(path.clone(), e))?;
+        Ok::<_, Error>(BufWriter::with_capacity(1 << 16, stop.progress(file)))
+    };
+    let mut outputs: Vec<Box<dyn Output>> = Vec::new();
+    if let Some(path) = &config.json_file {
+        outputs.push(Box::new(Json::new(create(path)?)));
+    }
+    if let Some(path) = &config.perfetto {
+        outputs.push(Box::new(Perfetto::new(create(path)?)));
+    }
+    Ok(outputs)
 }
 
 /// The end of the output: the last records, then the summary. After a

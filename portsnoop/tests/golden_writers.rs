@@ -601,3 +601,95 @@ fn table_with_pids_shows_each_rows_process() {
     ]);
     assert_eq!(String::from_utf8(buf).unwrap(), expected);
 }
+
+/// A callback named by a hostile app that sleeps 50 ms (clock_nanosleep,
+/// all off-CPU) and writes to its fd, with stall tracking at 10 ms.
+fn stall_stream() -> (Vec<Record>, Summary) {
+    use portsnoop::correlate::{Correlator, Filter, StallConfig};
+    use portsnoop::event::{OffCpu, SlowSyscall};
+    let name = "bad\u{1b}[2Jcb";
+    let events = vec![
+        probe(0, 7, ProbeName::CallbackEntry, [3, 3, 0, 9, 1, 0], &[name]),
+        Event::SlowSyscall(SlowSyscall {
+            ts_ns: T0 + 1_000,
+            pid: 1,
+            tid: 7,
+            nr: 230,
+            arg0: 1,
+            rv: 0,
+            dur_ns: 50_000_000,
+        }),
+        syscall(50_002_000, 7, SyscallName::Write, 9, 5, 30_000),
+        Event::OffCpu(OffCpu {
+            ts_ns: T0 + 50_100_000,
+            pid: 1,
+            tid: 7,
+            total_ns: 49_900_000,
+        }),
+        probe(
+            50_100_000,
+            7,
+            ProbeName::CallbackReturn,
+            [3, 3, 0, 1, 0, 0],
+            &[name],
+        ),
+    ];
+    let mut c = Correlator::new(Filter::default()).with_stalls(StallConfig {
+        threshold_ns: 10_000_000,
+        syscall_min_ns: 10_000,
+    });
+    let mut out = Vec::new();
+    for e in events {
+        c.push(e, &mut out);
+    }
+    let summary = c.finish(&mut out);
+    (out, summary)
+}
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn a_stall_is_a_json_line_a_table_row_and_a_summary_entry() {
+    let (records, summary) = stall_stream();
+    let json = json_of(&records, &summary);
+    let stall = json
+        .lines()
+        .find(|l| l.contains(r#""type":"stall""#))
+        .expect("a stall line");
+    assert_eq!(
+        stall,
+        r#"{"type":"stall","ts_ns":5000000000,"pid":1,"tid":7,"fd":9,"name":"bad\u001b[2Jcb","closure":3,"dur_ns":50100000,"off_cpu_ns":49900000,"syscalls":[{"name":"clock_nanosleep","fd":null,"rv":0,"dur_ns":50000000,"ts_ns":5000001000},{"name":"write","fd":9,"rv":5,"dur_ns":30000,"ts_ns":5050002000}],"syscalls_cut":0}"#
+    );
+    assert!(json.contains(r#""type":"slow_syscall","ts_ns":5000001000,"pid":1,"tid":7,"nr":230,"name":"clock_nanosleep","fd":null,"rv":0,"errno":null,"dur_ns":50000000,"arg0":1}"#));
+    let last: Value = serde_json::from_str(json.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        last["stalls"],
+        json!([{"name": "bad\u{1b}[2Jcb", "count": 1, "total_ns": 50_100_000u64, "max_ns": 50_100_000u64,
+                "off_cpu_ns_total": 49_900_000u64, "dur_ns_log2": [[33_554_432u64, 1]]}])
+    );
+    assert!(!json.contains('\u{1b}'), "raw ESC in the JSON: {json}");
+
+    let table = table_of(&records, &summary);
+    let row = table
+        .lines()
+        .find(|l| l.contains("STALL"))
+        .expect("a STALL row");
+    assert_eq!(
+        row,
+        "    0.050100       7 STALL                  9 bad\\x1b[2Jcb 50.1ms: off-CPU 49.9ms, on-CPU 200us; clock_nanosleep 50.0ms, write fd 9 30us"
+    );
+    assert!(
+        table.contains("clock_nanosleep        - = 0 50000us"),
+        "{table}"
+    );
+    assert!(!table.contains('\u{1b}'));
+
+    let text = summary_of(&summary);
+    assert!(
+        text.contains(
+            "top stalls (callbacks that ran past the --stall threshold):\n    COUNT     TOTAL ms       MAX ms   OFF-CPU ms  CALLBACK\n        1         50.1         50.1         49.9  bad\\x1b[2Jcb\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("bad\\x1b[2Jcb stalls (ns)\n"), "{text}");
+    assert!(!text.contains('\u{1b}'));
+}

@@ -113,6 +113,8 @@ fn apply(stream: &mut Vec<Event>, d: &Damage) {
             Event::Process(x) => x.ts_ns = ts,
             Event::Socket(x) => x.ts_ns = ts,
             Event::Tcp(x) => x.ts_ns = ts,
+            Event::SlowSyscall(x) => (x.ts_ns, x.dur_ns) = (ts, dur),
+            Event::OffCpu(x) => x.ts_ns = ts,
         },
         Damage::End(a) => {
             let a = a % n;
@@ -279,7 +281,10 @@ fn expected_rows(records: &[Record]) -> usize {
     records
         .iter()
         .map(|r| match r {
+            // Stall bookkeeping has no row of its own.
+            Record::Event(portsnoop::event::Event::OffCpu(_)) => 0,
             Record::Event(_) => 1,
+            Record::Stall(_) => 1,
             Record::Wait(w) => 1 + w.wait.events.len(),
             Record::Op(op) => usize::from(op.mismatch.is_some() || op.incomplete.is_some()),
         })

@@ -560,3 +560,22 @@ pub fn wait_gone(pid: u32, what: &str) {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A Perfetto trace as `tests/perfetto_nesting.py` reads it with the
+/// protos the `perfetto` Python package ships (an independent reader: no
+/// code of portsnoop's): tracks, slices with their parents, instants.
+pub fn perfetto_nesting(trace: &Path) -> serde_json::Value {
+    let script = workspace_root().join("tests").join("perfetto_nesting.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(trace)
+        .output()
+        .expect("running python3 (scripts/setup.sh installs it with the perfetto package)");
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("perfetto_nesting.py prints JSON")
+}

@@ -338,8 +338,15 @@ fn perf_record_reads_the_exact_values_through_the_definitions() {
         fire(&mut fixture, round);
         std::thread::sleep(Duration::from_millis(50));
     }
-    round += 1;
-    fire(&mut fixture, round);
+    // The kernel counts hits from when perf opens the event, and perf
+    // enables recording a moment later (after mapping its buffers), which
+    // it does not say either: every round fires the same values, so go on
+    // firing for a second; perf records the later rounds.
+    for _ in 0..10 {
+        round += 1;
+        fire(&mut fixture, round);
+        std::thread::sleep(Duration::from_millis(100));
+    }
     perf.signal(libc::SIGINT);
     let status = perf.wait_exit(WAIT);
     // perf record ends a SIGINT by raising it again once its data is written.

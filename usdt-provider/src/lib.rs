@@ -156,27 +156,43 @@ pub struct Callback<'a> {
     pub newmask: i32,
 }
 
-// Each probe has exactly one site: the usdt macro expanded once, in a
-// non-generic `#[inline(never)]` function of its own, and every one of those
-// functions is kept alive by `SITES`. The usdt crate writes a probe's note at
-// every expansion of its macro; expanded in the generic wrappers below (as
-// it once was), every monomorphized copy had a note, and the linker dropped
-// the unused copies' code but kept their notes, pointing near address 0:
-// bpftrace and bcc warned "invalid address" for each, libbpf refused the
-// whole probe. With one site per probe, reached only through `SITES`, no
-// note can outlive its code.
+// Each probe has exactly one site, a non-generic function of its own that
+// takes the built arguments, and every one of those functions is kept alive
+// by `SITES`. A probe's note is written wherever its site's asm is emitted;
+// expanded in the generic wrappers below (as it once was), every
+// monomorphized copy had a note, and the linker dropped the unused copies'
+// code but kept their notes, pointing near address 0: bpftrace and bcc
+// warned "invalid address" for each, libbpf refused the whole probe. With
+// one site per probe, reached only through `SITES`, no note can outlive its
+// code.
+//
+// The site is the usdt macro expanded once, in an `#[inline(never)]`
+// function: a 1-byte `nop`. Built with `--cfg evloop_nop5` on Linux x86-64,
+// it is `nop5_site`'s naked function instead, a 5-byte nop Linux 6.18 turns
+// into a call to a trampoline rather than a trap. Not the default: that
+// call enters the kernel by a syscall, which every raw syscall tracepoint
+// on the machine sees, portsnoop's included, and under portsnoop a fire
+// costs more than the trap (measured by bench/site-form.sh; README).
 //
 // The wrappers read the probe's semaphore themselves (the same load the usdt
 // macro does, on the same symbol) and build the arguments only when it is
 // set; a disabled probe still costs a load and a branch, and never a call.
+#[cfg(all(target_os = "linux", target_arch = "x86_64", evloop_nop5))]
+#[macro_use]
+mod nop5_site;
+
 macro_rules! sites {
-    ($($field:ident => $probe:ident ($($arg:ident: $ty:ty),*);)*) => {
+    ($($field:ident => $probe:ident $name:literal ($($arg:ident: $ty:ident),*);)*) => {
         /// The probe sites, one function per probe.
         mod site {
             $(
+                #[cfg(all(target_os = "linux", target_arch = "x86_64", evloop_nop5))]
+                nop5_site!($field, $probe, $name, ($($arg: $ty),*));
+
                 /// The one site of this probe. `extern "C"`: its arguments
                 /// arrive in the registers the note names, so the site is
                 /// the asm alone.
+                #[cfg(not(all(target_os = "linux", target_arch = "x86_64", evloop_nop5)))]
                 #[inline(never)]
                 pub(super) extern "C" fn $field($($arg: $ty),*) {
                     crate::evloop::$probe!(|| ($($arg),*));
@@ -200,18 +216,20 @@ macro_rules! sites {
     };
 }
 
+// The probe names as tracers see them are the usdt crate's: the function
+// names with `__` turned into `-`.
 sites! {
-    accept_entry => eventer__accept__entry(fd: i32, addr: u64, addrlen: i32, mask: i32, closure: u64);
-    accept_return => eventer__accept__return(fd: i32, addr: u64, addrlen: i32, mask: i32, closure: u64, rv: i64);
-    read_entry => eventer__read__entry(fd: i32, buf: u64, len: u64, mask: i32, closure: u64);
-    read_return => eventer__read__return(fd: i32, buf: u64, len: u64, mask: i32, closure: u64, rv: i64);
-    write_entry => eventer__write__entry(fd: i32, buf: u64, len: u64, mask: i32, closure: u64);
-    write_return => eventer__write__return(fd: i32, buf: u64, len: u64, mask: i32, closure: u64, rv: i64);
-    close_entry => eventer__close__entry(fd: i32, mask: i32, closure: u64);
-    close_return => eventer__close__return(fd: i32, mask: i32, closure: u64, rv: i64);
-    callback_entry => eventer__callback__entry(closure: u64, event: u64, name: u64, fd: i32, mask: i32, newmask: i32);
-    callback_return => eventer__callback__return(closure: u64, event: u64, name: u64, rv: i32);
-    log => log(facility: u64, file: u64, line: i32, msg: u64);
+    accept_entry => eventer__accept__entry "eventer-accept-entry" (fd: i32, addr: u64, addrlen: i32, mask: i32, closure: u64);
+    accept_return => eventer__accept__return "eventer-accept-return" (fd: i32, addr: u64, addrlen: i32, mask: i32, closure: u64, rv: i64);
+    read_entry => eventer__read__entry "eventer-read-entry" (fd: i32, buf: u64, len: u64, mask: i32, closure: u64);
+    read_return => eventer__read__return "eventer-read-return" (fd: i32, buf: u64, len: u64, mask: i32, closure: u64, rv: i64);
+    write_entry => eventer__write__entry "eventer-write-entry" (fd: i32, buf: u64, len: u64, mask: i32, closure: u64);
+    write_return => eventer__write__return "eventer-write-return" (fd: i32, buf: u64, len: u64, mask: i32, closure: u64, rv: i64);
+    close_entry => eventer__close__entry "eventer-close-entry" (fd: i32, mask: i32, closure: u64);
+    close_return => eventer__close__return "eventer-close-return" (fd: i32, mask: i32, closure: u64, rv: i64);
+    callback_entry => eventer__callback__entry "eventer-callback-entry" (closure: u64, event: u64, name: u64, fd: i32, mask: i32, newmask: i32);
+    callback_return => eventer__callback__return "eventer-callback-return" (closure: u64, event: u64, name: u64, rv: i32);
+    log => log "log" (facility: u64, file: u64, line: i32, msg: u64);
 }
 
 /// Whether the probe whose semaphore is `$sema` is enabled: on Linux, one
@@ -384,4 +402,52 @@ macro_rules! evloop_log {
     ($facility:expr, $($fmt:tt)+) => {
         $crate::log($facility, file!(), line!(), || format!($($fmt)+))
     };
+}
+
+#[cfg(test)]
+mod tests {
+    /// `(probe fn name, [(arg, type)])` of every `fn` in `text`.
+    fn fns(text: &str) -> Vec<(String, Vec<(String, String)>)> {
+        let mut out = Vec::new();
+        for part in text.split("fn ").skip(1) {
+            let (name, rest) = part.split_once('(').unwrap();
+            let args = rest.split_once(')').unwrap().0;
+            let args = args
+                .split(',')
+                .filter(|a| !a.trim().is_empty())
+                .map(|a| {
+                    let (n, t) = a.split_once(':').unwrap();
+                    (n.trim().to_string(), t.trim().to_string())
+                })
+                .collect();
+            out.push((name.trim().to_string(), args));
+        }
+        out
+    }
+
+    /// The `#[usdt::provider]` declaration (what DTrace platforms and
+    /// aarch64 get) and the `sites!` table (what Linux x86-64's own sites
+    /// are made from) declare the same probes with the same arguments.
+    #[test]
+    fn the_provider_declaration_and_the_sites_table_agree() {
+        let src = include_str!("lib.rs");
+        let decl = src.split("mod evloop {").nth(1).unwrap();
+        let decl = &decl[..decl.find("\n}\n").unwrap()];
+        let declared = fns(decl);
+        let table = src.split("\nsites! {").nth(1).unwrap();
+        let table = &table[..table.find("\n}\n").unwrap()];
+        let rows: Vec<_> = table
+            .lines()
+            .filter_map(|l| l.split_once("=> "))
+            .map(|(_, row)| {
+                let (probe, rest) = row.split_once(' ').unwrap();
+                let (name, args) = rest.split_once(" (").unwrap();
+                // The probe name tracers see: the usdt crate's rule.
+                assert_eq!(name.trim_matches('"'), probe.replace("__", "-"));
+                fns(&format!("fn {probe}({args}")).pop().unwrap()
+            })
+            .collect();
+        assert_eq!(declared.len(), 11);
+        assert_eq!(rows, declared);
+    }
 }

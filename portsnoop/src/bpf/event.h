@@ -1,59 +1,73 @@
 /* The records portsnoop's BPF program submits to the ring buffer: the one
- * layout shared by the C side and engine/raw.rs (which asserts the sizes).
+ * definition of their layout. The Rust side is generated from it: the
+ * constants are enums and portsnoop.bpf.c keeps one instance of every
+ * record (`layout`), so all of them are in the object's BTF, from which
+ * libbpf-cargo's skeleton emits the Rust types engine/raw.rs decodes with.
  * Every record starts with struct ev_header; `type` says which one it is. */
 #ifndef PORTSNOOP_EVENT_H
 #define PORTSNOOP_EVENT_H
 
-#define EV_SYSCALL 1
-#define EV_EPOLL_CTL 2
-#define EV_EPOLL_WAIT 3
-#define EV_PROBE 4
-#define EV_LOG 5
-#define EV_EXEC 6
-#define EV_LOST 7
-#define EV_CLOSE_ENTER 8
-#define EV_FORK 9
-#define EV_EXIT 10
-#define EV_SOCK 11
-#define EV_TCP 12
+enum ev_type {
+	EV_SYSCALL = 1,
+	EV_EPOLL_CTL = 2,
+	EV_EPOLL_WAIT = 3,
+	EV_PROBE = 4,
+	EV_LOG = 5,
+	EV_EXEC = 6,
+	EV_LOST = 7,
+	EV_CLOSE_ENTER = 8,
+	EV_FORK = 9,
+	EV_EXIT = 10,
+	EV_SLOW_SYSCALL = 11,
+	EV_OFF_CPU = 12,
+	EV_SOCK = 13,
+	EV_TCP = 14,
+};
 
 /* Syscall kinds, in the order of event.rs's SyscallName::ALL, then epoll. */
-#define SC_READ 0
-#define SC_READV 1
-#define SC_RECVFROM 2
-#define SC_RECVMSG 3
-#define SC_WRITE 4
-#define SC_WRITEV 5
-#define SC_SENDTO 6
-#define SC_SENDMSG 7
-#define SC_ACCEPT 8
-#define SC_ACCEPT4 9
-#define SC_CONNECT 10
-#define SC_SHUTDOWN 11
-#define SC_CLOSE 12
-#define SC_EPOLL_CTL 13
-#define SC_EPOLL_WAIT 14
-#define SC_EPOLL_PWAIT 15
-#define SC_EPOLL_PWAIT2 16
+enum sc_kind {
+	SC_READ = 0,
+	SC_READV = 1,
+	SC_RECVFROM = 2,
+	SC_RECVMSG = 3,
+	SC_WRITE = 4,
+	SC_WRITEV = 5,
+	SC_SENDTO = 6,
+	SC_SENDMSG = 7,
+	SC_ACCEPT = 8,
+	SC_ACCEPT4 = 9,
+	SC_CONNECT = 10,
+	SC_SHUTDOWN = 11,
+	SC_CLOSE = 12,
+	SC_EPOLL_CTL = 13,
+	SC_EPOLL_WAIT = 14,
+	SC_EPOLL_PWAIT = 15,
+	SC_EPOLL_PWAIT2 = 16,
+};
 
 /* Probe ids, in the order of event.rs's ProbeName::ALL. */
-#define PR_ACCEPT_ENTRY 0
-#define PR_ACCEPT_RETURN 1
-#define PR_READ_ENTRY 2
-#define PR_READ_RETURN 3
-#define PR_WRITE_ENTRY 4
-#define PR_WRITE_RETURN 5
-#define PR_CLOSE_ENTRY 6
-#define PR_CLOSE_RETURN 7
-#define PR_CALLBACK_ENTRY 8
-#define PR_CALLBACK_RETURN 9
-#define PR_LOG 10
+enum probe_id {
+	PR_ACCEPT_ENTRY = 0,
+	PR_ACCEPT_RETURN = 1,
+	PR_READ_ENTRY = 2,
+	PR_READ_RETURN = 3,
+	PR_WRITE_ENTRY = 4,
+	PR_WRITE_RETURN = 5,
+	PR_CLOSE_ENTRY = 6,
+	PR_CLOSE_RETURN = 7,
+	PR_CALLBACK_ENTRY = 8,
+	PR_CALLBACK_RETURN = 9,
+	PR_LOG = 10,
+};
 
-#define WAIT_MAX_EVENTS 30
-#define NAME_LEN 64
-#define LOG_FACILITY_LEN 32
-#define LOG_FILE_LEN 64
-#define LOG_MSG_LEN 128
+enum ev_limit {
+	WAIT_MAX_EVENTS = 30,
+	NAME_LEN = 64,
+	LOG_FACILITY_LEN = 32,
+	LOG_FILE_LEN = 64,
+	LOG_MSG_LEN = 128,
+	SOCK_PATH_LEN = 108,
+};
 
 /* pid is the process (tgid) the record is from: with -f several are
  * traced, and fd numbers only mean something within one process. */
@@ -151,6 +165,29 @@ struct ev_exit {
 	__u32 pad;
 };
 
+/* Stall tracking: a syscall portsnoop does not otherwise trace (any
+ * number: nanosleep, fsync, futex, openat...) that a thread made inside a
+ * callback and that lasted at least stall_syscall_min_ns. h.ts_ns is its
+ * entry. arg0 is its first argument, raw (the consumer knows which
+ * syscalls take an fd there). */
+struct ev_slow_syscall {
+	struct ev_header h;
+	__u32 nr;
+	__u32 pad;
+	__u64 arg0;
+	__s64 rv;
+	__u64 dur_ns;
+};
+
+/* Stall tracking: the thread's off-CPU time inside callbacks so far (a
+ * running total, never reset), submitted at a callback entry or return
+ * when it changed since the thread's last one: the consumer takes the
+ * difference between a callback's entry and return. */
+struct ev_off_cpu {
+	struct ev_header h;
+	__u64 total_ns;
+};
+
 /* The socket behind an fd, read from the kernel's socket at accept,
  * accept4 or connect return (connect: also EINPROGRESS). Addresses as the
  * kernel keeps them (network byte order; IPv4 in the first 4 bytes),
@@ -158,7 +195,6 @@ struct ev_exit {
  * `*_path_len` of them; abstract names start with a NUL) is in the paths
  * instead. `sk` is the struct sock's address: the key the TCP records
  * carry too. */
-#define SOCK_PATH_LEN 108
 struct ev_sock {
 	struct ev_header h;
 	__s32 fd;
@@ -166,7 +202,7 @@ struct ev_sock {
 	__u64 sk;
 	__u64 ino; /* the socket's inode, as in /proc/PID/fd's socket:[ino] */
 	__u16 family;
-	__u16 type;
+	__u16 sock_type;
 	__u16 protocol;
 	__u16 lport;
 	__u16 rport;
@@ -187,10 +223,12 @@ struct ev_sock {
  * them (a FIN received counts one in bytes_received, a SYN or FIN acked
  * one in bytes_acked); fin_received is SOCK_DONE, fin_acked says the
  * sent FIN is acked (snd_una == write_seq after shutdown for writing). */
-#define TCP_EV_STATE 0
-#define TCP_EV_RETRANSMIT 1
-#define TCP_EV_RESET_SENT 2
-#define TCP_EV_RESET_RECEIVED 3
+enum tcp_ev_kind {
+	TCP_EV_STATE = 0,
+	TCP_EV_RETRANSMIT = 1,
+	TCP_EV_RESET_SENT = 2,
+	TCP_EV_RESET_RECEIVED = 3,
+};
 struct ev_tcp {
 	struct ev_header h;
 	__s32 fd;

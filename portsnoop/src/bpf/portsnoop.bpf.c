@@ -26,6 +26,32 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* Never read or written: one instance of every record and constant set in
+ * event.h, so that their BTF is in the object and the skeleton generates
+ * the Rust side of the layout from it (engine/raw.rs). */
+struct {
+	struct ev_header header;
+	struct ev_syscall syscall;
+	struct ev_epoll_ctl epoll_ctl;
+	struct ev_epoll_wait epoll_wait;
+	struct ev_probe probe;
+	struct ev_log log;
+	struct ev_lost lost;
+	struct ev_close_enter close_enter;
+	struct ev_exec exec;
+	struct ev_fork fork;
+	struct ev_exit exit;
+	struct ev_slow_syscall slow_syscall;
+	struct ev_off_cpu off_cpu;
+	struct ev_sock sock;
+	struct ev_tcp tcp;
+	enum ev_type type;
+	enum sc_kind sc_kind;
+	enum probe_id probe_id;
+	enum ev_limit limit;
+	enum tcp_ev_kind tcp_ev_kind;
+} layout;
+
 const volatile __u32 target_tgid = 0;
 /* Set when portsnoop runs in a pid namespace other than the initial one:
  * target_tgid is then a pid of that namespace (dev and ino of its nsfs
@@ -49,6 +75,13 @@ volatile __u32 ready = 0;
 const volatile __u32 follow = 0;
 /* Wake the consumer only once this much is waiting. */
 const volatile __u64 wakeup_bytes = 1 << 20;
+/* --stall: know, per thread, whether it is inside a callback (the callback
+ * probes count the depth), and while it is, submit the syscalls of any
+ * kind that last at least stall_syscall_min_ns (ev_slow_syscall) and count
+ * its time off-CPU (on_switch, ev_off_cpu). A rodata flag: without it the
+ * verifier drops all of it, and on_switch is not attached. */
+const volatile __u32 stall_track = 0;
+const volatile __u64 stall_syscall_min_ns = 10000;
 
 /* -f: the traced processes, by tgid; the value is that process's own
  * `ready` (see above): 0 from its fork or exec until the engine has
@@ -109,6 +142,14 @@ struct inflight {
 	__u32 ctl_events;
 	__u32 pad;
 	__u64 ctl_data;
+	/* Stall tracking (stall_track only). */
+	__u32 cb_depth;       /* callbacks the thread is inside */
+	__u32 other_nr;       /* an untraced syscall in flight (other_ts != 0) */
+	__u64 other_ts;
+	__u64 other_arg0;
+	__u64 off_cpu_total;  /* off-CPU ns while cb_depth > 0, running total */
+	__u64 off_cpu_reported; /* the total last submitted (ev_off_cpu) */
+	__u64 switched_out_ts; /* off CPU since, inside a callback (0: on CPU) */
 };
 
 /* Task storage, not a hash keyed by tid: the slot hangs off the thread
@@ -484,7 +525,7 @@ static __always_inline void submit_sock(__u32 pid, __u32 tid, __u64 ts, int fd, 
 	e->sk = (__u64)sk;
 	e->ino = BPF_CORE_READ(inode, i_ino);
 	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	e->type = BPF_CORE_READ(sk, sk_type);
+	e->sock_type = BPF_CORE_READ(sk, sk_type);
 	e->protocol = BPF_CORE_READ(sk, sk_protocol);
 	if (e->family == PS_AF_INET || e->family == PS_AF_INET6) {
 		e->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
@@ -511,6 +552,75 @@ static __always_inline void submit_sock(__u32 pid, __u32 tid, __u64 ts, int fd, 
 		own_sock(sk, pid, fd);
 }
 
+/* --stall: an untraced syscall entered. Timed only inside a callback:
+ * elsewhere (the loop's own waits, other threads) it explains no stall. */
+static __always_inline void slow_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct inflight *v = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, 0);
+	__u64 a[4];
+
+	if (!v)
+		return;
+	if (!v->cb_depth) {
+		/* One whose exit was never seen (an exec's, while the new
+		 * image waited to be attached) must not be taken for this. */
+		if (v->other_ts)
+			v->other_ts = 0;
+		return;
+	}
+	v->other_ts = bpf_ktime_get_ns();
+	v->other_nr = (__u32)ctx->args[1];
+	v->other_arg0 = syscall_args(ctx->args[0], a) ? 0 : a[0];
+}
+
+/* --stall: the untraced syscall returned; submitted only if it lasted long
+ * enough to matter (see stall_syscall_min_ns), so a callback that stalls
+ * nothing costs no records. */
+static __always_inline void slow_exit(struct inflight *v, __u32 pid, __u32 tid, __s64 ret)
+{
+	__u64 ts = v->other_ts;
+	__u64 dur = bpf_ktime_get_ns() - ts;
+
+	v->other_ts = 0;
+	if (dur < stall_syscall_min_ns)
+		return;
+	struct ev_slow_syscall *e = reserve(sizeof(*e), EV_SLOW_SYSCALL, pid, tid, ts);
+	if (!e)
+		return;
+	e->nr = v->other_nr;
+	e->pad = 0;
+	e->arg0 = v->other_arg0;
+	e->rv = ret;
+	e->dur_ns = dur;
+	bpf_ringbuf_submit(e, submit_flags());
+}
+
+/* --stall: a callback entry or return. Counts the depth, and says the
+ * thread's off-CPU total first if it changed since it last did: the
+ * consumer takes a callback's off-CPU time as the difference between its
+ * entry and its return. Most callbacks never leave the CPU, so most
+ * boundaries submit nothing. */
+static __always_inline void callback_boundary(bool entry, __u32 pid, __u32 tid, __u64 ts)
+{
+	struct inflight *v = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0,
+						  BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!v)
+		return;
+	if (entry)
+		v->cb_depth += 1;
+	else if (v->cb_depth)
+		v->cb_depth -= 1;
+	__u64 total = v->off_cpu_total;
+	if (total == v->off_cpu_reported)
+		return;
+	struct ev_off_cpu *e = reserve(sizeof(*e), EV_OFF_CPU, pid, tid, ts);
+	if (!e)
+		return; /* counted as lost: the callback is incomplete */
+	e->total_ns = total;
+	bpf_ringbuf_submit(e, submit_flags());
+	v->off_cpu_reported = total;
+}
+
 SEC("raw_tracepoint/sys_enter")
 int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -520,17 +630,30 @@ int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	if (!is_target(&pid, &tid))
 		return 0;
 	int kind = kind_of((long)ctx->args[1]);
-	if (kind < 0 || syscall_args(ctx->args[0], a))
+	if (kind < 0) {
+		if (stall_track)
+			slow_enter(ctx);
+		return 0;
+	}
+	if (syscall_args(ctx->args[0], a))
 		return 0;
 	struct inflight *v = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0,
 						  BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!v)
 		return 0;
-	*v = (struct inflight){
-		.ts_ns = bpf_ktime_get_ns(),
-		.kind = kind,
-		.fd = (__s32)a[0],
-	};
+	/* Field by field, not a compound literal: the stall fields (callback
+	 * depth, off-CPU totals) outlive the syscall. */
+	v->ts_ns = bpf_ktime_get_ns();
+	v->kind = kind;
+	v->fd = (__s32)a[0];
+	v->arg = 0;
+	v->ptr = 0;
+	v->ctl_op = 0;
+	v->ctl_fd = 0;
+	v->ctl_events = 0;
+	v->pad = 0;
+	v->ctl_data = 0;
+	v->other_ts = 0;
 	/* The size-like argument kept: the buffer length, shutdown's how,
 	 * epoll_wait's maxevents. */
 	switch (kind) {
@@ -593,7 +716,13 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	if (!is_target(&pid, &tid))
 		return 0;
 	struct inflight *v = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, 0);
-	if (!v || !v->ts_ns)
+	if (!v)
+		return 0;
+	if (stall_track && v->other_ts) {
+		slow_exit(v, pid, tid, (__s64)ctx->args[1]);
+		return 0;
+	}
+	if (!v->ts_ns)
 		return 0; /* not traced, or entered before we attached */
 	__s64 ret = (__s64)ctx->args[1];
 	__u64 now = bpf_ktime_get_ns();
@@ -673,6 +802,19 @@ int on_exec(struct bpf_raw_tracepoint_args *ctx)
 	struct ev_exec *e = reserve(sizeof(*e), EV_EXEC, pid, tid, bpf_ktime_get_ns());
 	if (e)
 		bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	/* The old image's callbacks are gone with it. */
+	if (stall_track) {
+		struct inflight *v =
+			bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, 0);
+		if (v) {
+			/* The consumer starts the thread afresh too. */
+			v->cb_depth = 0;
+			v->off_cpu_total = 0;
+			v->off_cpu_reported = 0;
+			v->switched_out_ts = 0;
+			v->other_ts = 0;
+		}
+	}
 	/* Nothing more until the engine has attached the new image's sites
 	 * (its loader must finish first): a record of the new image before
 	 * that would be one of half its probes. The engine sees the flag
@@ -901,6 +1043,8 @@ int evloop_site(struct pt_regs *ctx)
 	/* Only the callback probes carry a name: the others' records stop
 	 * before it, half the bytes through the ring buffer and both caches. */
 	bool named = probe == PR_CALLBACK_ENTRY || probe == PR_CALLBACK_RETURN;
+	if (stall_track && named)
+		callback_boundary(probe == PR_CALLBACK_ENTRY, pid, tid, ts);
 	struct ev_probe *e = named ? reserve(sizeof(*e), EV_PROBE, pid, tid, ts)
 				   : reserve(__builtin_offsetof(struct ev_probe, name), EV_PROBE, pid, tid, ts);
 	if (!e)
@@ -916,5 +1060,44 @@ int evloop_site(struct pt_regs *ctx)
 	if (named && bpf_probe_read_user_str(e->name, sizeof(e->name), (void *)a2) < 0)
 		e->name[0] = 0;
 	bpf_ringbuf_submit(e, submit_flags());
+	return 0;
+}
+
+/* --stall: sched_switch(preempt, prev, next), on the CPU switching, with
+ * prev still current. A thread inside a callback that leaves the CPU notes
+ * when; when it is switched back in, the interval goes to its off-CPU
+ * total. tp_btf, not raw: prev and next come typed, as task storage needs
+ * them. The filter is the storage itself: only threads a callback probe of
+ * the target has marked have a depth, so other processes cost two lookups
+ * that find nothing (and in a pid namespace or with -f nothing else needs
+ * to be known); without either, the tgid check comes first. Attached only
+ * with stall tracking on. */
+SEC("tp_btf/sched_switch")
+int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	if (!stall_track)
+		return 0;
+	/* Without -f and a pid namespace, the target's tgid says it in two
+	 * loads, before any lookup: most switches on a machine are other
+	 * processes'. */
+	bool plain = !follow && !in_pid_ns;
+	bool prev_maybe = !plain || prev->tgid == target_tgid;
+	bool next_maybe = !plain || next->tgid == target_tgid;
+	if (!prev_maybe && !next_maybe)
+		return 0;
+	__u64 now = 0;
+	struct inflight *v = prev_maybe ? bpf_task_storage_get(&inflight, prev, 0, 0) : 0;
+
+	if (v && v->cb_depth) {
+		now = bpf_ktime_get_ns();
+		v->switched_out_ts = now;
+	}
+	v = next_maybe ? bpf_task_storage_get(&inflight, next, 0, 0) : 0;
+	if (v && v->switched_out_ts) {
+		if (!now)
+			now = bpf_ktime_get_ns();
+		v->off_cpu_total += now - v->switched_out_ts;
+		v->switched_out_ts = 0;
+	}
 	return 0;
 }

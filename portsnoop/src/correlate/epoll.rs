@@ -77,6 +77,18 @@ impl EpollMap {
         }
     }
 
+    /// The `epoll_ctl` op with this name (`"?"`, an op it has no name
+    /// for, is 0).
+    pub fn op_number(name: &str) -> Option<i32> {
+        Some(match name {
+            "ADD" => EPOLL_CTL_ADD,
+            "DEL" => EPOLL_CTL_DEL,
+            "MOD" => EPOLL_CTL_MOD,
+            "?" => 0,
+            _ => return None,
+        })
+    }
+
     /// The name of an `epoll_ctl` op.
     pub fn op_name(op: i32) -> &'static str {
         match op {

@@ -61,6 +61,7 @@
 
 mod conn;
 mod epoll;
+mod stall;
 mod summary;
 
 // Keys are the target's tids and fds: small integers, never chosen by an
@@ -70,7 +71,10 @@ use std::sync::Arc;
 
 pub use conn::{name_of, ConnBytes, ConnSummary};
 pub use epoll::{parse_fdinfo, registrations_of, EpollMap};
-pub use summary::{Log2Hist, OpStats, Summary};
+pub use stall::{Stall, StallConfig, StallSyscall};
+pub use summary::{Log2Hist, OpStats, StallStats, Summary};
+
+use stall::{StallWatch, Verdict};
 
 use crate::event::{EpollWait, Event, OpKind, Probe, ProbeName, ProcessEventKind, Syscall};
 
@@ -106,6 +110,9 @@ pub enum Record {
     /// Boxed: an op is the largest record, and records are moved several
     /// times on their way out.
     Op(Box<Op>),
+    /// A callback that ran past the stall threshold (only with
+    /// [`Correlator::with_stalls`]), after its callback op.
+    Stall(Box<Stall>),
 }
 
 /// An epoll wait, as the seed showed `port_getn`: the count, then each
@@ -158,9 +165,29 @@ pub struct Op {
     closing: bool,
     /// An accept op's new connection (the socket its rv holds), if seen.
     pub conn: Option<Arc<crate::sock::SocketInfo>>,
+    /// An open callback's gathering for the stall check (stall tracking
+    /// on, callbacks only; taken at the return). Inline: the op is boxed
+    /// already, and a box per callback would be an allocation per callback.
+    watch: Option<StallWatch>,
 }
 
 impl Op {
+    /// An op with its identity and entry time and nothing else yet: its
+    /// public fields are filled in one by one (`portsnoop replay` rebuilds
+    /// recorded ops this way).
+    pub fn new(kind: OpKind, pid: u32, tid: u32, fd: i32, entry_ts_ns: u64) -> Op {
+        *Op::open(kind, pid, tid, fd, entry_ts_ns, None, None)
+    }
+
+    /// Forgets the correlator's working state (whether its thread is
+    /// closing its fd), which no output shows: for comparing an op with
+    /// one rebuilt from its output.
+    #[cfg(test)]
+    pub(crate) fn without_state(mut self) -> Op {
+        self.closing = false;
+        self
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn open(
         kind: OpKind,
@@ -188,6 +215,7 @@ impl Op {
             closure,
             callback,
             conn: None,
+            watch: None,
         })
     }
 
@@ -316,6 +344,11 @@ struct Thread {
     /// Why the thread may be inside callbacks whose entries we did not
     /// see. Never cleared: callbacks nest, and how deep it was is unknown.
     callbacks_gap: Option<Gap>,
+    /// Stall tracking: the thread's off-CPU total inside callbacks as the
+    /// kernel side last reported it ([`Event::OffCpu`]). It starts at 0
+    /// with the kernel side's; after a loss a report may be missing, so it
+    /// is unknown until the next one.
+    off_cpu_total: Option<u64>,
 }
 
 impl Thread {
@@ -326,7 +359,17 @@ impl Thread {
             callbacks: Vec::new(),
             ops_gap: gap,
             callbacks_gap: gap,
+            off_cpu_total: if gap == Some(Gap::Lost) {
+                None
+            } else {
+                Some(0)
+            },
         }
+    }
+
+    /// The innermost open callback's stall watch, if stall tracking is on.
+    fn watch(&mut self) -> Option<&mut StallWatch> {
+        self.callbacks.last_mut().and_then(|c| c.watch.as_mut())
     }
 }
 
@@ -356,6 +399,8 @@ pub struct Correlator {
     root: Option<u32>,
     /// Which socket each fd holds, and what TCP did to it.
     conns: conn::Connections,
+    /// Stall tracking, if on.
+    stalls: Option<StallConfig>,
     summary: Summary,
 }
 
@@ -365,6 +410,25 @@ impl Correlator {
         Correlator {
             filter,
             ..Correlator::default()
+        }
+    }
+
+    /// Reports callbacks that run past `config`'s threshold as
+    /// [`Record::Stall`]s (see the `stall` module's rules).
+    pub fn with_stalls(mut self, config: StallConfig) -> Correlator {
+        self.stalls = Some(config);
+        self
+    }
+
+    /// Keeps a syscall with the innermost open callback of `tid`, if stall
+    /// tracking is on and it lasted long enough.
+    fn watch_syscall(&mut self, tid: u32, dur_ns: u64, s: impl FnOnce() -> StallSyscall) {
+        let Some(config) = self.stalls else { return };
+        if dur_ns < config.syscall_min_ns {
+            return;
+        }
+        if let Some(watch) = self.threads.get_mut(&tid).and_then(Thread::watch) {
+            watch.add(s());
         }
     }
 
@@ -435,9 +499,19 @@ impl Correlator {
             Event::CloseEnter(c) => self.on_close_enter(c, out),
             Event::EpollCtl(c) => {
                 self.epoll.entry(c.pid).or_default().apply(&c);
+                self.watch_syscall(c.tid, c.dur_ns, || (&c).into());
                 self.emit_event(Event::EpollCtl(c), out);
             }
+            Event::SlowSyscall(s) => {
+                self.watch_syscall(s.tid, s.dur_ns, || (&s).into());
+                self.emit_event(Event::SlowSyscall(s), out);
+            }
+            Event::OffCpu(o) => {
+                self.thread(o.pid, o.tid).off_cpu_total = Some(o.total_ns);
+                self.emit_event(Event::OffCpu(o), out);
+            }
             Event::EpollWait(w) => {
+                self.watch_syscall(w.tid, w.dur_ns, || (&w).into());
                 self.summary.waits += 1;
                 let rec = Wait {
                     fds: vec![None; w.events.len()],
@@ -465,6 +539,8 @@ impl Correlator {
                 for t in self.threads.values_mut() {
                     t.ops_gap = Some(Gap::Lost);
                     t.callbacks_gap = Some(Gap::Lost);
+                    // A report of it may be what was lost.
+                    t.off_cpu_total = None;
                 }
                 // Whatever they were in, they are in the dark again.
                 self.closing.clear();
@@ -555,6 +631,7 @@ impl Correlator {
     }
 
     fn on_syscall(&mut self, s: Syscall, out: &mut Vec<Record>) {
+        self.watch_syscall(s.tid, s.dur_ns, || (&s).into());
         let fd = s.fd;
         self.conns.syscall(s.pid, fd, s.name.op(), s.rv);
         let is_close = s.name.op() == OpKind::Close && s.rv == 0;
@@ -711,14 +788,17 @@ impl Correlator {
             self.emit_event(Event::Probe(p), out);
             return;
         };
+        let stalls = self.stalls;
         let thread = self.thread(p.pid, p.tid);
         let mut done = Vec::new();
+        let mut stall = None;
+        let mut stall_incomplete = false;
         let mut new_eventer_fd = None;
         let mut closes_eventer_fd = false;
         if kind == OpKind::Callback {
             if is_entry {
                 let fd = p.fd().unwrap_or(-1);
-                let op = Op::open(
+                let mut op = Op::open(
                     kind,
                     p.pid,
                     p.tid,
@@ -727,6 +807,12 @@ impl Correlator {
                     p.closure(),
                     p.strings.first().cloned(),
                 );
+                if stalls.is_some() {
+                    op.watch = Some(StallWatch {
+                        off_cpu_at_entry: thread.off_cpu_total,
+                        ..StallWatch::default()
+                    });
+                }
                 thread.callbacks.push(op);
                 // No callback begins inside an op.
                 thread.ops_gap = None;
@@ -738,14 +824,35 @@ impl Correlator {
                 match pos {
                     Some(i) => {
                         // Callbacks nested inside this one that never returned.
+                        let mut inner_watches = Vec::new();
                         for mut inner in thread.callbacks.drain(i + 1..) {
                             inner.mismatch = Some(
                                 "callback returned without its inner callback's return".into(),
                             );
+                            inner_watches.extend(inner.watch.take());
                             done.push(inner);
                         }
                         let mut op = thread.callbacks.pop().expect("index is valid");
                         op.close(p.ts_ns, p.rv());
+                        if let (Some(config), Some(mut watch)) = (stalls, op.watch.take()) {
+                            for inner in inner_watches {
+                                watch.absorb(inner);
+                            }
+                            match stall::judge(&config, watch, &op, p.ts_ns, thread.off_cpu_total) {
+                                Verdict::Pass(watch) => {
+                                    if let Some(outer) = thread.watch() {
+                                        outer.absorb(watch);
+                                    }
+                                }
+                                Verdict::Stall(s) => {
+                                    if let Some(outer) = thread.watch() {
+                                        outer.inner_stalled = true;
+                                    }
+                                    stall = Some(s);
+                                }
+                                Verdict::Incomplete => stall_incomplete = true,
+                            }
+                        }
                         done.push(op);
                     }
                     None => {
@@ -839,6 +946,15 @@ impl Correlator {
         for op in done {
             self.emit_op(op, out);
         }
+        if stall_incomplete {
+            self.summary.stalls_incomplete += 1;
+        }
+        if let Some(s) = stall {
+            if self.keeps_tid(Some(s.tid)) && self.keeps_fd(Some(s.fd)) {
+                self.summary.add_stall(&s);
+                out.push(Record::Stall(s));
+            }
+        }
     }
 
     fn abandon_all(&mut self, gap: Gap, out: &mut Vec<Record>) {
@@ -896,7 +1012,8 @@ impl Correlator {
             Event::Probe(p) => p.fd(),
             Event::Socket(i) => Some(i.fd),
             Event::Tcp(t) => Some(t.fd),
-            Event::EpollWait(_) | Event::Lost { .. } | Event::Process(_) => None,
+            Event::SlowSyscall(s) => s.fd(),
+            Event::EpollWait(_) | Event::Lost { .. } | Event::Process(_) | Event::OffCpu(_) => None,
         };
         let global = matches!(ev, Event::Lost { .. } | Event::Process(_));
         if global
@@ -914,6 +1031,9 @@ impl Correlator {
                 op.conn = self.conns.socket(op.pid, new_fd).cloned();
             }
         }
+        // A callback cut short (loss, exec, the end) still holds what its
+        // stall watch gathered: no output reads it.
+        op.watch = None;
         if self.keeps_tid(Some(op.tid)) && self.keeps_fd(Some(op.fd)) {
             self.summary.add_op(&op);
             out.push(Record::Op(op));

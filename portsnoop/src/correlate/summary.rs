@@ -2,10 +2,11 @@
 //! histograms as DTrace's `quantize()` keeps them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::event::{errno_of, OpKind};
 
-use super::Op;
+use super::{Op, Stall};
 
 /// A power-of-two histogram: bucket 0 holds 0, bucket i holds
 /// `[2^(i-1), 2^i)`.
@@ -50,6 +51,21 @@ impl Log2Hist {
                 .collect(),
             _ => Vec::new(),
         }
+    }
+
+    /// The histogram [`Log2Hist::buckets`] listed, or None if a lower
+    /// bound is not one a bucket has (0 or a power of two).
+    pub fn from_buckets(buckets: &[(u64, u64)]) -> Option<Log2Hist> {
+        let mut h = Log2Hist::default();
+        for &(lo, n) in buckets {
+            let i = match lo {
+                0 => 0,
+                lo if lo.is_power_of_two() => lo.trailing_zeros() as usize + 1,
+                _ => return None,
+            };
+            h.counts[i] = n;
+        }
+        Some(h)
     }
 
     /// How many values were counted.
@@ -143,6 +159,21 @@ impl OpStats {
     }
 }
 
+/// Totals for the stalls of one callback name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StallStats {
+    /// Stalls.
+    pub count: u64,
+    /// Their summed duration, ns.
+    pub total_ns: u64,
+    /// The longest, ns.
+    pub max_ns: u64,
+    /// Their summed off-CPU time, ns.
+    pub off_cpu_ns_total: u64,
+    /// Their durations, ns.
+    pub dur_ns: Log2Hist,
+}
+
 /// Totals for the end of a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -181,6 +212,12 @@ pub struct Summary {
     /// TCP sockets whose events could not be followed: the kernel side's
     /// table of sockets was full (set by the session, from the engine).
     pub tcp_untracked: u64,
+    /// Stalls by callback name (stall tracking on).
+    pub stalls: BTreeMap<Arc<str>, StallStats>,
+    /// Callbacks past the stall threshold whose off-CPU time the trace
+    /// could not vouch for (a report of it may have been lost): not
+    /// reported as stalls.
+    pub stalls_incomplete: u64,
 }
 
 impl Summary {
@@ -198,6 +235,23 @@ impl Summary {
             .entry(op.kind)
             .or_default()
             .add(op);
+    }
+
+    pub(crate) fn add_stall(&mut self, s: &Stall) {
+        let st = self.stalls.entry(Arc::clone(&s.name)).or_default();
+        st.count += 1;
+        st.total_ns = st.total_ns.saturating_add(s.dur_ns);
+        st.max_ns = st.max_ns.max(s.dur_ns);
+        st.off_cpu_ns_total = st.off_cpu_ns_total.saturating_add(s.off_cpu_ns);
+        st.dur_ns.record(s.dur_ns);
+    }
+
+    /// Stalls by callback name, the most total time first (names break
+    /// ties).
+    pub fn top_stalls(&self) -> Vec<(&Arc<str>, &StallStats)> {
+        let mut v: Vec<_> = self.stalls.iter().collect();
+        v.sort_by(|a, b| b.1.total_ns.cmp(&a.1.total_ns).then(a.0.cmp(b.0)));
+        v
     }
 
     /// Totals per kind of op over all fds.
@@ -231,5 +285,7 @@ mod tests {
         assert_eq!(*b.last().unwrap(), (512, 1));
         assert_eq!(h.total(), 8);
         assert_eq!(h.buckets().len(), 11);
+        assert_eq!(Log2Hist::from_buckets(&b), Some(h));
+        assert_eq!(Log2Hist::from_buckets(&[(3, 1)]), None);
     }
 }

@@ -709,6 +709,8 @@ fn at(mut e: Event, ts: u64) -> Event {
         Event::Process(x) => x.ts_ns = ts,
         Event::Socket(x) => x.ts_ns = ts,
         Event::Tcp(x) => x.ts_ns = ts,
+        Event::SlowSyscall(x) => x.ts_ns = ts,
+        Event::OffCpu(x) => x.ts_ns = ts,
     }
     e
 }
@@ -1519,4 +1521,86 @@ fn a_close_whose_entry_came_before_the_trace_ends_no_new_life() {
         read.map(|o| (o.syscalls.len(), o.mismatch)),
         Some((1, None))
     );
+}
+
+/// Arbitrary events, with the stall-tracking records among them.
+fn any_event_with_stall_records() -> impl Strategy<Value = Event> {
+    let callback =
+        (0u64..1000, 1u32..3, 0u64..3, any::<bool>()).prop_map(|(ts, tid, cl, entry)| {
+            let (name, args) = if entry {
+                (ProbeName::CallbackEntry, [cl, cl, 0, 5, 1, 1])
+            } else {
+                (ProbeName::CallbackReturn, [cl, cl, 0, 1, 0, 0])
+            };
+            probe(ts, tid, name, args)
+        });
+    prop_oneof![
+        1 => any_event(),
+        4 => callback,
+        1 => (0u64..1000, 1u32..4, 0u32..300, 0u64..1000).prop_map(|(ts, tid, nr, dur)| {
+            Event::SlowSyscall(crate::event::SlowSyscall {
+                ts_ns: ts,
+                pid: P,
+                tid,
+                nr,
+                arg0: 5,
+                rv: 0,
+                dur_ns: dur,
+            })
+        }),
+        1 => (0u64..1000, 1u32..4, 0u64..2000).prop_map(|(ts, tid, total)| {
+            Event::OffCpu(crate::event::OffCpu {
+                ts_ns: ts,
+                pid: P,
+                tid,
+                total_ns: total,
+            })
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Stall tracking only adds: the ops and the op counts are the same
+    /// with it on as off, whatever the stream; every stall follows its
+    /// callback op (same thread, closure and entry, seen whole), lasted at
+    /// least the threshold, and was off the CPU no longer than it lasted.
+    #[test]
+    fn stall_tracking_only_adds_stalls(events in proptest::collection::vec(any_event_with_stall_records(), 0..200)) {
+        let config = StallConfig { threshold_ns: 100, syscall_min_ns: 10 };
+        let (plain, plain_summary) = run(events.clone());
+        let mut c = Correlator::new(Filter::default()).with_stalls(config);
+        let mut out = Vec::new();
+        for e in events {
+            c.push(e, &mut out);
+        }
+        let summary = c.finish(&mut out);
+        let without_watch = |records: &[Record]| -> Vec<Op> {
+            ops(records).into_iter().map(|op| Op { watch: None, ..op.clone() }).collect()
+        };
+        prop_assert_eq!(without_watch(&plain), without_watch(&out));
+        prop_assert_eq!(
+            (plain_summary.ops, plain_summary.mismatches, plain_summary.incomplete),
+            (summary.ops, summary.mismatches, summary.incomplete)
+        );
+        let mut count = 0;
+        for (i, r) in out.iter().enumerate() {
+            let Record::Stall(s) = r else { continue };
+            count += 1;
+            prop_assert!(s.dur_ns >= config.threshold_ns);
+            prop_assert!(s.off_cpu_ns <= s.dur_ns);
+            prop_assert!(s.syscalls.len() <= 64);
+            let op = out[..i].iter().rev().find_map(|r| match r {
+                Record::Op(op) if op.kind == OpKind::Callback => Some(op),
+                _ => None,
+            });
+            let op = op.expect("a stall follows its callback op");
+            prop_assert_eq!(
+                (op.tid, op.closure, op.entry_ts_ns, op.incomplete.clone()),
+                (s.tid, s.closure, s.ts_ns, None)
+            );
+        }
+        prop_assert_eq!(summary.stalls.values().map(|st| st.count).sum::<u64>(), count);
+    }
 }

@@ -102,6 +102,12 @@ pub struct Options {
     pub buffer_bytes: usize,
     /// `-f`: also trace the processes the target forks, and theirs.
     pub follow_forks: bool,
+    /// Stall tracking: with `Some(min_ns)`, the kernel side knows which
+    /// threads are inside a callback, submits their syscalls of any kind
+    /// that last at least `min_ns` ([`Event::SlowSyscall`]) and counts their
+    /// time off-CPU ([`Event::OffCpu`], from `sched_switch`). `None`: none
+    /// of it is loaded or attached.
+    pub stall_syscall_min_ns: Option<u64>,
 }
 
 impl Default for Options {
@@ -109,6 +115,7 @@ impl Default for Options {
         Options {
             buffer_bytes: 8 << 20,
             follow_forks: false,
+            stall_syscall_min_ns: None,
         }
     }
 }
@@ -261,6 +268,10 @@ impl Engine {
         rodata.target_tgid = target.pid();
         // In a pid namespace, the BPF side filters and reports in its pids.
         rodata.follow = u32::from(opts.follow_forks);
+        if let Some(min_ns) = opts.stall_syscall_min_ns {
+            rodata.stall_track = 1;
+            rodata.stall_syscall_min_ns = min_ns;
+        }
         if let Some((dev, ino)) = pid_ns {
             rodata.in_pid_ns = 1;
             rodata.pid_ns_dev = dev;
@@ -286,6 +297,12 @@ impl Engine {
                 if !opts.follow_forks && (name == "on_fork" || name == "on_process_exit") {
                     continue;
                 }
+                links.push(prog.attach().map_err(bpf(&format!("attaching {name}")))?);
+                tracepoints += 1;
+            } else if section.starts_with("tp_btf/") && opts.stall_syscall_min_ns.is_some() {
+                // on_switch runs on every context switch of the machine:
+                // only when stall tracking asks for it.
+                let name = prog.name().to_string_lossy().into_owned();
                 links.push(prog.attach().map_err(bpf(&format!("attaching {name}")))?);
                 tracepoints += 1;
             }

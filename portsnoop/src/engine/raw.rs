@@ -1,198 +1,72 @@
-//! The ring buffer's records as Rust sees them (mirrors `bpf/event.h`) and
-//! their decoding into [`Event`]s. Pure, so it is tested without a kernel.
+//! The ring buffer's records decoded into [`Event`]s. The record types are
+//! not written here: the skeleton generates them from `bpf/event.h` (see
+//! there). Pure, so it is tested without a kernel.
 
 use std::collections::HashSet;
+use std::mem::offset_of;
 use std::sync::Arc;
 
-use crate::sock::{Endpoint, SocketOrigin, TcpEventKind, AF_UNIX};
-
 use crate::event::{
-    CloseEnter, EpollCtl, EpollWait, Event, Probe, ProbeName, ProcessEvent, ProcessEventKind,
-    ReadyEvent, Syscall, SyscallName,
+    CloseEnter, EpollCtl, EpollWait, Event, OffCpu, Probe, ProbeName, ProcessEvent,
+    ProcessEventKind, ReadyEvent, SlowSyscall, Syscall, SyscallName,
 };
 
-const EV_SYSCALL: u32 = 1;
-const EV_EPOLL_CTL: u32 = 2;
-const EV_EPOLL_WAIT: u32 = 3;
-const EV_PROBE: u32 = 4;
-const EV_LOG: u32 = 5;
-const EV_EXEC: u32 = 6;
-const EV_LOST: u32 = 7;
-const EV_CLOSE_ENTER: u32 = 8;
-const EV_FORK: u32 = 9;
-const EV_EXIT: u32 = 10;
-const EV_SOCK: u32 = 11;
-const EV_TCP: u32 = 12;
+use super::skel::types::{
+    ev_close_enter, ev_epoll_ctl, ev_epoll_wait, ev_exit, ev_fork, ev_header, ev_limit, ev_log,
+    ev_lost, ev_off_cpu, ev_probe, ev_slow_syscall, ev_sock, ev_syscall, ev_tcp, ev_type, probe_id,
+    sc_kind, tcp_ev_kind,
+};
+use crate::sock::{Endpoint, SocketOrigin, TcpEventKind, AF_UNIX};
 
-const SC_ACCEPT: u32 = 8;
-const SC_ACCEPT4: u32 = 9;
-const SC_CONNECT: u32 = 10;
-const SC_EPOLL_WAIT: u32 = 14;
-const SC_EPOLL_PWAIT: u32 = 15;
-const SC_EPOLL_PWAIT2: u32 = 16;
-
-const WAIT_MAX_EVENTS: usize = 30;
-const NAME_LEN: usize = 64;
-const SOCK_PATH_LEN: usize = 108;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Header {
-    kind: u32,
-    tid: u32,
-    ts_ns: u64,
-    pid: u32,
-    pad: u32,
+// The record types are generated from `bpf/event.h` (by way of the BPF
+// object's BTF); what is left to check at build time is that the C order of
+// the syscall and probe ids is the order of the Rust tables they index.
+macro_rules! same_order {
+    ($table:expr, $($id:expr => $name:path),+ $(,)?) => {
+        $(const _: () = assert!(matches!($table[$id.0 as usize], $name));)+
+    };
 }
+same_order!(SyscallName::ALL,
+    sc_kind::SC_READ => SyscallName::Read,
+    sc_kind::SC_READV => SyscallName::Readv,
+    sc_kind::SC_RECVFROM => SyscallName::Recvfrom,
+    sc_kind::SC_RECVMSG => SyscallName::Recvmsg,
+    sc_kind::SC_WRITE => SyscallName::Write,
+    sc_kind::SC_WRITEV => SyscallName::Writev,
+    sc_kind::SC_SENDTO => SyscallName::Sendto,
+    sc_kind::SC_SENDMSG => SyscallName::Sendmsg,
+    sc_kind::SC_ACCEPT => SyscallName::Accept,
+    sc_kind::SC_ACCEPT4 => SyscallName::Accept4,
+    sc_kind::SC_CONNECT => SyscallName::Connect,
+    sc_kind::SC_SHUTDOWN => SyscallName::Shutdown,
+    sc_kind::SC_CLOSE => SyscallName::Close,
+);
+const _: () = assert!(SyscallName::ALL.len() == sc_kind::SC_EPOLL_CTL.0 as usize);
+same_order!(ProbeName::ALL,
+    probe_id::PR_ACCEPT_ENTRY => ProbeName::AcceptEntry,
+    probe_id::PR_ACCEPT_RETURN => ProbeName::AcceptReturn,
+    probe_id::PR_READ_ENTRY => ProbeName::ReadEntry,
+    probe_id::PR_READ_RETURN => ProbeName::ReadReturn,
+    probe_id::PR_WRITE_ENTRY => ProbeName::WriteEntry,
+    probe_id::PR_WRITE_RETURN => ProbeName::WriteReturn,
+    probe_id::PR_CLOSE_ENTRY => ProbeName::CloseEntry,
+    probe_id::PR_CLOSE_RETURN => ProbeName::CloseReturn,
+    probe_id::PR_CALLBACK_ENTRY => ProbeName::CallbackEntry,
+    probe_id::PR_CALLBACK_RETURN => ProbeName::CallbackReturn,
+    probe_id::PR_LOG => ProbeName::Log,
+);
+const _: () = assert!(ProbeName::ALL.len() == probe_id::PR_LOG.0 as usize + 1);
+const _: () = assert!(EpollWait::MAX_EVENTS == ev_limit::WAIT_MAX_EVENTS.0 as usize);
+same_order!(TcpEventKind::ALL,
+    tcp_ev_kind::TCP_EV_STATE => TcpEventKind::State,
+    tcp_ev_kind::TCP_EV_RETRANSMIT => TcpEventKind::Retransmit,
+    tcp_ev_kind::TCP_EV_RESET_SENT => TcpEventKind::ResetSent,
+    tcp_ev_kind::TCP_EV_RESET_RECEIVED => TcpEventKind::ResetReceived,
+);
+const SOCK_PATH_LEN: usize = ev_limit::SOCK_PATH_LEN.0 as usize;
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawSyscall {
-    h: Header,
-    kind: u32,
-    fd: i32,
-    rv: i64,
-    dur_ns: u64,
-    arg: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawEpollCtl {
-    h: Header,
-    epfd: i32,
-    op: i32,
-    fd: i32,
-    events: u32,
-    data: u64,
-    rv: i64,
-    dur_ns: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawReady {
-    events: u32,
-    pad: u32,
-    data: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawEpollWait {
-    h: Header,
-    kind: u32,
-    epfd: i32,
-    rv: i64,
-    dur_ns: u64,
-    nready: u32,
-    pad: u32,
-    ready: [RawReady; WAIT_MAX_EVENTS],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawProbe {
-    h: Header,
-    probe: u32,
-    pad: u32,
-    args: [u64; 6],
-}
-// A callback probe's record goes on with its name: `name[NAME_LEN]`.
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawLost {
-    h: Header,
-    count: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawCloseEnter {
-    h: Header,
-    fd: i32,
-    pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawFork {
-    h: Header,
-    child: u32,
-    pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawExit {
-    h: Header,
-    code: i32,
-    pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawLog {
-    h: Header,
-    args: [u64; 4],
-    facility: [u8; 32],
-    file: [u8; 64],
-    msg: [u8; 128],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawSock {
-    h: Header,
-    fd: i32,
-    kind: u32,
-    sk: u64,
-    ino: u64,
-    family: u16,
-    sock_type: u16,
-    protocol: u16,
-    lport: u16,
-    rport: u16,
-    lpath_len: u16,
-    rpath_len: u16,
-    pad: u16,
-    laddr: [u8; 16],
-    raddr: [u8; 16],
-    lpath: [u8; SOCK_PATH_LEN],
-    rpath: [u8; SOCK_PATH_LEN],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawTcp {
-    h: Header,
-    fd: i32,
-    event: u32,
-    sk: u64,
-    from: i32,
-    to: i32,
-    bytes_received: u64,
-    bytes_acked: u64,
-    fin_received: u8,
-    fin_acked: u8,
-    pad1: u16,
-    pad2: u32,
-}
-
-// The C compiler lays these out; a mismatch would decode garbage, so make
-// it a build failure instead.
-const _: () = assert!(std::mem::size_of::<Header>() == 24);
-const _: () = assert!(std::mem::size_of::<RawSyscall>() == 56);
-const _: () = assert!(std::mem::size_of::<RawEpollCtl>() == 64);
-const _: () = assert!(std::mem::size_of::<RawEpollWait>() == 56 + 16 * WAIT_MAX_EVENTS);
-const _: () = assert!(std::mem::size_of::<RawProbe>() == 32 + 48);
-const _: () = assert!(std::mem::size_of::<RawCloseEnter>() == 32);
-const _: () = assert!(std::mem::size_of::<RawFork>() == 32);
-const _: () = assert!(std::mem::size_of::<RawExit>() == 32);
-const _: () = assert!(std::mem::size_of::<RawLog>() == 24 + 32 + 32 + 64 + 128);
-const _: () = assert!(std::mem::size_of::<RawSock>() == 24 + 40 + 32 + 2 * SOCK_PATH_LEN);
-const _: () = assert!(std::mem::size_of::<RawTcp>() == 24 + 48);
+/// Where a callback probe's name starts: the other probes' records end there.
+const PROBE_NAME_AT: usize = std::mem::offset_of!(ev_probe, name);
 
 /// Why a record could not be decoded. Counted by the engine, never fatal:
 /// a kernel/userland version skew must not kill a trace.
@@ -204,14 +78,32 @@ pub enum DecodeError {
     Unknown { kind: u32, id: u32 },
 }
 
-fn read<T: Copy>(data: &[u8]) -> Option<T> {
-    if data.len() < std::mem::size_of::<T>() {
+fn read<T: Copy + Default>(data: &[u8]) -> Option<T> {
+    read_prefix(data, std::mem::size_of::<T>())
+}
+
+/// Reads a record of which only the first `len` bytes must be there (the
+/// rest stays zero): a probe's record ends before its name unless it is a
+/// callback's.
+fn read_prefix<T: Copy + Default>(data: &[u8], len: usize) -> Option<T> {
+    if data.len() < len {
         return None;
     }
-    // SAFETY: the length is checked and T is a plain-old-data repr(C)
-    // struct for which every bit pattern is valid; read_unaligned copes
-    // with the ring buffer's 8-byte alignment.
-    Some(unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<T>()) })
+    let mut value = T::default();
+    let n = data.len().min(std::mem::size_of::<T>());
+    // SAFETY: T is a generated plain-old-data repr(C) struct for which every
+    // bit pattern is valid, at least n bytes long; copying bytes copes with
+    // the ring buffer's 8-byte alignment.
+    unsafe {
+        std::ptr::copy_nonoverlapping(data.as_ptr(), (&raw mut value).cast::<u8>(), n);
+    }
+    Some(value)
+}
+
+/// The bytes of a `char` array field of the record in `data`, found by its
+/// offset: the generated fields are `i8`s.
+fn field<'a>(data: &'a [u8], at: usize, field: &[i8]) -> &'a [u8] {
+    &data[at..at + field.len()]
 }
 
 fn c_str(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
@@ -258,21 +150,21 @@ fn decode_with(
     data: &[u8],
     callback_name: &mut dyn FnMut(&[u8]) -> Arc<str>,
 ) -> Result<Event, DecodeError> {
-    let h: Header = read(data).ok_or(DecodeError::Short {
+    let h: ev_header = read(data).ok_or(DecodeError::Short {
         kind: 0,
         len: data.len(),
     })?;
     let short = || DecodeError::Short {
-        kind: h.kind,
+        kind: h.r#type,
         len: data.len(),
     };
-    match h.kind {
-        EV_SYSCALL => {
-            let r: RawSyscall = read(data).ok_or_else(short)?;
+    match ev_type(h.r#type) {
+        ev_type::EV_SYSCALL => {
+            let r: ev_syscall = read(data).ok_or_else(short)?;
             let name = *SyscallName::ALL
                 .get(r.kind as usize)
                 .ok_or(DecodeError::Unknown {
-                    kind: h.kind,
+                    kind: h.r#type,
                     id: r.kind,
                 })?;
             Ok(Event::Syscall(Syscall {
@@ -286,8 +178,8 @@ fn decode_with(
                 arg: r.arg,
             }))
         }
-        EV_EPOLL_CTL => {
-            let r: RawEpollCtl = read(data).ok_or_else(short)?;
+        ev_type::EV_EPOLL_CTL => {
+            let r: ev_epoll_ctl = read(data).ok_or_else(short)?;
             Ok(Event::EpollCtl(EpollCtl {
                 ts_ns: h.ts_ns,
                 pid: h.pid,
@@ -301,15 +193,15 @@ fn decode_with(
                 dur_ns: r.dur_ns,
             }))
         }
-        EV_EPOLL_WAIT => {
-            let r: RawEpollWait = read(data).ok_or_else(short)?;
-            let name = match r.kind {
-                SC_EPOLL_WAIT => "epoll_wait",
-                SC_EPOLL_PWAIT => "epoll_pwait",
-                SC_EPOLL_PWAIT2 => "epoll_pwait2",
-                id => return Err(DecodeError::Unknown { kind: h.kind, id }),
+        ev_type::EV_EPOLL_WAIT => {
+            let r: ev_epoll_wait = read(data).ok_or_else(short)?;
+            let name = match sc_kind(r.kind) {
+                sc_kind::SC_EPOLL_WAIT => "epoll_wait",
+                sc_kind::SC_EPOLL_PWAIT => "epoll_pwait",
+                sc_kind::SC_EPOLL_PWAIT2 => "epoll_pwait2",
+                sc_kind(id) => return Err(DecodeError::Unknown { kind: h.r#type, id }),
             };
-            let n = (r.nready as usize).min(WAIT_MAX_EVENTS);
+            let n = (r.nready as usize).min(r.ready.len());
             Ok(Event::EpollWait(EpollWait {
                 ts_ns: h.ts_ns,
                 pid: h.pid,
@@ -327,18 +219,19 @@ fn decode_with(
                     .collect(),
             }))
         }
-        EV_PROBE => {
-            let r: RawProbe = read(data).ok_or_else(short)?;
+        ev_type::EV_PROBE => {
+            let r: ev_probe = read_prefix(data, PROBE_NAME_AT).ok_or_else(short)?;
             let name = *ProbeName::ALL
                 .get(r.probe as usize)
                 .ok_or(DecodeError::Unknown {
-                    kind: h.kind,
+                    kind: h.r#type,
                     id: r.probe,
                 })?;
             let strings = match name {
                 ProbeName::CallbackEntry | ProbeName::CallbackReturn => {
-                    let at = std::mem::size_of::<RawProbe>();
-                    let name = data.get(at..at + NAME_LEN).ok_or_else(short)?;
+                    let name = data
+                        .get(PROBE_NAME_AT..PROBE_NAME_AT + r.name.len())
+                        .ok_or_else(short)?;
                     vec![callback_name(name)]
                 }
                 _ => Vec::new(),
@@ -352,8 +245,8 @@ fn decode_with(
                 strings,
             }))
         }
-        EV_LOG => {
-            let r: RawLog = read(data).ok_or_else(short)?;
+        ev_type::EV_LOG => {
+            let r: ev_log = read(data).ok_or_else(short)?;
             let mut args = [0u64; 6];
             args[..4].copy_from_slice(&r.args);
             Ok(Event::Probe(Probe {
@@ -363,21 +256,21 @@ fn decode_with(
                 name: ProbeName::Log,
                 args,
                 strings: vec![
-                    c_str(&r.facility).into(),
-                    c_str(&r.file).into(),
-                    c_str(&r.msg).into(),
+                    c_str(field(data, offset_of!(ev_log, facility), &r.facility)).into(),
+                    c_str(field(data, offset_of!(ev_log, file), &r.file)).into(),
+                    c_str(field(data, offset_of!(ev_log, msg), &r.msg)).into(),
                 ],
             }))
         }
-        EV_LOST => {
-            let r: RawLost = read(data).ok_or_else(short)?;
+        ev_type::EV_LOST => {
+            let r: ev_lost = read(data).ok_or_else(short)?;
             Ok(Event::Lost {
                 ts_ns: h.ts_ns,
                 count: r.count,
             })
         }
-        EV_CLOSE_ENTER => {
-            let r: RawCloseEnter = read(data).ok_or_else(short)?;
+        ev_type::EV_CLOSE_ENTER => {
+            let r: ev_close_enter = read(data).ok_or_else(short)?;
             Ok(Event::CloseEnter(CloseEnter {
                 ts_ns: h.ts_ns,
                 pid: h.pid,
@@ -385,14 +278,14 @@ fn decode_with(
                 fd: r.fd,
             }))
         }
-        EV_EXEC => Ok(Event::Process(ProcessEvent {
+        ev_type::EV_EXEC => Ok(Event::Process(ProcessEvent {
             ts_ns: h.ts_ns,
             pid: h.pid,
             tid: h.tid,
             kind: ProcessEventKind::Exec,
         })),
-        EV_FORK => {
-            let r: RawFork = read(data).ok_or_else(short)?;
+        ev_type::EV_FORK => {
+            let r: ev_fork = read(data).ok_or_else(short)?;
             Ok(Event::Process(ProcessEvent {
                 ts_ns: h.ts_ns,
                 pid: h.pid,
@@ -400,8 +293,8 @@ fn decode_with(
                 kind: ProcessEventKind::Fork { child: r.child },
             }))
         }
-        EV_EXIT => {
-            let r: RawExit = read(data).ok_or_else(short)?;
+        ev_type::EV_EXIT => {
+            let r: ev_exit = read(data).ok_or_else(short)?;
             Ok(Event::Process(ProcessEvent {
                 ts_ns: h.ts_ns,
                 pid: h.pid,
@@ -409,18 +302,48 @@ fn decode_with(
                 kind: ProcessEventKind::Exit { code: r.code },
             }))
         }
-        EV_SOCK => {
-            let r: RawSock = read(data).ok_or_else(short)?;
-            let origin = match r.kind {
-                SC_ACCEPT | SC_ACCEPT4 => SocketOrigin::Accept,
-                SC_CONNECT => SocketOrigin::Connect,
-                id => return Err(DecodeError::Unknown { kind: h.kind, id }),
+        ev_type::EV_SLOW_SYSCALL => {
+            let r: ev_slow_syscall = read(data).ok_or_else(short)?;
+            Ok(Event::SlowSyscall(SlowSyscall {
+                ts_ns: h.ts_ns,
+                pid: h.pid,
+                tid: h.tid,
+                nr: r.nr,
+                arg0: r.arg0,
+                rv: r.rv,
+                dur_ns: r.dur_ns,
+            }))
+        }
+        ev_type::EV_OFF_CPU => {
+            let r: ev_off_cpu = read(data).ok_or_else(short)?;
+            Ok(Event::OffCpu(OffCpu {
+                ts_ns: h.ts_ns,
+                pid: h.pid,
+                tid: h.tid,
+                total_ns: r.total_ns,
+            }))
+        }
+        ev_type::EV_SOCK => {
+            let r: ev_sock = read(data).ok_or_else(short)?;
+            let origin = match sc_kind(r.kind) {
+                sc_kind::SC_ACCEPT | sc_kind::SC_ACCEPT4 => SocketOrigin::Accept,
+                sc_kind::SC_CONNECT => SocketOrigin::Connect,
+                _ => {
+                    return Err(DecodeError::Unknown {
+                        kind: h.r#type,
+                        id: r.kind,
+                    })
+                }
             };
-            let path = |bytes: &[u8], len: u16| {
-                Endpoint::unix(&bytes[..(len as usize).min(SOCK_PATH_LEN)])
+            let path = |at: usize, f: &[i8], len: u16| {
+                let bytes = field(data, at, f);
+                Endpoint::unix(&bytes[..(len as usize).min(SOCK_PATH_LEN).min(bytes.len())])
             };
             let (local, peer) = if r.family == AF_UNIX {
-                (path(&r.lpath, r.lpath_len), path(&r.rpath, r.rpath_len))
+                (
+                    path(offset_of!(ev_sock, lpath), &r.lpath, r.lpath_len),
+                    path(offset_of!(ev_sock, rpath), &r.rpath, r.rpath_len),
+                )
             } else {
                 (
                     Endpoint::inet(r.family, r.laddr, r.lport),
@@ -442,12 +365,12 @@ fn decode_with(
                 sk: r.sk,
             }))
         }
-        EV_TCP => {
-            let r: RawTcp = read(data).ok_or_else(short)?;
+        ev_type::EV_TCP => {
+            let r: ev_tcp = read(data).ok_or_else(short)?;
             let kind = *TcpEventKind::ALL
                 .get(r.event as usize)
                 .ok_or(DecodeError::Unknown {
-                    kind: h.kind,
+                    kind: h.r#type,
                     id: r.event,
                 })?;
             Ok(Event::Tcp(crate::sock::TcpEvent {
@@ -465,13 +388,24 @@ fn decode_with(
                 fin_acked: r.fin_acked != 0,
             }))
         }
-        id => Err(DecodeError::Unknown { kind: 0, id }),
+        ev_type(id) => Err(DecodeError::Unknown { kind: 0, id }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::skel::types::ev_ready;
+
+    fn header(kind: ev_type, tid: u32, ts_ns: u64, pid: u32) -> ev_header {
+        ev_header {
+            r#type: kind.0,
+            tid,
+            ts_ns,
+            pid,
+            pad: 0,
+        }
+    }
 
     fn bytes<T: Copy>(v: &T) -> Vec<u8> {
         // SAFETY: reading a plain repr(C) value's bytes.
@@ -483,14 +417,8 @@ mod tests {
 
     #[test]
     fn decodes_a_syscall() {
-        let r = RawSyscall {
-            h: Header {
-                kind: EV_SYSCALL,
-                tid: 42,
-                ts_ns: 1000,
-                pid: 40,
-                pad: 0,
-            },
+        let r = ev_syscall {
+            h: header(ev_type::EV_SYSCALL, 42, 1000, 40),
             kind: 2,
             fd: 7,
             rv: -11,
@@ -508,14 +436,8 @@ mod tests {
 
     #[test]
     fn decodes_fork_and_exit_with_their_pids() {
-        let fork = RawFork {
-            h: Header {
-                kind: EV_FORK,
-                tid: 11,
-                ts_ns: 5,
-                pid: 10,
-                pad: 0,
-            },
+        let fork = ev_fork {
+            h: header(ev_type::EV_FORK, 11, 5, 10),
             child: 20,
             pad: 0,
         };
@@ -528,14 +450,8 @@ mod tests {
                 kind: ProcessEventKind::Fork { child: 20 }
             }))
         );
-        let exit = RawExit {
-            h: Header {
-                kind: EV_EXIT,
-                tid: 20,
-                ts_ns: 6,
-                pid: 20,
-                pad: 0,
-            },
+        let exit = ev_exit {
+            h: header(ev_type::EV_EXIT, 20, 6, 20),
             code: 9,
             pad: 0,
         };
@@ -552,15 +468,44 @@ mod tests {
     }
 
     #[test]
-    fn decodes_a_close_entry() {
-        let r = RawCloseEnter {
-            h: Header {
-                kind: EV_CLOSE_ENTER,
+    fn decodes_stall_records() {
+        let h = |kind| header(kind, 9, 100, 8);
+        let slow = ev_slow_syscall {
+            h: h(ev_type::EV_SLOW_SYSCALL),
+            nr: 74,
+            pad: 0,
+            arg0: 5,
+            rv: 0,
+            dur_ns: 50_000_000,
+        };
+        let Event::SlowSyscall(s) = decode(&bytes(&slow)).unwrap() else {
+            panic!("not a slow syscall")
+        };
+        assert_eq!(
+            (s.nr, s.arg0, s.rv, s.dur_ns, s.pid, s.tid),
+            (74, 5, 0, 50_000_000, 8, 9)
+        );
+        assert!(decode(&bytes(&slow)[..48]).is_err());
+        let off = ev_off_cpu {
+            h: h(ev_type::EV_OFF_CPU),
+            total_ns: 7,
+        };
+        assert_eq!(
+            decode(&bytes(&off)),
+            Ok(Event::OffCpu(OffCpu {
+                ts_ns: 100,
+                pid: 8,
                 tid: 9,
-                ts_ns: 77,
-                pid: 1,
-                pad: 0,
-            },
+                total_ns: 7
+            }))
+        );
+        assert!(decode(&bytes(&off)[..24]).is_err());
+    }
+
+    #[test]
+    fn decodes_a_close_entry() {
+        let r = ev_close_enter {
+            h: header(ev_type::EV_CLOSE_ENTER, 9, 77, 1),
             fd: 12,
             pad: 0,
         };
@@ -578,32 +523,26 @@ mod tests {
 
     #[test]
     fn decodes_a_wait_with_only_the_filled_events() {
-        let mut r = RawEpollWait {
-            h: Header {
-                kind: EV_EPOLL_WAIT,
-                tid: 1,
-                ts_ns: 5,
-                pid: 1,
-                pad: 0,
-            },
-            kind: SC_EPOLL_PWAIT,
+        let mut r = ev_epoll_wait {
+            h: header(ev_type::EV_EPOLL_WAIT, 1, 5, 1),
+            kind: sc_kind::SC_EPOLL_PWAIT.0,
             epfd: 3,
             rv: 45,
             dur_ns: 9,
             nready: 2,
             pad: 0,
-            ready: [RawReady {
+            ready: [ev_ready {
                 events: 0xdead,
                 pad: 0,
                 data: 0xbeef,
-            }; WAIT_MAX_EVENTS],
+            }; EpollWait::MAX_EVENTS],
         };
-        r.ready[0] = RawReady {
+        r.ready[0] = ev_ready {
             events: 1,
             pad: 0,
             data: 10,
         };
-        r.ready[1] = RawReady {
+        r.ready[1] = ev_ready {
             events: 4,
             pad: 0,
             data: 11,
@@ -630,22 +569,17 @@ mod tests {
 
     #[test]
     fn decodes_probe_strings_up_to_the_nul() {
-        let mut name = [0u8; NAME_LEN];
+        let mut name = [0u8; ev_limit::NAME_LEN.0 as usize];
         name[..5].copy_from_slice(b"echo\0");
         name[5] = b'x';
-        let r = RawProbe {
-            h: Header {
-                kind: EV_PROBE,
-                tid: 1,
-                ts_ns: 5,
-                pid: 1,
-                pad: 0,
-            },
-            probe: 8,
+        let r = ev_probe {
+            h: header(ev_type::EV_PROBE, 1, 5, 1),
+            probe: probe_id::PR_CALLBACK_ENTRY.0,
             pad: 0,
             args: [1, 2, 3, 9, 1, 1],
+            name: [0; 64],
         };
-        let mut record = bytes(&r);
+        let mut record = bytes(&r)[..PROBE_NAME_AT].to_vec();
         // A callback record without its name is cut short, not misread.
         assert!(matches!(decode(&record), Err(DecodeError::Short { .. })));
         record.extend_from_slice(&name);
@@ -656,8 +590,11 @@ mod tests {
         assert_eq!(p.strings, vec![Arc::from("echo")]);
         assert_eq!(p.fd(), Some(9));
         // Other probes' records end before the name.
-        let read = RawProbe { probe: 2, ..r };
-        let Event::Probe(p) = decode(&bytes(&read)).unwrap() else {
+        let read = ev_probe {
+            probe: probe_id::PR_READ_ENTRY.0,
+            ..r
+        };
+        let Event::Probe(p) = decode(&bytes(&read)[..PROBE_NAME_AT]).unwrap() else {
             panic!("not a probe")
         };
         assert_eq!((p.name, p.strings.len()), (ProbeName::ReadEntry, 0));
@@ -666,33 +603,15 @@ mod tests {
     #[test]
     fn rejects_short_and_unknown_records() {
         assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::Short { .. })));
-        let h = Header {
-            kind: EV_SYSCALL,
-            tid: 1,
-            ts_ns: 1,
-            pid: 1,
-            pad: 0,
-        };
+        let h = header(ev_type::EV_SYSCALL, 1, 1, 1);
         assert!(matches!(decode(&bytes(&h)), Err(DecodeError::Short { .. })));
-        let h = Header {
-            kind: 99,
-            tid: 1,
-            ts_ns: 1,
-            pid: 1,
-            pad: 0,
-        };
+        let h = header(ev_type(99), 1, 1, 1);
         assert!(matches!(
             decode(&bytes(&h)),
             Err(DecodeError::Unknown { .. })
         ));
-        let r = RawSyscall {
-            h: Header {
-                kind: EV_SYSCALL,
-                tid: 1,
-                ts_ns: 1,
-                pid: 1,
-                pad: 0,
-            },
+        let r = ev_syscall {
+            h: header(ev_type::EV_SYSCALL, 1, 1, 1),
             kind: 99,
             fd: 0,
             rv: 0,

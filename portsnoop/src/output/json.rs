@@ -14,6 +14,20 @@
 //! lost", "trace ended", ...; never a mismatch),
 //! closure, callback}. Also `epoll_ctl` {ts_ns, pid, tid, name: "epoll_ctl",
 //! epfd, op ("ADD"/"DEL"/"MOD"), fd, events, data, rv, errno, dur_ns},
+//! `stall` {ts_ns (the callback's entry), pid, tid, fd (the callback's; -1:
+//! none), name (the callback's), closure (as on its op line), dur_ns, off_cpu_ns (of dur_ns, time off
+//! the CPU: blocked, or waiting for one), syscalls: [{name, fd (null: its
+//! first argument is no fd), rv, dur_ns, ts_ns}] (in time order: every
+//! syscall of any kind the thread made inside the callback that lasted at
+//! least the minimum), syscalls_cut (how many more than the 64 kept)}: a
+//! callback that ran at least the `--stall` threshold, after its `op`;
+//! nested callbacks: the innermost. With stall tracking on, also
+//! `slow_syscall` {ts_ns, pid, tid, nr, name (null: a number this build
+//! does not know), fd, rv, errno, dur_ns, arg0} (a syscall portsnoop does
+//! not otherwise trace, made inside a callback, that lasted at least the
+//! minimum) and `off_cpu` {ts_ns, pid, tid, total_ns} (the thread's
+//! off-CPU time inside callbacks so far, said at a callback's entry or
+//! return when it changed).
 //! `close_enter` {ts_ns, pid, tid, fd} (a thread entered close(2): the fd's
 //! number is free from then on), `lost` {ts_ns, count} and `process` {ts_ns, pid, tid, event
 //! ("exit"/"exec"/"fork"/"traced"), status; "fork" (with `-f`): child, the new process's pid;
@@ -25,7 +39,10 @@
 //! The summary's `per_fd` is keyed by fd number alone: with `-f`, the
 //! same number in several processes is counted in one entry. `summary` is the last line: {events, lost_events, ops,
 //! mismatches, incomplete, orphan_syscalls, syscalls_cut, waits,
-//! process_end, per_fd: {FD: {OP: STATS}}, per_op: {OP: STATS}} with STATS
+//! process_end, per_fd: {FD: {OP: STATS}}, per_op: {OP: STATS}, stalls:
+//! [{name, count, total_ns, max_ns, off_cpu_ns_total, dur_ns_log2}] (by
+//! callback name, the most total time first), stalls_incomplete (callbacks
+//! past the threshold whose off-CPU time a loss left unknown)} with STATS
 //! {count, bytes, mismatches, incomplete, errors: {ERRNO: n}, user_ns_log2,
 //! kernel_ns_log2 ([[bucket lower bound, count], ...]), user_ns_total,
 //! kernel_ns_total}.
@@ -47,7 +64,7 @@
 //! fd that holds the socket or held it last (TCP goes on after close(2):
 //! `LAST_ACK -> CLOSE`); `tid` is the thread the kernel ran it on if one
 //! of `pid`'s, else 0 (softirq). The summary adds `connections`: [{pid, fd,
-//! name, origin, local, peer, states (in order), retransmits, resets_sent,
+//! name, origin, family, sock_type, protocol (numbers), local, peer, states (in order), retransmits, resets_sent,
 //! resets_received, bytes: {ops_read, ops_written, kernel_received,
 //! kernel_acked (data bytes: a FIN received, the SYN and FIN acked taken
 //! off), unread (kernel_received - ops_read), unacked (ops_written -
@@ -62,6 +79,10 @@
 //!
 //! Every line but `op` and `summary` carries its whole event, so a JSON
 //! trace can be replayed through the correlator (the crate's tests do).
+//! `portsnoop replay` reads every line back into its record
+//! (`replay/parse.rs`) and writes it again byte for byte: a line type or
+//! field added here is read there too (until then, replay skips and counts
+//! lines of a type it does not know).
 //!
 //! Strings are JSON strings: the C0 controls escaped as JSON requires, and
 //! DEL, C1 and the other characters a terminal must not get raw escaped
@@ -74,9 +95,10 @@ use serde_json::{json, Value};
 
 use super::line::Line;
 use super::{events_omitted, Output};
-use crate::correlate::{EpollMap, Log2Hist, Op, OpStats, Record, Summary, Wait};
+use crate::correlate::{EpollMap, Log2Hist, Op, OpStats, Record, Stall, Summary, Wait};
 use crate::event::{
-    errno_of, EpollCtl, Event, Probe, ProbeName, ProcessEventKind, Syscall, SyscallName,
+    errno_of, EpollCtl, Event, Probe, ProbeName, ProcessEventKind, SlowSyscall, Syscall,
+    SyscallName,
 };
 use crate::sock::{tcp_state_name, SocketInfo};
 
@@ -100,7 +122,20 @@ impl<W: Write> Json<W> {
     }
 
     fn line(&mut self, v: Value) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, &v)?;
+        let text = v.to_string();
+        // serde_json leaves DEL, the C1 controls and the like raw (it
+        // escapes only C0): escaped here as `Line::json_str` does, since
+        // the summary carries callback names. They can only be inside
+        // strings, where `\uNNNN` decodes to the same text.
+        let mut safe = String::with_capacity(text.len());
+        for c in text.chars() {
+            if super::escape::unsafe_char(c) {
+                safe.push_str(&format!("\\u{:04x}", c as u32));
+            } else {
+                safe.push(c);
+            }
+        }
+        self.out.write_all(safe.as_bytes())?;
         self.out.write_all(b"\n")
     }
 }
@@ -144,6 +179,14 @@ fn write_record(l: &mut Line, record: &Record, conn: Option<&SocketInfo>) {
         Record::Wait(Wait { wait: w, fds }) => wait(l, w, Some(fds)),
         Record::Event(Event::Probe(p)) => probe(l, p),
         Record::Op(op) => op_line(l, op),
+        Record::Stall(s) => stall(l, s),
+        Record::Event(Event::SlowSyscall(s)) => slow_syscall(l, s),
+        Record::Event(Event::OffCpu(o)) => {
+            l.str(r#"{"type":"off_cpu","ts_ns":"#).u64(o.ts_ns);
+            l.str(r#","pid":"#).u64(o.pid.into());
+            l.str(r#","tid":"#).u64(o.tid.into());
+            l.str(r#","total_ns":"#).u64(o.total_ns).byte(b'}');
+        }
         Record::Event(Event::Lost { ts_ns, count }) => {
             l.str(&json!({"type": "lost", "ts_ns": ts_ns, "count": count}).to_string());
         }
@@ -210,6 +253,47 @@ fn conn_of<'a>(s: &Syscall, socket: Option<&'a SocketInfo>) -> Option<&'a Socket
         _ => return None,
     };
     socket.filter(|i| i.fd == fd && i.pid == s.pid)
+}
+
+fn slow_syscall(l: &mut Line, s: &SlowSyscall) {
+    l.str(r#"{"type":"slow_syscall","ts_ns":"#).u64(s.ts_ns);
+    l.str(r#","pid":"#).u64(s.pid.into());
+    l.str(r#","tid":"#).u64(s.tid.into());
+    l.str(r#","nr":"#).u64(s.nr.into());
+    l.str(r#","name":"#);
+    opt_str(l, s.name());
+    l.str(r#","fd":"#);
+    opt_i64(l, s.fd().map(i64::from));
+    l.str(r#","rv":"#).i64(s.rv);
+    l.str(r#","errno":"#);
+    opt_i64(l, s.errno().map(i64::from));
+    l.str(r#","dur_ns":"#).u64(s.dur_ns);
+    l.str(r#","arg0":"#).u64(s.arg0).byte(b'}');
+}
+
+fn stall(l: &mut Line, s: &Stall) {
+    l.str(r#"{"type":"stall","ts_ns":"#).u64(s.ts_ns);
+    l.str(r#","pid":"#).u64(s.pid.into());
+    l.str(r#","tid":"#).u64(s.tid.into());
+    l.str(r#","fd":"#).i64(s.fd.into());
+    l.str(r#","name":"#).json_str(&s.name);
+    l.str(r#","closure":"#);
+    opt_u64(l, s.closure);
+    l.str(r#","dur_ns":"#).u64(s.dur_ns);
+    l.str(r#","off_cpu_ns":"#).u64(s.off_cpu_ns);
+    l.str(r#","syscalls":["#);
+    for (i, c) in s.syscalls.iter().enumerate() {
+        if i > 0 {
+            l.byte(b',');
+        }
+        l.str(r#"{"name":"#).json_str(&c.name);
+        l.str(r#","fd":"#);
+        opt_i64(l, c.fd.map(i64::from));
+        l.str(r#","rv":"#).i64(c.rv);
+        l.str(r#","dur_ns":"#).u64(c.dur_ns);
+        l.str(r#","ts_ns":"#).u64(c.ts_ns).byte(b'}');
+    }
+    l.str(r#"],"syscalls_cut":"#).u64(s.syscalls_cut).byte(b'}');
 }
 
 fn epoll_ctl(l: &mut Line, c: &EpollCtl) {
@@ -382,6 +466,8 @@ fn conn_json(c: &crate::correlate::ConnSummary) -> Value {
     json!({
         "pid": c.pid, "fd": c.fd, "name": c.name(),
         "origin": sock.map(|s| s.origin.as_str()),
+        "family": sock.map(|s| s.family), "sock_type": sock.map(|s| s.sock_type),
+        "protocol": sock.map(|s| s.protocol),
         "local": sock.map(|s| s.local.unescaped()), "peer": sock.map(|s| s.peer.unescaped()),
         "states": c.states, "retransmits": c.retransmits,
         "resets_sent": c.resets_sent, "resets_received": c.resets_received,
@@ -411,11 +497,21 @@ pub fn summary_json(s: &Summary) -> Value {
         .iter()
         .map(|(k, st)| (k.as_str().to_string(), stats_json(st)))
         .collect();
+    let stalls: Vec<Value> = s
+        .top_stalls()
+        .into_iter()
+        .map(|(name, st)| {
+            json!({
+                "name": &**name, "count": st.count, "total_ns": st.total_ns, "max_ns": st.max_ns,
+                "off_cpu_ns_total": st.off_cpu_ns_total, "dur_ns_log2": hist_json(&st.dur_ns),
+            })
+        })
+        .collect();
     json!({
         "type": "summary", "events": s.events, "lost_events": s.lost_events, "ops": s.ops,
         "mismatches": s.mismatches, "incomplete": s.incomplete, "orphan_syscalls": s.orphan_syscalls,
         "syscalls_cut": s.syscalls_cut, "waits": s.waits, "process_end": s.process_end,
-        "per_fd": per_fd, "per_op": per_op,
+        "per_fd": per_fd, "per_op": per_op, "stalls": stalls, "stalls_incomplete": s.stalls_incomplete,
         "connections": s.connections.iter().map(conn_json).collect::<Vec<_>>(),
         "accepted": s.accepted.iter().map(|((host, local), n)| json!({"host": host, "local": local, "count": n})).collect::<Vec<_>>(),
         "fd_connections": s.fd_names.iter().map(|(fd, n)| (fd.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),

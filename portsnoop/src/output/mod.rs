@@ -1,11 +1,13 @@
-//! Writers for correlated records: the seed's table, JSON Lines, and the
-//! end-of-run summary with quantize-style histograms; portsnoop's own lines
-//! on stderr ([`note`]). Whatever the traced program controls is escaped
+//! Writers for correlated records: the seed's table, JSON Lines, a
+//! Perfetto trace, and the end-of-run summary with quantize-style
+//! histograms; [`Tee`] feeds several at once; portsnoop's own lines on
+//! stderr ([`note`]). Whatever the traced program controls is escaped
 //! before a terminal sees it ([`escape`]).
 
 pub mod escape;
 pub mod json;
-mod line;
+pub(crate) mod line;
+pub mod perfetto;
 pub mod summary;
 pub mod table;
 
@@ -73,6 +75,39 @@ impl<O: Output> Output for SummaryOnly<O> {
         self.0.finish(summary)
     }
     // No rows: nothing waits to be written.
+}
+
+/// Several outputs fed the same records (`--json=FILE` and `--perfetto
+/// FILE` beside the table): each gets every record, tick and the summary.
+/// The first write error is returned, after every output has had its
+/// turn.
+pub struct Tee(pub Vec<Box<dyn Output>>);
+
+impl Tee {
+    fn each(&mut self, mut f: impl FnMut(&mut dyn Output) -> io::Result<()>) -> io::Result<()> {
+        let mut first = Ok(());
+        for o in &mut self.0 {
+            let r = f(&mut **o);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+impl Output for Tee {
+    fn record(&mut self, record: &Record) -> io::Result<()> {
+        self.each(|o| o.record(record))
+    }
+
+    fn finish(&mut self, summary: &Summary) -> io::Result<()> {
+        self.each(|o| o.finish(summary))
+    }
+
+    fn tick(&mut self, now_ns: u64) -> io::Result<()> {
+        self.each(|o| o.tick(now_ns))
+    }
 }
 
 /// The epoll event bits that have names, in the order they are shown

@@ -3,7 +3,11 @@
 
 use std::io::{self, Write};
 
+use super::escape::Escaped;
 use crate::correlate::{Log2Hist, OpStats, Summary};
+
+/// How many callback names the stall report lists.
+const TOP_STALLS: usize = 10;
 
 /// Renders a [`Summary`] as text.
 pub struct SummaryReport<'a> {
@@ -74,6 +78,50 @@ impl<'a> SummaryReport<'a> {
             )?;
             quantize(out, "  user time (ns)", &st.user_ns)?;
             quantize(out, "  kernel time (ns)", &st.kernel_ns)?;
+        }
+        self.write_stalls(out)
+    }
+
+    /// The top stalls by callback name: totals, then each name's
+    /// durations as a quantize histogram. Names are the app's: escaped.
+    fn write_stalls(&self, out: &mut dyn Write) -> io::Result<()> {
+        let s = self.summary;
+        let top = s.top_stalls();
+        if top.is_empty() && s.stalls_incomplete == 0 {
+            return Ok(());
+        }
+        writeln!(
+            out,
+            "\ntop stalls (callbacks that ran past the --stall threshold):"
+        )?;
+        writeln!(
+            out,
+            "{:>9} {:>12} {:>12} {:>12}  CALLBACK",
+            "COUNT", "TOTAL ms", "MAX ms", "OFF-CPU ms"
+        )?;
+        for (name, st) in top.iter().take(TOP_STALLS) {
+            writeln!(
+                out,
+                "{:>9} {:>12.1} {:>12.1} {:>12.1}  {}",
+                st.count,
+                st.total_ns as f64 / 1e6,
+                st.max_ns as f64 / 1e6,
+                st.off_cpu_ns_total as f64 / 1e6,
+                Escaped(name)
+            )?;
+        }
+        if top.len() > TOP_STALLS {
+            writeln!(out, "(and {} more callback names)", top.len() - TOP_STALLS)?;
+        }
+        if s.stalls_incomplete > 0 {
+            writeln!(
+                out,
+                "{} more callbacks ran past the threshold while events were being lost: not reported",
+                s.stalls_incomplete
+            )?;
+        }
+        for (name, st) in top.iter().take(TOP_STALLS) {
+            quantize(out, &format!("\n{} stalls (ns)", Escaped(name)), &st.dur_ns)?;
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ use super::escape::Escaped;
 use super::line::Line;
 use super::summary::SummaryReport;
 use super::{events_omitted, Output, EPOLL_MASK_NAMES};
-use crate::correlate::{name_of, EpollMap, Record, Summary};
+use crate::correlate::{name_of, EpollMap, Record, Stall, Summary};
 use crate::event::{errno_name, errno_of, Event, ProbeName, ProcessEventKind, SyscallName};
 use crate::sock::{tcp_state_name, SocketOrigin, TcpEventKind};
 
@@ -373,6 +373,66 @@ impl Details {
     }
 }
 
+/// `NAME 45.0ms: off-CPU 40.6ms, on-CPU 4.4ms; fsync fd 14 30.2ms (8
+/// calls), unlink 11.8ms, write fd 14 2.1ms (8 calls)`: the syscalls
+/// grouped by name, fd and errno, the most time first (three groups at
+/// most). The name is the app's: escaped.
+fn stall_details(st: &Stall) -> String {
+    let mut text = format!(
+        "{} {}: off-CPU {}, on-CPU {}",
+        Escaped(&st.name),
+        duration(st.dur_ns),
+        duration(st.off_cpu_ns),
+        duration(st.dur_ns.saturating_sub(st.off_cpu_ns))
+    );
+    // (name, fd, errno) -> (calls, total ns), in first-seen order.
+    type Key<'a> = (&'a str, Option<i32>, Option<i32>);
+    let mut groups: Vec<(Key<'_>, (u64, u64))> = Vec::new();
+    for s in &st.syscalls {
+        let key = (&*s.name, s.fd, errno_of(s.rv));
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, (n, total))) => {
+                *n += 1;
+                *total = total.saturating_add(s.dur_ns);
+            }
+            None => groups.push((key, (1, s.dur_ns))),
+        }
+    }
+    groups.sort_by_key(|(_, (_, total))| std::cmp::Reverse(*total));
+    for (i, ((name, fd, errno), (n, total))) in groups.iter().take(3).enumerate() {
+        text.push_str(if i == 0 { "; " } else { ", " });
+        text.push_str(name);
+        if let Some(fd) = fd {
+            text.push_str(&format!(" fd {fd}"));
+        }
+        if let Some(errno) = errno {
+            text.push_str(&format!(" {}", errno_name(*errno).unwrap_or("error")));
+        }
+        text.push(' ');
+        text.push_str(&duration(*total));
+        if *n > 1 {
+            text.push_str(&format!(" ({n} calls)"));
+        }
+    }
+    let more = groups.len().saturating_sub(3);
+    if more > 0 {
+        text.push_str(&format!(", +{more} more kinds"));
+    }
+    if st.syscalls_cut > 0 {
+        text.push_str(&format!(", +{} calls not kept", st.syscalls_cut));
+    }
+    text
+}
+
+/// `12.3ms` from 1 ms up, else `45us`.
+fn duration(ns: u64) -> String {
+    if ns >= 1_000_000 {
+        format!("{}.{}ms", ns / 1_000_000, (ns % 1_000_000) / 100_000)
+    } else {
+        format!("{}us", ns / 1000)
+    }
+}
+
 /// A row whose ERROR column stays empty.
 fn row(pid: u32, tid: u32, what: impl Into<Cow<'static, str>>, fd: FdCol, details: Details) -> Row {
     Row {
@@ -629,6 +689,45 @@ impl<W: Write> Output for Table<W> {
             }
             // Seen as the close's own row when it returns.
             Record::Event(Event::CloseEnter(_)) => Ok(()),
+            // Bookkeeping for stalls: the STALL row says what came of it.
+            Record::Event(Event::OffCpu(_)) => Ok(()),
+            Record::Event(Event::SlowSyscall(s)) => {
+                let what: Cow<'static, str> = match s.name() {
+                    Some(name) => name.into(),
+                    None => format!("syscall_{}", s.nr).into(),
+                };
+                self.push_lasting(
+                    s.ts_ns,
+                    s.dur_ns,
+                    row_rv(
+                        s.pid,
+                        s.tid,
+                        what,
+                        s.fd().map_or(FdCol::Dash, FdCol::Num),
+                        Details::Syscall {
+                            rv: s.rv,
+                            arg: 0,
+                            dur_ns: s.dur_ns,
+                        },
+                        s.rv,
+                    ),
+                )
+            }
+            // Shown where the callback returned, when it was known.
+            Record::Stall(st) => self.push(
+                st.ts_ns.saturating_add(st.dur_ns),
+                row(
+                    st.pid,
+                    st.tid,
+                    "STALL",
+                    if st.fd < 0 {
+                        FdCol::Dash
+                    } else {
+                        FdCol::Num(st.fd)
+                    },
+                    Details::Text(stall_details(st)),
+                ),
+            ),
             Record::Op(op) => match (&op.mismatch, &op.incomplete) {
                 // Agreeing ops are already visible as their rows; only
                 // disagreements and gaps get a row of their own.

@@ -49,6 +49,13 @@ use std::time::{Duration, Instant};
 pub use error::Error;
 pub use image::Image;
 
+/// The process `id` belongs to (`id` may be one of its threads), for a
+/// tool that only filters by process (`portsnoop count -p`): it must exist
+/// and not be a kernel thread.
+pub fn process_of(id: u32) -> Result<u32, Error> {
+    process::resolve(id).map(|(tgid, _)| tgid)
+}
+
 /// How long a child we started gets to exit after `SIGTERM` before it is
 /// killed.
 pub const GRACE: Duration = Duration::from_secs(2);

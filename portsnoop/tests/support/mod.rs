@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use portsnoop::correlate::{Correlator, Filter, Op, Record, Summary};
 use portsnoop::event::{
-    EpollCtl, EpollWait, Event, Probe, ProbeName, ProcessEvent, ProcessEventKind, ReadyEvent,
-    Syscall, SyscallName,
+    EpollCtl, EpollWait, Event, OffCpu, Probe, ProbeName, ProcessEvent, ProcessEventKind,
+    ReadyEvent, SlowSyscall, Syscall, SyscallName,
 };
 use serde_json::Value;
 
@@ -86,7 +86,22 @@ fn raw_of(v: &Value) -> Result<u64, String> {
 
 fn event_of(v: &Value) -> Result<Option<Event>, String> {
     let ev = match str_of(v, "type")? {
-        "op" | "summary" => return Ok(None),
+        "op" | "stall" | "summary" => return Ok(None),
+        "slow_syscall" => Event::SlowSyscall(SlowSyscall {
+            ts_ns: u64_of(v, "ts_ns")?,
+            pid: u32_of(v, "pid")?,
+            tid: u32_of(v, "tid")?,
+            nr: u32_of(v, "nr")?,
+            arg0: u64_of(v, "arg0")?,
+            rv: i64_of(v, "rv")?,
+            dur_ns: u64_of(v, "dur_ns")?,
+        }),
+        "off_cpu" => Event::OffCpu(OffCpu {
+            ts_ns: u64_of(v, "ts_ns")?,
+            pid: u32_of(v, "pid")?,
+            tid: u32_of(v, "tid")?,
+            total_ns: u64_of(v, "total_ns")?,
+        }),
         "syscall" => {
             let name = str_of(v, "name")?;
             Event::Syscall(Syscall {

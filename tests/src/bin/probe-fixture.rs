@@ -7,6 +7,12 @@
 //! 64 KiB, and from invalid UTF-8, each followed by a normal probe whose
 //! values must arrive intact.
 //!
+//! With `--hold N`, each round instead fires `eventer-read-entry` N times
+//! from a function that keeps [`HELD`] opaque values live across every fire,
+//! and prints `held N changed C`: C is how many fires changed one of them
+//! (0 unless a site writes memory it does not own, such as its caller's red
+//! zone). Each fire's `len` is `fd * 3 + 1`, for the tracer to check.
+//!
 //! With `--hostile`, each round then fires a callback named [`HOSTILE`] and
 //! a `log` whose facility, file and message hold terminal controls too: a
 //! tracer must not pass them to a terminal raw.
@@ -107,8 +113,48 @@ fn fire_round(log_line: &mut u32, hostile: bool) {
     }
 }
 
+/// How many values [`hold_values`] keeps live across each fire: more than
+/// the callee-saved registers, so some live on the stack.
+pub const HELD: usize = 16;
+
+/// Fires `eventer-read-entry` `n` times, each time with [`HELD`] values
+/// live across the fire that the compiler cannot recompute (each passed
+/// through `black_box`); returns how many fires changed one of them. No
+/// call here but the fire's, so the stack slots are where a site that
+/// wrote below its stack pointer would write.
+#[inline(never)]
+fn hold_values(n: u32) -> u32 {
+    use std::hint::black_box;
+    let mut changed = 0;
+    for i in 0..n {
+        let seed = u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let held: [u64; HELD] = std::array::from_fn(|k| black_box(seed ^ ((k as u64) << 40)));
+        let fd = i as i32;
+        usdt_provider::read_entry(|| Io {
+            fd,
+            buf: seed,
+            len: u64::from(i) * 3 + 1,
+            mask: mask::READ,
+            closure: CLOSURE,
+        });
+        if held
+            .iter()
+            .enumerate()
+            .any(|(k, &v)| v != seed ^ ((k as u64) << 40))
+        {
+            changed += 1;
+        }
+    }
+    changed
+}
+
 fn main() {
-    let hostile = std::env::args().skip(1).any(|a| a == "--hostile");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let hostile = args.iter().any(|a| a == "--hostile");
+    let hold = args
+        .iter()
+        .position(|a| a == "--hold")
+        .and_then(|at| args.get(at + 1)?.parse::<u32>().ok());
     // Block SIGUSR1 so it queues for sigwait instead of killing us.
     // SAFETY: plain signal-mask calls on a local set.
     let set = unsafe {
@@ -128,7 +174,12 @@ fn main() {
         if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
             std::process::exit(1);
         }
-        fire_round(&mut log_line, hostile);
+        if let Some(n) = hold {
+            let changed = hold_values(n);
+            let _ = writeln!(out, "held {n} changed {changed}");
+        } else {
+            fire_round(&mut log_line, hostile);
+        }
         let _ = writeln!(out, "log-line {log_line}");
         let _ = writeln!(out, "fired {round}");
         let _ = out.flush();

@@ -1,0 +1,300 @@
+//! `portsnoop --stall` end to end: stall-server's handlers block the loop
+//! on request (sleep, fsync, spin), and portsnoop, attached with `-p`, must
+//! report a stall for that handler only, naming the syscall it blocked in
+//! with its duration, and its off-CPU time in the right range.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+
+use serde_json::Value;
+use tests::{json_lines, Portsnoop, Server, WAIT};
+
+const MS: u64 = 1_000_000;
+/// How long each blocking request blocks.
+const BLOCK_MS: u64 = 80;
+
+/// Sends each request line on one connection and waits for its answer.
+fn requests(addr: SocketAddr, lines: &[&str]) {
+    let conn = TcpStream::connect(addr).expect("connecting to stall-server");
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut conn = conn;
+    for line in lines {
+        conn.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        reader.read_line(&mut answer).expect("an answer");
+        assert!(
+            !answer.starts_with("error"),
+            "stall-server answered {line:?} with {answer:?}"
+        );
+    }
+}
+
+/// stall-server with its fsync file on the test's own target dir (a real
+/// disk, where fsync waits for the device).
+fn stall_server() -> Server {
+    let dir: PathBuf = tests::workspace_root().join("target");
+    Server::start("stall-server", &["--dir", dir.to_str().unwrap()])
+}
+
+fn stalls(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|v| v["type"] == "stall").collect()
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} in {v}"))
+}
+
+/// The summed duration of the stall's syscalls called one of `names`.
+fn time_in(stall: &Value, names: &[&str]) -> u64 {
+    stall["syscalls"]
+        .as_array()
+        .expect("syscalls")
+        .iter()
+        .filter(|s| names.contains(&s["name"].as_str().unwrap()))
+        .map(|s| u(s, "dur_ns"))
+        .sum()
+}
+
+#[test]
+fn each_blocking_handler_is_one_stall_naming_its_syscall_and_off_cpu_time() {
+    let server = stall_server();
+    let pid = server.pid().to_string();
+    let tracer = Portsnoop::start(&["-p", &pid, "--json", "--stall", "30"]);
+    let block = |cmd: &str| format!("{cmd} {BLOCK_MS}");
+    requests(
+        server.addr,
+        &[
+            "hello",
+            // Under the threshold: no stall.
+            "sleep 2",
+            &block("sleep"),
+            "again",
+            &block("fsync"),
+            &block("spin"),
+        ],
+    );
+    let (status, out, err) = tracer.finish();
+    assert!(status.success(), "portsnoop failed: {err:?}");
+    let lines = json_lines(&out);
+    let summary = lines.last().expect("a summary line");
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(
+        u(summary, "lost_events"),
+        0,
+        "events lost: the test is void"
+    );
+
+    let stalls = stalls(&lines);
+    let names: Vec<&str> = stalls.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    // The handlers only: not their enclosing `conn` poll (the innermost is
+    // reported), not `accept`, not the short sleep.
+    assert_eq!(
+        names,
+        ["handler_sleep", "handler_fsync", "handler_spin"],
+        "{stalls:#?}"
+    );
+    for s in &stalls {
+        let dur = u(s, "dur_ns");
+        assert!(
+            (BLOCK_MS * MS..BLOCK_MS * MS + 2_000 * MS).contains(&dur),
+            "{s}"
+        );
+        assert!(u(s, "off_cpu_ns") <= dur, "{s}");
+        assert!(s["fd"].as_i64().unwrap() >= 0, "the connection's fd: {s}");
+        assert_eq!(s["pid"].as_u64(), Some(server.pid() as u64));
+    }
+
+    // Asleep: the sleep syscall, and nearly all of it off the CPU.
+    let sleep = stalls[0];
+    let slept = time_in(sleep, &["clock_nanosleep", "nanosleep"]);
+    assert!(slept >= (BLOCK_MS - 1) * MS, "{sleep}");
+    assert!(u(sleep, "off_cpu_ns") >= slept * 9 / 10, "{sleep}");
+
+    // On the disk: fsync on the file's fd, mostly waiting off the CPU.
+    let fsync = stalls[1];
+    let synced = time_in(fsync, &["fsync", "fdatasync"]);
+    assert!(synced >= u(fsync, "dur_ns") / 4, "{fsync}");
+    assert!(
+        fsync["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["name"] == "fsync")
+            .all(|s| s["fd"].as_i64().is_some_and(|fd| fd >= 0)),
+        "{fsync}"
+    );
+    assert!(u(fsync, "off_cpu_ns") >= synced / 2, "{fsync}");
+
+    // Spinning: no syscall to blame, and on the CPU for much of it (the
+    // machine may be busy: a runnable thread waits for a CPU off it).
+    let spin = stalls[2];
+    assert_eq!(time_in(spin, &["clock_nanosleep", "nanosleep", "fsync"]), 0);
+    let dur = u(spin, "dur_ns");
+    assert!(dur - u(spin, "off_cpu_ns") >= dur / 4, "{spin}");
+
+    // The summary's top stalls: one each, the longest first.
+    let top = summary["stalls"].as_array().expect("summary stalls");
+    let mut top_names: Vec<&str> = top.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    top_names.sort_unstable();
+    assert_eq!(
+        top_names,
+        ["handler_fsync", "handler_sleep", "handler_spin"]
+    );
+    for t in top {
+        assert_eq!(u(t, "count"), 1);
+        assert_eq!(u(t, "total_ns"), u(t, "max_ns"));
+    }
+    assert!(u(&top[0], "total_ns") >= u(&top[2], "total_ns"));
+}
+
+#[test]
+fn the_table_shows_a_stall_row_and_the_summary_its_top_stalls() {
+    let server = stall_server();
+    let pid = server.pid().to_string();
+    let tracer = Portsnoop::start(&["-p", &pid, "--summary", "--stall", "20"]);
+    requests(server.addr, &["sleep 60", "hi"]);
+    let (status, out, err) = tracer.finish();
+    assert!(status.success(), "portsnoop failed: {err:?}");
+    let rows: Vec<&String> = out.iter().filter(|l| l.contains(" STALL ")).collect();
+    assert_eq!(rows.len(), 1, "{out:#?}");
+    assert!(
+        rows[0].contains("handler_sleep") && rows[0].contains("clock_nanosleep"),
+        "{}",
+        rows[0]
+    );
+    let text = out.join("\n");
+    assert!(text.contains("top stalls"), "{text}");
+    assert!(
+        err.iter().any(|l| l.starts_with(
+            "portsnoop: 1 stall (callbacks that ran 20 ms or more): handler_sleep x1 (max "
+        )),
+        "{err:?}"
+    );
+    assert!(text.contains("handler_sleep stalls (ns)"), "{text}");
+}
+
+#[test]
+fn stall_zero_turns_it_off_kernel_side_and_all() {
+    let server = stall_server();
+    let pid = server.pid().to_string();
+    let tracer = Portsnoop::start(&["-p", &pid, "--json", "--stall", "0"]);
+    let ready = tracer
+        .proc
+        .stderr
+        .all()
+        .into_iter()
+        .find(|l| l.ends_with("; ready"))
+        .expect("a ready line");
+    requests(server.addr, &["sleep 60"]);
+    let (status, out, err) = tracer.finish();
+    assert!(status.success(), "portsnoop failed: {err:?}");
+    // sys_enter, sys_exit, sched_process_exec and the five of connection
+    // tracing (inet_sock_set_state, tcp_retransmit_skb, tcp_send_reset,
+    // tcp_receive_reset, tcp_destroy_sock): no sched_switch.
+    assert!(ready.contains(", 8 tracepoints;"), "{ready}");
+    let lines = json_lines(&out);
+    for kind in ["stall", "slow_syscall", "off_cpu"] {
+        assert!(
+            !lines.iter().any(|v| v["type"] == kind),
+            "a {kind} line with --stall 0"
+        );
+    }
+    // The callback is still traced, as a callback op.
+    assert!(lines
+        .iter()
+        .any(|v| v["type"] == "op" && v["callback"] == "handler_sleep"));
+}
+
+#[test]
+fn bad_stall_values_are_clear_usage_errors() {
+    for (value, says) in [
+        ("-1", "out of range"),
+        ("abc", "not a number of milliseconds"),
+        ("NaN", "out of range"),
+        ("1e12", "out of range"),
+    ] {
+        let out = std::process::Command::new(tests::bin("portsnoop"))
+            .args([&format!("--stall={value}"), "-p", "1"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--stall {value}: {err}");
+        assert!(err.contains(says), "--stall {value}: {err}");
+    }
+}
+
+/// One live run writes a `--json=FILE` recording and a Perfetto trace:
+/// replaying the recording gives it back byte for byte with its stall, and
+/// the trace marks the stall inside the handler's slice, with the sleep
+/// (a syscall portsnoop only sees through stall tracking) inside it too.
+#[test]
+fn a_stall_replays_and_is_marked_inside_its_callback_in_perfetto() {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "portsnoop-stall-replay-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rec = dir.join("rec.jsonl");
+    let trace = dir.join("trace.pftrace");
+    let server = stall_server();
+    let pid = server.pid().to_string();
+    let tracer = Portsnoop::start(&[
+        "-p",
+        &pid,
+        "-q",
+        "--stall",
+        "30",
+        &format!("--json={}", rec.display()),
+        "--perfetto",
+        trace.to_str().unwrap(),
+    ]);
+    requests(server.addr, &["hello", &format!("sleep {BLOCK_MS}")]);
+    let (status, _, err) = tracer.finish();
+    assert!(status.success(), "portsnoop failed: {err:?}");
+
+    let recorded = std::fs::read(&rec).unwrap();
+    let lines = tests::json_file(&rec);
+    let stall = *stalls(&lines).first().expect("a stall in the recording");
+    assert_eq!(stall["name"], "handler_sleep");
+    let replayed = std::process::Command::new(tests::bin("portsnoop"))
+        .args(["replay", rec.to_str().unwrap(), "--json"])
+        .output()
+        .expect("running portsnoop replay");
+    assert!(replayed.status.success(), "{replayed:?}");
+    assert!(
+        replayed.stdout == recorded,
+        "replay --json differs from the recording:\n{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+
+    let nesting = tests::perfetto_nesting(&trace);
+    assert_eq!(nesting["errors"], serde_json::json!([]), "{nesting}");
+    let slices = nesting["slices"].as_array().unwrap();
+    let marks: Vec<&Value> = nesting["instants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["name"] == "STALL handler_sleep")
+        .collect();
+    assert_eq!(marks.len(), 1, "{nesting}");
+    let mark = marks[0];
+    assert_eq!(u(mark, "ts"), u(stall, "ts_ns"));
+    assert_eq!(u(&mark["args"], "dur_ns"), u(stall, "dur_ns"));
+    let parent = &slices[mark["parent"].as_u64().expect("inside a slice") as usize];
+    assert_eq!(parent["name"], "handler_sleep", "{mark}");
+    let sleep = slices
+        .iter()
+        .find(|s| s["name"] == "clock_nanosleep" || s["name"] == "nanosleep")
+        .expect("the sleep's slice");
+    assert_eq!(
+        slices[sleep["parent"].as_u64().expect("inside a slice") as usize]["name"],
+        "handler_sleep"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
