@@ -276,7 +276,7 @@ fn echo_tokio_task_polls_hold_their_ops_on_every_worker() {
 fn mismatches_logs_and_hostile_names_are_marked() {
     let dir = tempdir("fixture");
     let (json, trace) = (dir.join("rec.jsonl"), dir.join("trace.pftrace"));
-    let mut fixture = Command::new(env!("CARGO_BIN_EXE_probe-fixture"));
+    let mut fixture = Command::new(tests::bin("probe-fixture"));
     fixture.arg("--hostile");
     let mut fixture = Proc::spawn(fixture);
     fixture
