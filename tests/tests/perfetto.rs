@@ -18,16 +18,7 @@ use tests::{
 };
 
 fn tempdir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "portsnoop-perfetto-{tag}-{}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    tests::scratch_dir(&format!("perfetto-{tag}"))
 }
 
 /// What the check found, for the callers' own expectations.

@@ -13,13 +13,7 @@ use std::time::Duration;
 use tests::{bin, run_load, Portsnoop, WAIT};
 
 fn tempdir() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!("portsnoop-replay-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    tests::scratch_dir("replay")
 }
 
 fn replay(args: &[&str]) -> Output {
