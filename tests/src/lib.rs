@@ -579,3 +579,17 @@ pub fn perfetto_nesting(trace: &Path) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("perfetto_nesting.py prints JSON")
 }
+
+/// A new empty directory for one test's files (recordings, traces, copies
+/// of binaries), unique to this process and moment: `portsnoop-TAG-PID-NS`
+/// under the system's temp dir. Tests remove it when they pass; a failed
+/// one's is kept to look at.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!("portsnoop-{tag}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    dir
+}

@@ -137,12 +137,13 @@ fn attaching_to_a_busy_tokio_runtime_finds_no_false_mismatch() {
 #[test]
 fn a_close_racing_an_accept_of_its_number_is_no_mismatch() {
     let out = scratch("race.json");
+    let close_race = tests::bin("close-race-fixture");
     let mut snoop = Portsnoop::start(&[
         "--json",
         "-o",
         out.to_str().unwrap(),
         "--",
-        env!("CARGO_BIN_EXE_close-race-fixture"),
+        close_race.to_str().unwrap(),
     ]);
     let status = snoop.proc.wait_exit(WAIT);
     assert!(status.success(), "{status}");

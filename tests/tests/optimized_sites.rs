@@ -8,11 +8,17 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::LazyLock;
 
 use portsnoop::engine::sites_in;
 use tests::{bin, Bpftrace, Proc, WAIT};
 
-const FIXTURE: &str = env!("CARGO_BIN_EXE_probe-fixture");
+/// Through the harness, not `CARGO_BIN_EXE_probe-fixture`: `cargo test` and the
+/// harness's `cargo build` link it with different features and each puts its
+/// own copy at that path, so a fixture started from it can be running a
+/// deleted file by the time a probe is attached by path.
+static FIXTURE: LazyLock<String> =
+    LazyLock::new(|| tests::bin("probe-fixture").to_str().unwrap().to_string());
 
 /// `nopl 0x0(%rax,%rax,1)`: the one 5-byte nop Linux optimizes
 /// (`x86_nops[5]`, compared byte for byte in `arch/x86/kernel/uprobes.c`).
@@ -21,7 +27,7 @@ const RET: u8 = 0xc3;
 
 #[test]
 fn every_site_is_an_optimizable_nop5_in_a_function_of_its_own() {
-    for path in [bin("echo-mio"), bin("echo-tokio"), PathBuf::from(FIXTURE)] {
+    for path in [bin("echo-mio"), bin("echo-tokio"), PathBuf::from(&*FIXTURE)] {
         let sites = sites_in(&path, "evloop").unwrap();
         assert_eq!(sites.sites.len(), 11, "{}", path.display());
         let image = std::fs::read(&path).unwrap();
@@ -58,7 +64,7 @@ const FIRES: u32 = 20_000;
 fn values_held_across_optimized_fires_survive_and_every_fire_is_read_exactly() {
     tests::require_bpftrace();
     let mut fixture = Proc::spawn({
-        let mut c = Command::new(FIXTURE);
+        let mut c = Command::new(&*FIXTURE);
         c.args(["--hold", &FIRES.to_string()]);
         c
     });

@@ -10,6 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
+use std::sync::LazyLock;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,8 +20,18 @@ use tests::{
     bin, json_lines, run_load, socket_count, wait_for_sockets, Portsnoop, Proc, Server, WAIT,
 };
 
-const PROBE_FIXTURE: &str = env!("CARGO_BIN_EXE_probe-fixture");
-const SYSCALL_FIXTURE: &str = env!("CARGO_BIN_EXE_syscall-fixture");
+/// Through the harness, not `CARGO_BIN_EXE_probe-fixture`: `cargo test` and the
+/// harness's `cargo build` link it with different features and each puts its
+/// own copy at that path, so a fixture started from it can be running a
+/// deleted file by the time a probe is attached by path.
+static PROBE_FIXTURE: LazyLock<String> =
+    LazyLock::new(|| tests::bin("probe-fixture").to_str().unwrap().to_string());
+/// Through the harness, not `CARGO_BIN_EXE_syscall-fixture`: `cargo test` and the
+/// harness's `cargo build` link it with different features and each puts its
+/// own copy at that path, so a fixture started from it can be running a
+/// deleted file by the time a probe is attached by path.
+static SYSCALL_FIXTURE: LazyLock<String> =
+    LazyLock::new(|| tests::bin("syscall-fixture").to_str().unwrap().to_string());
 
 /// The fixture's `--hostile` callback name (`probe-fixture.rs`).
 const HOSTILE: &str = "\x1b]0;pwned\x07\x1b[2J\nFAKE ROW\u{9b}1A";
@@ -82,7 +93,7 @@ fn json_output_is_json_lines_only_whatever_the_flags() {
 fn hostile_probe_strings_reach_the_table_escaped() {
     let dir = tempdir();
     let (table, json) = (dir.join("trace.txt"), dir.join("trace.json"));
-    let mut fixture = Command::new(PROBE_FIXTURE);
+    let mut fixture = Command::new(&*PROBE_FIXTURE);
     fixture.arg("--hostile");
     let mut fixture = Proc::spawn(fixture);
     fixture
@@ -157,7 +168,7 @@ fn a_hostile_executable_path_is_escaped_everywhere_it_is_shown() {
     let dir = tempdir();
     let name = "evil\x1b[2J\nFAKE \x07";
     let exe = dir.join(name);
-    std::fs::copy(PROBE_FIXTURE, &exe).unwrap();
+    std::fs::copy(&*PROBE_FIXTURE, &exe).unwrap();
     let shown = format!("{}/evil\\x1b[2J\\nFAKE \\x07", dir.display());
 
     let out = Command::new(bin("portsnoop"))
@@ -185,7 +196,7 @@ fn a_hostile_executable_path_is_escaped_everywhere_it_is_shown() {
     // shows as `\012` and a blank splits the line's fields: its business,
     // not this test's.)
     let exe2 = dir.join("evil\x1b[2J\x07FAKE");
-    std::fs::copy(PROBE_FIXTURE, &exe2).unwrap();
+    std::fs::copy(&*PROBE_FIXTURE, &exe2).unwrap();
     let snoop = Portsnoop::start(&["--", exe2.to_str().unwrap()]);
     let (status, _, err) = snoop.finish();
     assert!(status.success(), "{}", err.join("\n"));
@@ -224,7 +235,7 @@ fn a_wait_with_more_events_than_recorded_says_how_many_more() {
         a.extend([
             out.to_str().unwrap(),
             "--",
-            SYSCALL_FIXTURE,
+            &SYSCALL_FIXTURE,
             "--many-ready",
             "40",
         ]);

@@ -18,16 +18,7 @@ use tests::{
 };
 
 fn tempdir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "portsnoop-perfetto-{tag}-{}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    tests::scratch_dir(&format!("perfetto-{tag}"))
 }
 
 /// What the check found, for the callers' own expectations.
@@ -276,7 +267,7 @@ fn echo_tokio_task_polls_hold_their_ops_on_every_worker() {
 fn mismatches_logs_and_hostile_names_are_marked() {
     let dir = tempdir("fixture");
     let (json, trace) = (dir.join("rec.jsonl"), dir.join("trace.pftrace"));
-    let mut fixture = Command::new(env!("CARGO_BIN_EXE_probe-fixture"));
+    let mut fixture = Command::new(tests::bin("probe-fixture"));
     fixture.arg("--hostile");
     let mut fixture = Proc::spawn(fixture);
     fixture

@@ -10,17 +10,23 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use portsnoop::engine::sites_in;
 use tests::{bin, Proc, WAIT};
 
-const FIXTURE: &str = env!("CARGO_BIN_EXE_probe-fixture");
+/// Through the harness, not `CARGO_BIN_EXE_probe-fixture`: `cargo test` and the
+/// harness's `cargo build` link it with different features and each puts its
+/// own copy at that path, so a fixture started from it can be running a
+/// deleted file by the time a probe is attached by path.
+static FIXTURE: LazyLock<String> =
+    LazyLock::new(|| tests::bin("probe-fixture").to_str().unwrap().to_string());
 const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// The binaries built with the provider that tracers are pointed at.
 fn probed_binaries() -> Vec<PathBuf> {
-    vec![bin("echo-mio"), bin("echo-tokio"), PathBuf::from(FIXTURE)]
+    vec![bin("echo-mio"), bin("echo-tokio"), PathBuf::from(&*FIXTURE)]
 }
 
 fn have(tool: &str) -> bool {
@@ -176,7 +182,7 @@ impl UprobeEvents {
             .lines()
             .filter_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() >= 3 && f[0] == FIXTURE && f[1] == name).then(|| f[2].parse::<u64>().ok())
+                (f.len() >= 3 && f[0] == *FIXTURE && f[1] == name).then(|| f[2].parse::<u64>().ok())
             })
             .flatten()
             .sum()
@@ -208,7 +214,7 @@ impl Drop for UprobeEvents {
 }
 
 fn start_fixture() -> Proc {
-    let proc = Proc::spawn(Command::new(FIXTURE));
+    let proc = Proc::spawn(Command::new(&*FIXTURE));
     proc.stdout
         .wait_for(WAIT, |l| l == "ready")
         .expect("fixture ready");
@@ -258,7 +264,7 @@ fn list_perf_definitions_are_accepted_and_read_the_exact_values() {
     let mut fixture = start_fixture();
     let pid = fixture.pid().to_string();
     // By path and by pid: the same sites, one definition per probe.
-    let by_path = list_perf(&[FIXTURE]);
+    let by_path = list_perf(&[FIXTURE.as_str()]);
     let by_pid = list_perf(&["-p", &pid]);
     assert!(by_path[0].starts_with("# as root: "), "{by_path:?}");
     let defs = definitions(&by_path);
@@ -274,7 +280,7 @@ fn list_perf_definitions_are_accepted_and_read_the_exact_values() {
         ),
         "{read_return}"
     );
-    let site = &sites_in(Path::new(FIXTURE), "evloop")
+    let site = &sites_in(Path::new(&*FIXTURE), "evloop")
         .unwrap()
         .sites
         .into_iter()
@@ -282,8 +288,8 @@ fn list_perf_definitions_are_accepted_and_read_the_exact_values() {
         .unwrap();
     assert!(
         read_return.contains(&format!(
-            "{FIXTURE}:{:#x}({:#x}) ",
-            site.offset, site.semaphore_offset
+            "{}:{:#x}({:#x}) ",
+            *FIXTURE, site.offset, site.semaphore_offset
         )),
         "file offsets of the site and its semaphore: {read_return}"
     );
@@ -312,7 +318,7 @@ fn perf_record_reads_the_exact_values_through_the_definitions() {
     }
     let _one = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
     let mut fixture = start_fixture();
-    let defs = definitions(&list_perf(&[FIXTURE]));
+    let defs = definitions(&list_perf(&[FIXTURE.as_str()]));
     let events = UprobeEvents::add(&defs, "p");
     let data = std::env::temp_dir().join(format!("{}.perf.data", events.group));
     let mut perf = Proc::spawn({

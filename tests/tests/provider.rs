@@ -5,11 +5,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::LazyLock;
 
 use portsnoop::list::probes_in;
 use tests::{bin, workspace_root, Bpftrace, Proc, WAIT};
 
-const FIXTURE: &str = env!("CARGO_BIN_EXE_probe-fixture");
+/// Through the harness, not `CARGO_BIN_EXE_probe-fixture`: `cargo test` and the
+/// harness's `cargo build` link it with different features and each puts its
+/// own copy at that path, so a fixture started from it can be running a
+/// deleted file by the time a probe is attached by path.
+static FIXTURE: LazyLock<String> =
+    LazyLock::new(|| tests::bin("probe-fixture").to_str().unwrap().to_string());
 
 /// `(size in bytes, signed)` of each argument, from a stapsdt spec such as
 /// `-4@%edi 8@%rsi`.
@@ -77,7 +83,7 @@ fn elf_probes(path: &Path) -> BTreeMap<String, Vec<(u32, bool)>> {
 fn every_probe_is_in_the_elf_notes_as_the_d_file_declares_it() {
     let d = d_probes();
     assert_eq!(d.len(), 11, "evloop.d declares 11 probes: {:?}", d.keys());
-    for binary in [PathBuf::from(FIXTURE), bin("echo-mio")] {
+    for binary in [PathBuf::from(&*FIXTURE), bin("echo-mio")] {
         let notes = elf_probes(&binary);
         assert_eq!(notes, d, "{} agrees with evloop.d", binary.display());
     }
@@ -97,7 +103,7 @@ fn every_probe_is_in_the_elf_notes_as_the_d_file_declares_it() {
 }
 
 fn start_fixture() -> Proc {
-    let proc = Proc::spawn(Command::new(FIXTURE));
+    let proc = Proc::spawn(Command::new(&*FIXTURE));
     proc.stdout
         .wait_for(WAIT, |l| l == "ready")
         .expect("fixture ready");
@@ -242,7 +248,7 @@ fn the_readme_one_liners_run_and_print_what_they_promise() {
     }
     // And the listing one.
     let list = Command::new("bpftrace")
-        .args(["-l", &format!("usdt:{FIXTURE}:evloop:*")])
+        .args(["-l", &format!("usdt:{}:evloop:*", *FIXTURE)])
         .output()
         .unwrap();
     let listed = String::from_utf8_lossy(&list.stdout);

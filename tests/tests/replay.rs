@@ -13,13 +13,7 @@ use std::time::Duration;
 use tests::{bin, run_load, Portsnoop, WAIT};
 
 fn tempdir() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!("portsnoop-replay-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    tests::scratch_dir("replay")
 }
 
 fn replay(args: &[&str]) -> Output {
@@ -224,7 +218,7 @@ fn bad_recordings_are_errors_naming_the_line() {
     std::fs::write(
         &path,
         format!(
-            "{}\n{{\"type\":\"stall\",\"ts_ns\":11}}\n{{\"type\":\"tcp\"}}\n{}\n",
+            "{}\n{{\"type\":\"future_a\",\"ts_ns\":11}}\n{{\"type\":\"future_b\"}}\n{}\n",
             good[0], good[1]
         ),
     )
@@ -238,7 +232,7 @@ fn bad_recordings_are_errors_naming_the_line() {
     );
     assert!(
         err.contains(
-            "skipped 2 lines of record types this portsnoop does not know: stall (1), tcp (1)"
+            "skipped 2 lines of record types this portsnoop does not know: future_a (1), future_b (1)"
         ),
         "{err}"
     );

@@ -231,15 +231,7 @@ fn bad_stall_values_are_clear_usage_errors() {
 /// (a syscall portsnoop only sees through stall tracking) inside it too.
 #[test]
 fn a_stall_replays_and_is_marked_inside_its_callback_in_perfetto() {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "portsnoop-stall-replay-{}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tests::scratch_dir("stall-replay");
     let rec = dir.join("rec.jsonl");
     let trace = dir.join("trace.pftrace");
     let server = stall_server();

@@ -16,16 +16,7 @@ use tests::{
 };
 
 fn tempdir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "portsnoop-target-{tag}-{}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    tests::scratch_dir(&format!("target-{tag}"))
 }
 
 fn summary(records: &[Value]) -> &Value {

@@ -512,8 +512,10 @@ fn summary(o: &Obj<'_>) -> Result<Summary, Why> {
         }
         per_fd.insert(fd, kinds);
     }
+    // A recording from before stall tracking has neither stall field.
+    let had_stalls = o.map.contains_key("stalls");
     let mut stalls = BTreeMap::new();
-    for v in o.array("stalls")? {
+    for v in if had_stalls { o.array("stalls")? } else { &[] } {
         let st = o.nested(v, "summary stall")?;
         let name: Arc<str> = st.str("name")?.into();
         let stats = StallStats {
@@ -537,7 +539,11 @@ fn summary(o: &Obj<'_>) -> Result<Summary, Why> {
         per_fd,
         process_end: o.opt("process_end", |o, k| o.str(k).map(String::from))?,
         stalls,
-        stalls_incomplete: o.u64("stalls_incomplete")?,
+        stalls_incomplete: if had_stalls {
+            o.u64("stalls_incomplete")?
+        } else {
+            0
+        },
         // A summary from before connection tracing has none of these.
         connections: match o.map.contains_key("connections") {
             false => Vec::new(),
