@@ -554,3 +554,82 @@ fn unread_bytes_are_a_difference_and_a_reset_sent() {
         "a difference is no mismatch: {summary}"
     );
 }
+
+/// A connection's TCP state changes, recorded with `--json=FILE` beside a
+/// Perfetto trace: the recording replays byte for byte with its socket and
+/// tcp lines, and the trace marks each state change on the process's track
+/// under its fd.
+#[test]
+fn tcp_state_replays_and_is_marked_in_perfetto() {
+    let dir = tests::scratch_dir("connections-perfetto");
+    let (rec, trace) = (dir.join("rec.jsonl"), dir.join("trace.pftrace"));
+    let server = Server::example("echo-mio", "127.0.0.1:0");
+    let idle = socket_count(server.proc.pid());
+    let tracer = Portsnoop::start(&[
+        "-p",
+        &server.proc.pid().to_string(),
+        "-q",
+        &format!("--json={}", rec.display()),
+        "--perfetto",
+        trace.to_str().unwrap(),
+    ]);
+    let (mut conn, _) = client(server.sock_addr());
+    echo(&mut conn, b"hello");
+    drop(conn);
+    wait_for_sockets(server.proc.pid(), idle);
+    // The last change (LAST_ACK -> CLOSE) comes after the server's close.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !std::fs::read_to_string(&rec)
+        .unwrap_or_default()
+        .contains(r#""to":"CLOSE""#)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no socket reached CLOSE"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (status, _, err) = tracer.finish();
+    assert!(status.success(), "portsnoop failed: {err:?}");
+
+    let replayed = Command::new(bin("portsnoop"))
+        .args(["replay", rec.to_str().unwrap(), "--json"])
+        .output()
+        .expect("running portsnoop replay");
+    assert!(
+        replayed.status.success() && replayed.stdout == std::fs::read(&rec).unwrap(),
+        "replay --json differs from the recording: {}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+
+    let lines = tests::json_file(&rec);
+    let states: Vec<String> = of_type(&lines, "tcp")
+        .filter(|t| t["event"] == "state")
+        .map(|t| {
+            format!(
+                "tcp {} {} -> {}",
+                t["fd"],
+                t["from"].as_str().unwrap(),
+                t["to"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        states
+            .iter()
+            .any(|s| s.ends_with("ESTABLISHED -> CLOSE_WAIT")),
+        "{states:?}"
+    );
+    let nesting = tests::perfetto_nesting(&trace);
+    assert_eq!(nesting["errors"], serde_json::json!([]), "{nesting}");
+    let marks: Vec<&str> = nesting["instants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["tid"].is_null() && i["pid"] == server.proc.pid())
+        .filter_map(|i| i["name"].as_str())
+        .filter(|n| n.starts_with("tcp "))
+        .collect();
+    assert_eq!(marks, states, "{nesting}");
+    std::fs::remove_dir_all(&dir).ok();
+}
