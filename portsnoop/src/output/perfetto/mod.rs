@@ -10,8 +10,10 @@
 //! - a `MISMATCH op` or `INCOMPLETE op` instant where the table shows its
 //!   row, a `STALL name` instant at a stalled callback's entry (with its
 //!   off-CPU time and longest syscall), the untraced syscalls a callback
-//!   made (stall tracking) as slices inside it, `log` probes as instants; on the process's track its exit, exec
-//!   and forks; lost events on a `portsnoop` track.
+//!   made (stall tracking) as slices inside it, `log` probes as instants;
+//! - on the process's track its exit, exec and forks, and its connections'
+//!   TCP state changes, retransmits and resets (`tcp 8 ESTABLISHED ->
+//!   CLOSE_WAIT`); lost events on a `portsnoop` track.
 //!
 //! Every slice carries its values as debug annotations (fd, rv, closure,
 //! mismatch, incomplete, ...). Timestamps are the records' own:
@@ -53,6 +55,7 @@ use crate::correlate::{EpollMap, Op, Record, Stall, Summary, Wait};
 use crate::event::{
     EpollCtl, Event, OpKind, Probe, ProbeName, ProcessEventKind, Syscall, SyscallName,
 };
+use crate::sock::{tcp_state_name, TcpEventKind};
 
 /// Field numbers from perfetto's protos (`protos/perfetto/trace/`).
 mod field {
@@ -727,7 +730,29 @@ impl<W: Write> Output for Perfetto<W> {
             }
             Record::Event(Event::CloseEnter(_)) => Ok(()),
             // Connections are the table's and JSON's: no track of their own.
-            Record::Event(Event::Socket(_) | Event::Tcp(_)) => Ok(()),
+            // Who an fd is: its op and syscall slices say the fd.
+            Record::Event(Event::Socket(_)) => Ok(()),
+            // The kernel's side of a connection, often in softirq on no
+            // thread of the process: on the process's track.
+            Record::Event(Event::Tcp(t)) => {
+                let name = match t.kind {
+                    TcpEventKind::State => format!(
+                        "tcp {} {} -> {}",
+                        t.fd,
+                        tcp_state_name(t.from),
+                        tcp_state_name(t.to)
+                    ),
+                    kind => format!("tcp {} {}", t.fd, kind.as_str()),
+                };
+                let args = [
+                    ("fd", Value::Int(t.fd.into())),
+                    ("tid", Value::Uint(t.tid.into())),
+                    ("state", Value::Str(tcp_state_name(t.to).into())),
+                ];
+                self.start(t.ts_ns)?;
+                self.process_track(t.pid)?;
+                self.mark(process_track(t.pid), t.ts_ns, &name, &args)
+            }
             // Inside its callback by its times, as the traced syscalls are.
             Record::Event(Event::SlowSyscall(s)) => {
                 let mut args = vec![("nr", Value::Uint(s.nr.into())), ("rv", Value::Int(s.rv))];
