@@ -208,9 +208,11 @@ impl Proc {
                 return status;
             }
             if Instant::now() >= deadline {
+                // Where each of its threads is stuck, read before the kill.
+                let threads = where_threads_wait(self.child.id());
                 let _ = self.child.kill();
                 panic!(
-                    "process did not exit within {timeout:?}; stderr:\n{}",
+                    "process did not exit within {timeout:?}; its threads:\n{threads}stderr:\n{}",
                     self.stderr.all().join("\n")
                 );
             }
@@ -578,6 +580,32 @@ pub fn perfetto_nesting(trace: &Path) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("perfetto_nesting.py prints JSON")
+}
+
+/// Each thread of `pid` with its state, its wait channel and its kernel
+/// stack (root can read it): what a process that will not exit waits on.
+fn where_threads_wait(pid: u32) -> String {
+    let mut out = String::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let state = read("status")
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or_default()
+            .to_string();
+        out.push_str(&format!(
+            "  {} {} {state} wchan {}\n{}",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan"),
+            read("stack")
+        ));
+    }
+    out
 }
 
 /// A new empty directory for one test's files (recordings, traces, copies
