@@ -504,8 +504,9 @@ def stall_cost(results):
     --stall 10) next to off (--stall 0: nothing of it loaded), on echo-mio,
     whose callbacks never stall: what tracking costs when nothing stalls.
     Rounds alternate untraced, off, on; each traced run is taken against
-    its round's untraced run. The sched_switch program runs on every
-    context switch of the machine, so the machine's busy CPU is shown too."""
+    its round's untraced run. The machine's busy CPU is shown too (a
+    first version's sched_switch program ran on every context switch of
+    the machine)."""
     conns, msgs, size = 4, int(os.environ.get("BENCH_TRACE_MSGS", "2000" if QUICK else "15000")), 64
     modes = {"untraced": None, "stall off": ["--stall", "0"], "stall on": ["--stall", "10"]}
     secs = {m: [] for m in modes}

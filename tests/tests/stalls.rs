@@ -201,7 +201,7 @@ fn stall_zero_turns_it_off_kernel_side_and_all() {
     assert!(status.success(), "portsnoop failed: {err:?}");
     // sys_enter, sys_exit, sched_process_exec and the five of connection
     // tracing (inet_sock_set_state, tcp_retransmit_skb, tcp_send_reset,
-    // tcp_receive_reset, tcp_destroy_sock): no sched_switch.
+    // tcp_receive_reset, tcp_destroy_sock); stall tracking adds none.
     assert!(ready.contains(", 8 tracepoints;"), "{ready}");
     let lines = json_lines(&out);
     for kind in ["stall", "slow_syscall", "off_cpu"] {

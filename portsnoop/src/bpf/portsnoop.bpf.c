@@ -78,8 +78,9 @@ const volatile __u64 wakeup_bytes = 1 << 20;
 /* --stall: know, per thread, whether it is inside a callback (the callback
  * probes count the depth), and while it is, submit the syscalls of any
  * kind that last at least stall_syscall_min_ns (ev_slow_syscall) and count
- * its time off-CPU (on_switch, ev_off_cpu). A rodata flag: without it the
- * verifier drops all of it, and on_switch is not attached. */
+ * its time off-CPU at callback boundaries (ev_off_cpu, from the
+ * scheduler's accounting). A rodata flag: without it the verifier drops
+ * all of it. */
 const volatile __u32 stall_track = 0;
 const volatile __u64 stall_syscall_min_ns = 10000;
 
@@ -98,11 +99,21 @@ struct {
 
 /* The fields of a task the fork and exit programs read, relocated by
  * libbpf against the kernel's BTF (CO-RE): no vmlinux.h needed. */
+/* The scheduler's own accounting of a thread's time (stall tracking):
+ * exec_start is when its current stretch on the CPU began being counted,
+ * sum_exec_runtime its time on the CPU up to then, both in the run
+ * queue's task clock. */
+struct sched_entity {
+	__u64 exec_start;
+	__u64 sum_exec_runtime;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	int pid;
 	int tgid;
 	int exit_code;
 	struct files_struct *files;
+	struct sched_entity se;
 } __attribute__((preserve_access_index));
 
 struct {
@@ -147,9 +158,7 @@ struct inflight {
 	__u32 other_nr;       /* an untraced syscall in flight (other_ts != 0) */
 	__u64 other_ts;
 	__u64 other_arg0;
-	__u64 off_cpu_total;  /* off-CPU ns while cb_depth > 0, running total */
 	__u64 off_cpu_reported; /* the total last submitted (ev_off_cpu) */
-	__u64 switched_out_ts; /* off CPU since, inside a callback (0: on CPU) */
 };
 
 /* Task storage, not a hash keyed by tid: the slot hangs off the thread
@@ -595,6 +604,21 @@ static __always_inline void slow_exit(struct inflight *v, __u32 pid, __u32 tid, 
 	bpf_ringbuf_submit(e, submit_flags());
 }
 
+/* The thread's time off the CPU since it began (blocked, or runnable and
+ * waiting for a CPU), from the scheduler's accounting: every time the
+ * scheduler counts a running thread's time, exec_start and
+ * sum_exec_runtime move on together; when it is switched back in,
+ * exec_start jumps to the switch-in. So exec_start - sum_exec_runtime only
+ * grows while the thread is off the CPU, by exactly that time, and reading
+ * it costs two loads: no program on sched_switch, which would run on
+ * every context switch of the machine. */
+static __always_inline __u64 off_cpu_so_far(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	return BPF_CORE_READ(task, se.exec_start) - BPF_CORE_READ(task, se.sum_exec_runtime);
+}
+
 /* --stall: a callback entry or return. Counts the depth, and says the
  * thread's off-CPU total first if it changed since it last did: the
  * consumer takes a callback's off-CPU time as the difference between its
@@ -610,7 +634,7 @@ static __always_inline void callback_boundary(bool entry, __u32 pid, __u32 tid, 
 		v->cb_depth += 1;
 	else if (v->cb_depth)
 		v->cb_depth -= 1;
-	__u64 total = v->off_cpu_total;
+	__u64 total = off_cpu_so_far();
 	if (total == v->off_cpu_reported)
 		return;
 	struct ev_off_cpu *e = reserve(sizeof(*e), EV_OFF_CPU, pid, tid, ts);
@@ -809,9 +833,7 @@ int on_exec(struct bpf_raw_tracepoint_args *ctx)
 		if (v) {
 			/* The consumer starts the thread afresh too. */
 			v->cb_depth = 0;
-			v->off_cpu_total = 0;
 			v->off_cpu_reported = 0;
-			v->switched_out_ts = 0;
 			v->other_ts = 0;
 		}
 	}
@@ -1060,44 +1082,5 @@ int evloop_site(struct pt_regs *ctx)
 	if (named && bpf_probe_read_user_str(e->name, sizeof(e->name), (void *)a2) < 0)
 		e->name[0] = 0;
 	bpf_ringbuf_submit(e, submit_flags());
-	return 0;
-}
-
-/* --stall: sched_switch(preempt, prev, next), on the CPU switching, with
- * prev still current. A thread inside a callback that leaves the CPU notes
- * when; when it is switched back in, the interval goes to its off-CPU
- * total. tp_btf, not raw: prev and next come typed, as task storage needs
- * them. The filter is the storage itself: only threads a callback probe of
- * the target has marked have a depth, so other processes cost two lookups
- * that find nothing (and in a pid namespace or with -f nothing else needs
- * to be known); without either, the tgid check comes first. Attached only
- * with stall tracking on. */
-SEC("tp_btf/sched_switch")
-int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
-{
-	if (!stall_track)
-		return 0;
-	/* Without -f and a pid namespace, the target's tgid says it in two
-	 * loads, before any lookup: most switches on a machine are other
-	 * processes'. */
-	bool plain = !follow && !in_pid_ns;
-	bool prev_maybe = !plain || prev->tgid == target_tgid;
-	bool next_maybe = !plain || next->tgid == target_tgid;
-	if (!prev_maybe && !next_maybe)
-		return 0;
-	__u64 now = 0;
-	struct inflight *v = prev_maybe ? bpf_task_storage_get(&inflight, prev, 0, 0) : 0;
-
-	if (v && v->cb_depth) {
-		now = bpf_ktime_get_ns();
-		v->switched_out_ts = now;
-	}
-	v = next_maybe ? bpf_task_storage_get(&inflight, next, 0, 0) : 0;
-	if (v && v->switched_out_ts) {
-		if (!now)
-			now = bpf_ktime_get_ns();
-		v->off_cpu_total += now - v->switched_out_ts;
-		v->switched_out_ts = 0;
-	}
 	return 0;
 }

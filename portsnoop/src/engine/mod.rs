@@ -105,8 +105,8 @@ pub struct Options {
     /// Stall tracking: with `Some(min_ns)`, the kernel side knows which
     /// threads are inside a callback, submits their syscalls of any kind
     /// that last at least `min_ns` ([`Event::SlowSyscall`]) and counts their
-    /// time off-CPU ([`Event::OffCpu`], from `sched_switch`). `None`: none
-    /// of it is loaded or attached.
+    /// time off-CPU ([`Event::OffCpu`], from the scheduler's accounting in
+    /// the thread's `task_struct`). `None`: the verifier drops all of it.
     pub stall_syscall_min_ns: Option<u64>,
 }
 
@@ -297,12 +297,6 @@ impl Engine {
                 if !opts.follow_forks && (name == "on_fork" || name == "on_process_exit") {
                     continue;
                 }
-                links.push(prog.attach().map_err(bpf(&format!("attaching {name}")))?);
-                tracepoints += 1;
-            } else if section.starts_with("tp_btf/") && opts.stall_syscall_min_ns.is_some() {
-                // on_switch runs on every context switch of the machine:
-                // only when stall tracking asks for it.
-                let name = prog.name().to_string_lossy().into_owned();
                 links.push(prog.attach().map_err(bpf(&format!("attaching {name}")))?);
                 tracepoints += 1;
             }
