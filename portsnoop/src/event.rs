@@ -46,7 +46,7 @@ pub enum Event {
     /// thread made inside a callback and that lasted at least the kernel
     /// side's minimum.
     SlowSyscall(SlowSyscall),
-    /// Stall tracking: a thread's off-CPU time so far.
+    /// Stall tracking: a thread's off-CPU time inside callbacks so far.
     OffCpu(OffCpu),
 }
 
@@ -321,9 +321,9 @@ impl SlowSyscall {
     }
 }
 
-/// A thread's off-CPU time so far (blocked, or runnable and waiting for a
-/// CPU; the scheduler's own accounting), a running total that the kernel
-/// side reports at a callback's entry or return when it changed
+/// A thread's off-CPU time inside callbacks so far (blocked, or runnable
+/// and waiting for a CPU; the scheduler's own accounting), a running total
+/// that the kernel side reports at a callback's entry or return when it changed
 /// (stall tracking): a callback's off-CPU time is the difference between
 /// the totals at its return and at its entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -334,7 +334,7 @@ pub struct OffCpu {
     pub pid: u32,
     /// Thread id.
     pub tid: u32,
-    /// Off-CPU ns since the thread began.
+    /// Off-CPU ns inside callbacks since the thread was first seen.
     pub total_ns: u64,
 }
 

@@ -179,8 +179,8 @@ struct ev_slow_syscall {
 	__u64 dur_ns;
 };
 
-/* Stall tracking: the thread's off-CPU time since it began, by the
- * scheduler's accounting (a running total), submitted at a callback entry or return
+/* Stall tracking: the thread's off-CPU time inside callbacks so far (by
+ * the scheduler's accounting; a running total, never reset), submitted at a callback entry or return
  * when it changed since the thread's last one: the consumer takes the
  * difference between a callback's entry and return. */
 struct ev_off_cpu {

@@ -158,6 +158,8 @@ struct inflight {
 	__u32 other_nr;       /* an untraced syscall in flight (other_ts != 0) */
 	__u64 other_ts;
 	__u64 other_arg0;
+	__u64 off_cpu_inside;   /* off-CPU ns inside callbacks, running total */
+	__u64 off_cpu_mark;     /* off_cpu_so_far() at the last callback boundary */
 	__u64 off_cpu_reported; /* the total last submitted (ev_off_cpu) */
 };
 
@@ -630,11 +632,20 @@ static __always_inline void callback_boundary(bool entry, __u32 pid, __u32 tid, 
 						  BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!v)
 		return;
+	/* Only the time off the CPU inside callbacks counts: a loop thread
+	 * blocks between callbacks all the time, and that would make a
+	 * record at most callback entries. */
+	__u64 now_off = off_cpu_so_far();
+	__u64 total = v->off_cpu_inside;
+
+	if (v->cb_depth)
+		total += now_off - v->off_cpu_mark;
+	v->off_cpu_inside = total;
+	v->off_cpu_mark = now_off;
 	if (entry)
 		v->cb_depth += 1;
 	else if (v->cb_depth)
 		v->cb_depth -= 1;
-	__u64 total = off_cpu_so_far();
 	if (total == v->off_cpu_reported)
 		return;
 	struct ev_off_cpu *e = reserve(sizeof(*e), EV_OFF_CPU, pid, tid, ts);
@@ -833,6 +844,7 @@ int on_exec(struct bpf_raw_tracepoint_args *ctx)
 		if (v) {
 			/* The consumer starts the thread afresh too. */
 			v->cb_depth = 0;
+			v->off_cpu_inside = 0;
 			v->off_cpu_reported = 0;
 			v->other_ts = 0;
 		}

@@ -344,10 +344,10 @@ struct Thread {
     /// Why the thread may be inside callbacks whose entries we did not
     /// see. Never cleared: callbacks nest, and how deep it was is unknown.
     callbacks_gap: Option<Gap>,
-    /// Stall tracking: the thread's off-CPU total as the kernel side last
-    /// reported it ([`Event::OffCpu`]; its first callback boundary always
-    /// reports one, before the probe's record). After a loss a report may
-    /// be missing, so it is unknown until the next one.
+    /// Stall tracking: the thread's off-CPU total inside callbacks as the
+    /// kernel side last reported it ([`Event::OffCpu`]). It starts at 0
+    /// with the kernel side's; after a loss a report may be missing, so it
+    /// is unknown until the next one.
     off_cpu_total: Option<u64>,
 }
 

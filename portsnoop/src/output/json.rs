@@ -26,8 +26,8 @@
 //! does not know), fd, rv, errno, dur_ns, arg0} (a syscall portsnoop does
 //! not otherwise trace, made inside a callback, that lasted at least the
 //! minimum) and `off_cpu` {ts_ns, pid, tid, total_ns} (the thread's
-//! off-CPU time so far, by the scheduler's accounting, said at a
-//! callback's entry or return when it changed).
+//! off-CPU time inside callbacks so far, by the scheduler's accounting,
+//! said at a callback's entry or return when it changed).
 //! `close_enter` {ts_ns, pid, tid, fd} (a thread entered close(2): the fd's
 //! number is free from then on), `lost` {ts_ns, count} and `process` {ts_ns, pid, tid, event
 //! ("exit"/"exec"/"fork"/"traced"), status; "fork" (with `-f`): child, the new process's pid;
