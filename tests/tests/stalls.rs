@@ -299,3 +299,77 @@ fn a_stall_replays_and_is_marked_inside_its_callback_in_perfetto() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A stall's off-CPU time against the kernel's own context switches: a
+/// bpftrace `sched_switch` script records every interval each of
+/// stall-server's threads spent off the CPU, and each stall's
+/// `off_cpu_ns` must be the time those intervals overlap it. Three clients
+/// at once on two CPUs: threads block and wake on other CPUs, whose clocks
+/// differ in a VM by their steal time (a first version read the
+/// scheduler's accounting without that and said 19 ms for a 50 ms sleep).
+#[test]
+fn off_cpu_time_is_what_the_scheduler_switched() {
+    tests::require_bpftrace();
+    let server = stall_server();
+    let script = format!(
+        r#"BEGIN {{ printf("go\n"); }}
+        tracepoint:sched:sched_switch /pid == {pid}/ {{ @out[args->prev_pid] = nsecs; }}
+        tracepoint:sched:sched_switch /@out[args->next_pid]/ {{
+            printf("off %d %llu %llu\n", args->next_pid, @out[args->next_pid], nsecs);
+            delete(@out[args->next_pid]);
+        }}"#,
+        pid = server.pid()
+    );
+    let mut cmd = std::process::Command::new("bpftrace");
+    cmd.args(["-B", "line", "-e", &script]);
+    let mut bt = tests::Proc::spawn(cmd);
+    bt.stdout
+        .wait_for(WAIT, |l| l == "go")
+        .expect("bpftrace attached");
+    let pid = server.pid().to_string();
+    let tracer = Portsnoop::start(&["-p", &pid, "--json", "--stall", "15"]);
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                requests(addr, &["sleep 40", "fsync 30", "spin 30", "sleep 20"])
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("a client");
+    }
+    let (status, out, err) = tracer.finish();
+    assert!(status.success(), "portsnoop failed: {err:?}");
+    bt.signal(libc::SIGINT);
+    bt.wait_exit(WAIT);
+    let intervals: Vec<(u64, u64, u64)> = bt
+        .stdout
+        .all()
+        .iter()
+        .filter_map(|l| {
+            let f: Vec<u64> = l
+                .strip_prefix("off ")?
+                .split(' ')
+                .map(|n| n.parse().ok())
+                .collect::<Option<_>>()?;
+            Some((f[0], f[1], f[2]))
+        })
+        .collect();
+    let lines = json_lines(&out);
+    let stalls = stalls(&lines);
+    assert!(stalls.len() >= 9, "{stalls:#?}");
+    for s in stalls {
+        let (from, dur) = (u(s, "ts_ns"), u(s, "dur_ns"));
+        let switched: u64 = intervals
+            .iter()
+            .filter(|&&(tid, _, _)| tid == u(s, "tid"))
+            .map(|&(_, a, b)| b.min(from + dur).saturating_sub(a.max(from)))
+            .sum();
+        let off = u(s, "off_cpu_ns");
+        assert!(
+            off.abs_diff(switched) <= 2 * MS + dur / 20,
+            "off_cpu_ns {off} but the scheduler switched it out for {switched} ns: {s}"
+        );
+    }
+}

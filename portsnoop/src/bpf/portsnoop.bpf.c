@@ -106,6 +106,21 @@ struct {
 struct sched_entity {
 	__u64 exec_start;
 	__u64 sum_exec_runtime;
+	struct cfs_rq *cfs_rq;
+} __attribute__((preserve_access_index));
+
+/* A CPU's run queue clocks: clock is sched_clock at its last update, one
+ * time base for all CPUs; clock_task is clock less the IRQ and (in a VM)
+ * steal time this CPU has accounted, so each CPU's differs. */
+struct rq {
+	__u64 clock;
+	__u64 clock_task;
+} __attribute__((preserve_access_index));
+
+/* With group scheduling (most distributions' kernels), the run queue a
+ * thread's fair-class entity is queued on points to its CPU's rq. */
+struct cfs_rq {
+	struct rq *rq;
 } __attribute__((preserve_access_index));
 
 struct task_struct {
@@ -607,18 +622,32 @@ static __always_inline void slow_exit(struct inflight *v, __u32 pid, __u32 tid, 
 }
 
 /* The thread's time off the CPU since it began (blocked, or runnable and
- * waiting for a CPU), from the scheduler's accounting: every time the
- * scheduler counts a running thread's time, exec_start and
- * sum_exec_runtime move on together; when it is switched back in,
- * exec_start jumps to the switch-in. So exec_start - sum_exec_runtime only
- * grows while the thread is off the CPU, by exactly that time, and reading
- * it costs two loads: no program on sched_switch, which would run on
- * every context switch of the machine. */
+ * waiting for a CPU), from the scheduler's accounting, read in two loads
+ * instead of a program on every context switch of the machine. Whenever
+ * the scheduler counts a running thread's time, exec_start and
+ * sum_exec_runtime move on together; when the thread gets a CPU back,
+ * exec_start jumps to that moment. So exec_start - sum_exec_runtime grows
+ * by exactly the time off the CPU, except that exec_start is in its CPU's
+ * clock_task, which leaves out that CPU's IRQ and steal time: a thread
+ * woken on another CPU would jump by the difference between two CPUs'
+ * clocks (19 ms measured instead of 50 in a VM). Adding the running CPU's
+ * clock - clock_task (the thread runs on the CPU that set its exec_start;
+ * its rq found through its entity's cfs_rq: the per-CPU runqueues symbol
+ * needs KALLSYMS_ALL) puts it on sched_clock, which all CPUs share. A
+ * kernel without group scheduling has no cfs_rq->rq: there the raw
+ * difference is taken, exact unless the thread changed CPUs. */
 static __always_inline __u64 off_cpu_so_far(void)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 start = BPF_CORE_READ(task, se.exec_start);
 
-	return BPF_CORE_READ(task, se.exec_start) - BPF_CORE_READ(task, se.sum_exec_runtime);
+	if (bpf_core_field_exists(((struct cfs_rq *)0)->rq)) {
+		struct rq *rq = BPF_CORE_READ(task, se.cfs_rq, rq);
+
+		if (rq)
+			start += BPF_CORE_READ(rq, clock) - BPF_CORE_READ(rq, clock_task);
+	}
+	return start - BPF_CORE_READ(task, se.sum_exec_runtime);
 }
 
 /* --stall: a callback entry or return. Counts the depth, and says the
