@@ -621,3 +621,34 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
     dir
 }
+
+/// The environment variable that turns a test binary into a server: see
+/// [`serve_self`].
+pub const SERVE: &str = "EVLOOP_TEST_SERVE";
+
+/// The running test binary started again as a server: only its
+/// `serve_helper` test runs, with [`SERVE`] set to `mode`, which that test
+/// reads to know what to serve. Returns the process and what it printed
+/// after `listening on ` once it did.
+pub fn serve_self(mode: &str) -> (Proc, String) {
+    let mut cmd = Command::new(std::env::current_exe().expect("the test binary's path"));
+    cmd.args([
+        "--exact",
+        "serve_helper",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ])
+    .env(SERVE, mode);
+    let proc = Proc::spawn(cmd);
+    // libtest prints `test serve_helper ... ` on the same line first.
+    const MARK: &str = "listening on ";
+    let line = proc
+        .stdout
+        .wait_for(WAIT, |l| l.contains(MARK))
+        .unwrap_or_else(|e| panic!("{mode} did not start: {e}"));
+    let addr = line[line.find(MARK).unwrap() + MARK.len()..]
+        .trim()
+        .to_string();
+    (proc, addr)
+}

@@ -15,8 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tests::{bin, json_lines, socket_count, wait_for_sockets, Portsnoop, Proc, WAIT};
 
-/// The environment variable that turns this binary into a Unix server.
-const SERVE: &str = "EVLOOP_CONN_TEST_SERVE";
+use tests::SERVE;
 
 /// A server process and where it listens (`IP:PORT` or a Unix path).
 struct Server {
@@ -38,16 +37,8 @@ impl Server {
 
     /// This test binary as the server `mode` names (see `serve_helper`).
     fn helper(mode: &str) -> Server {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            "--exact",
-            "serve_helper",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(SERVE, mode);
-        Server::spawn(cmd, mode)
+        let (proc, addr) = tests::serve_self(mode);
+        Server { proc, addr }
     }
 
     fn spawn(cmd: Command, what: &str) -> Server {

@@ -15,7 +15,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -23,8 +22,7 @@ use tests::{
     require_bpftrace, run_load, socket_count, wait_for_sockets, Bpftrace, Portsnoop, Proc, WAIT,
 };
 
-/// The environment variable that turns this binary into a server.
-const SERVE: &str = "EVLOOP_TEST_SERVE";
+use tests::SERVE;
 
 /// A server started from this binary, killed when dropped.
 struct Child {
@@ -38,25 +36,9 @@ struct Child {
 
 impl Child {
     fn start(mode: &str) -> Child {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            "--exact",
-            "serve_helper",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(SERVE, mode);
-        let proc = Proc::spawn(cmd);
-        // libtest prints `test serve_helper ... ` on the same line first.
-        const MARK: &str = "listening on ";
-        let line = proc
-            .stdout
-            .wait_for(WAIT, |l| l.contains(MARK))
-            .unwrap_or_else(|e| panic!("{mode} did not start: {e}"));
-        let at = line.find(MARK).unwrap() + MARK.len();
+        let (proc, addr) = tests::serve_self(mode);
         Child {
-            addr: line[at..].trim().to_string(),
+            addr,
             idle_sockets: socket_count(proc.pid()),
             proc,
         }
