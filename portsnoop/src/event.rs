@@ -304,6 +304,13 @@ impl SlowSyscall {
         crate::syscalls::native_name(self.nr)
     }
 
+    /// Its name, or `syscall_N` for a number this build's table does not
+    /// have (as `portsnoop count` shows it): for rows and traces, where a
+    /// name is always wanted.
+    pub fn display_name(&self) -> std::borrow::Cow<'static, str> {
+        crate::syscalls::name(crate::syscalls::Abi::Native, self.nr)
+    }
+
     /// Its fd: the first argument, for the syscalls whose first argument is
     /// one (`fsync`, `pread64`, `ioctl`, `setsockopt`...); `None` for the
     /// rest (`nanosleep`, `futex`, and `openat`, whose first argument is a

@@ -87,9 +87,7 @@ impl From<&SlowSyscall> for StallSyscall {
     fn from(s: &SlowSyscall) -> StallSyscall {
         StallSyscall {
             ts_ns: s.ts_ns,
-            name: s
-                .name()
-                .map_or_else(|| Cow::Owned(format!("syscall_{}", s.nr)), Cow::Borrowed),
+            name: s.display_name(),
             fd: s.fd(),
             rv: s.rv,
             dur_ns: s.dur_ns,

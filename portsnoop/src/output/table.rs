@@ -692,10 +692,7 @@ impl<W: Write> Output for Table<W> {
             // Bookkeeping for stalls: the STALL row says what came of it.
             Record::Event(Event::OffCpu(_)) => Ok(()),
             Record::Event(Event::SlowSyscall(s)) => {
-                let what: Cow<'static, str> = match s.name() {
-                    Some(name) => name.into(),
-                    None => format!("syscall_{}", s.nr).into(),
-                };
+                let what = s.display_name();
                 self.push_lasting(
                     s.ts_ns,
                     s.dur_ns,

@@ -759,9 +759,7 @@ impl<W: Write> Output for Perfetto<W> {
                 if let Some(fd) = s.fd() {
                     args.push(("fd", Value::Int(fd.into())));
                 }
-                let name = s
-                    .name()
-                    .map_or_else(|| Cow::Owned(format!("syscall_{}", s.nr)), Cow::Borrowed);
+                let name = s.display_name();
                 self.slice(
                     (s.pid, s.tid),
                     (s.ts_ns, s.ts_ns.saturating_add(s.dur_ns)),
