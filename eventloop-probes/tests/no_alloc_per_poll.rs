@@ -75,6 +75,9 @@ fn rounds_that_dispatch_events_allocate_nothing() {
     .unwrap();
     // A client on another thread (its allocations are not this thread's).
     let (go, wait_go) = std::sync::mpsc::channel::<()>();
+    // The hang-up waits for the counting to end: the last echo's callback
+    // reads on until EAGAIN, and would find the close in the same round.
+    let (done, wait_done) = std::sync::mpsc::channel::<()>();
     let client = std::thread::spawn(move || {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -88,6 +91,7 @@ fn rounds_that_dispatch_events_allocate_nothing() {
             s.read_exact(&mut back).unwrap();
             assert_eq!(back, i.to_le_bytes());
         }
+        wait_done.recv_timeout(Duration::from_secs(10)).unwrap();
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     // Warm-up: the accept, the registration, the first echoes.
@@ -99,13 +103,15 @@ fn rounds_that_dispatch_events_allocate_nothing() {
     go.send(()).unwrap();
     let before = allocs();
     let rounds_before = calls.get();
-    // Until the last echo, not the client's hang-up: closing a connection
-    // the first time grows the free-slot list once (amortized, not per round).
+    // Until the last echo, not the client's hang-up (held back until then):
+    // closing a connection the first time grows the free-slot list once
+    // (amortized, not per round).
     while echoed.get() < 200 * 4 && Instant::now() < deadline {
         ev.run_once(Some(Duration::from_millis(50))).unwrap();
     }
     let during = allocs() - before;
     let dispatched = calls.get() - rounds_before;
+    done.send(()).unwrap();
     client.join().unwrap();
     assert_eq!(echoed.get(), 200 * 4, "every message echoed");
     assert!(
