@@ -123,12 +123,20 @@ struct cfs_rq {
 	struct rq *rq;
 } __attribute__((preserve_access_index));
 
+/* CONFIG_SCHED_INFO: run_delay is the thread's time runnable and waiting
+ * for a CPU, on sched_clock. */
+struct sched_info {
+	unsigned long long run_delay;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	int pid;
 	int tgid;
 	int exit_code;
 	struct files_struct *files;
 	struct sched_entity se;
+	struct sched_info sched_info;
+	unsigned long nvcsw; /* voluntary context switches: it blocked */
 } __attribute__((preserve_access_index));
 
 struct {
@@ -174,8 +182,11 @@ struct inflight {
 	__u64 other_ts;
 	__u64 other_arg0;
 	__u64 off_cpu_inside;   /* off-CPU ns inside callbacks, running total */
-	__u64 off_cpu_mark;     /* off_cpu_so_far() at the last callback boundary */
 	__u64 off_cpu_reported; /* the total last submitted (ev_off_cpu) */
+	/* The last off_cpu_sample(): what each measure said then. */
+	__u64 mark_away;      /* away_so_far() */
+	__u64 mark_run_delay; /* sched_info.run_delay */
+	__u64 mark_nvcsw;     /* nvcsw */
 };
 
 /* Task storage, not a hash keyed by tid: the slot hangs off the thread
@@ -578,6 +589,69 @@ static __always_inline void submit_sock(__u32 pid, __u32 tid, __u64 ts, int fd, 
 		own_sock(sk, pid, fd);
 }
 
+/* The thread's time away from its code since it began: exec_start -
+ * sum_exec_runtime, from the scheduler's accounting, read in loads instead
+ * of a program on every context switch of the machine. Whenever the
+ * scheduler counts a running thread's time, exec_start and
+ * sum_exec_runtime move on together; when the thread gets a CPU back,
+ * exec_start jumps to that moment. exec_start is in its CPU's clock_task,
+ * which leaves out that CPU's IRQ and steal time: a thread woken on
+ * another CPU would jump by the difference between two CPUs' clocks (19 ms
+ * measured instead of 50 in a VM). Adding the running CPU's clock -
+ * clock_task (its rq found through its entity's cfs_rq: the per-CPU
+ * runqueues symbol needs KALLSYMS_ALL) puts it on sched_clock, which all
+ * CPUs share. What that leaves in is the IRQ and steal time while the
+ * thread held the CPU: on a VM whose host is busy, 9 ms of a 33 ms
+ * callback that was switched out for 7. off_cpu_sample() keeps that out.
+ * A kernel without group scheduling has no cfs_rq->rq: there the raw
+ * difference is taken, exact unless the thread changed CPUs. */
+static __always_inline __u64 away_so_far(struct task_struct *task)
+{
+	__u64 start = task->se.exec_start;
+
+	if (bpf_core_field_exists(((struct cfs_rq *)0)->rq)) {
+		struct rq *rq = task->se.cfs_rq->rq;
+
+		if (rq)
+			start += rq->clock - rq->clock_task;
+	}
+	return start - task->se.sum_exec_runtime;
+}
+
+/* --stall: the thread's off-CPU time, sampled at callback boundaries and
+ * at every syscall's entry and exit inside a callback, goes into its
+ * running total between two samples as one of two exact-enough measures:
+ * - it did not block between them (nvcsw unchanged): only preemption took
+ *   it off the CPU, and run_delay grew by exactly that wait;
+ * - it blocked, which only happens inside a syscall (or a page fault): the
+ *   growth of away_so_far(), whose IRQ and steal time are then those of
+ *   that syscall's few microseconds on the CPU, not of the whole callback.
+ * Between callbacks nothing is added: a loop thread blocks there all the
+ * time. Direct loads through the BTF task pointer, not probe reads: this
+ * runs at every traced syscall inside a callback. */
+static __always_inline void off_cpu_sample(struct inflight *v)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 away = away_so_far(task);
+	__u64 run_delay = 0;
+	__u64 nvcsw = task->nvcsw;
+
+	if (bpf_core_field_exists(task->sched_info))
+		run_delay = task->sched_info.run_delay;
+	if (v->cb_depth) {
+		__u64 d;
+
+		if (nvcsw != v->mark_nvcsw)
+			d = away > v->mark_away ? away - v->mark_away : 0;
+		else
+			d = run_delay - v->mark_run_delay;
+		v->off_cpu_inside += d;
+	}
+	v->mark_away = away;
+	v->mark_run_delay = run_delay;
+	v->mark_nvcsw = nvcsw;
+}
+
 /* --stall: an untraced syscall entered. Timed only inside a callback:
  * elsewhere (the loop's own waits, other threads) it explains no stall. */
 static __always_inline void slow_enter(struct bpf_raw_tracepoint_args *ctx)
@@ -594,6 +668,7 @@ static __always_inline void slow_enter(struct bpf_raw_tracepoint_args *ctx)
 			v->other_ts = 0;
 		return;
 	}
+	off_cpu_sample(v);
 	v->other_ts = bpf_ktime_get_ns();
 	v->other_nr = (__u32)ctx->args[1];
 	v->other_arg0 = syscall_args(ctx->args[0], a) ? 0 : a[0];
@@ -621,35 +696,6 @@ static __always_inline void slow_exit(struct inflight *v, __u32 pid, __u32 tid, 
 	bpf_ringbuf_submit(e, submit_flags());
 }
 
-/* The thread's time off the CPU since it began (blocked, or runnable and
- * waiting for a CPU), from the scheduler's accounting, read in two loads
- * instead of a program on every context switch of the machine. Whenever
- * the scheduler counts a running thread's time, exec_start and
- * sum_exec_runtime move on together; when the thread gets a CPU back,
- * exec_start jumps to that moment. So exec_start - sum_exec_runtime grows
- * by exactly the time off the CPU, except that exec_start is in its CPU's
- * clock_task, which leaves out that CPU's IRQ and steal time: a thread
- * woken on another CPU would jump by the difference between two CPUs'
- * clocks (19 ms measured instead of 50 in a VM). Adding the running CPU's
- * clock - clock_task (the thread runs on the CPU that set its exec_start;
- * its rq found through its entity's cfs_rq: the per-CPU runqueues symbol
- * needs KALLSYMS_ALL) puts it on sched_clock, which all CPUs share. A
- * kernel without group scheduling has no cfs_rq->rq: there the raw
- * difference is taken, exact unless the thread changed CPUs. */
-static __always_inline __u64 off_cpu_so_far(void)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	__u64 start = BPF_CORE_READ(task, se.exec_start);
-
-	if (bpf_core_field_exists(((struct cfs_rq *)0)->rq)) {
-		struct rq *rq = BPF_CORE_READ(task, se.cfs_rq, rq);
-
-		if (rq)
-			start += BPF_CORE_READ(rq, clock) - BPF_CORE_READ(rq, clock_task);
-	}
-	return start - BPF_CORE_READ(task, se.sum_exec_runtime);
-}
-
 /* --stall: a callback entry or return. Counts the depth, and says the
  * thread's off-CPU total first if it changed since it last did: the
  * consumer takes a callback's off-CPU time as the difference between its
@@ -661,20 +707,12 @@ static __always_inline void callback_boundary(bool entry, __u32 pid, __u32 tid, 
 						  BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!v)
 		return;
-	/* Only the time off the CPU inside callbacks counts: a loop thread
-	 * blocks between callbacks all the time, and that would make a
-	 * record at most callback entries. */
-	__u64 now_off = off_cpu_so_far();
-	__u64 total = v->off_cpu_inside;
-
-	if (v->cb_depth)
-		total += now_off - v->off_cpu_mark;
-	v->off_cpu_inside = total;
-	v->off_cpu_mark = now_off;
+	off_cpu_sample(v);
 	if (entry)
 		v->cb_depth += 1;
 	else if (v->cb_depth)
 		v->cb_depth -= 1;
+	__u64 total = v->off_cpu_inside;
 	if (total == v->off_cpu_reported)
 		return;
 	struct ev_off_cpu *e = reserve(sizeof(*e), EV_OFF_CPU, pid, tid, ts);
@@ -705,6 +743,8 @@ int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 						  BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!v)
 		return 0;
+	if (stall_track && v->cb_depth)
+		off_cpu_sample(v);
 	/* Field by field, not a compound literal: the stall fields (callback
 	 * depth, off-CPU totals) outlive the syscall. */
 	v->ts_ns = bpf_ktime_get_ns();
@@ -782,6 +822,8 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	struct inflight *v = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, 0);
 	if (!v)
 		return 0;
+	if (stall_track && v->cb_depth)
+		off_cpu_sample(v);
 	if (stall_track && v->other_ts) {
 		slow_exit(v, pid, tid, (__s64)ctx->args[1]);
 		return 0;
