@@ -624,3 +624,84 @@ fn tcp_state_replays_and_is_marked_in_perfetto() {
     assert_eq!(marks, states, "{nesting}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A listener on an ephemeral loopback port whose accept queue holds one
+/// connection (`listen(fd, 0)`): once one waits there unaccepted, the
+/// kernel drops the next SYN, and its sender retransmits it.
+fn listener_of_one() -> (std::net::TcpListener, SocketAddr) {
+    // SAFETY: plain socket calls on a socket this function owns; the
+    // sockaddr is zeroed and filled for AF_INET.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let listener = std::net::TcpListener::from_raw_fd(fd);
+        let mut sin: libc::sockaddr_in = std::mem::zeroed();
+        sin.sin_family = libc::AF_INET as u16;
+        sin.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let ok = libc::bind(fd, &sin as *const _ as *const libc::sockaddr, len);
+        assert_eq!(ok, 0, "bind: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::listen(fd, 0), 0, "listen");
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    }
+}
+
+/// A connect whose SYN the peer dropped (its accept queue full) is
+/// retransmitted by the kernel a second later: the `retransmit` is on the
+/// connecting fd, in SYN_SENT, and counted in the summary's connection.
+#[test]
+fn a_dropped_syn_is_a_retransmit_on_the_connecting_fd() {
+    let (listener, addr) = listener_of_one();
+    let filler = TcpStream::connect(addr).expect("the queue's one connection");
+    let tracer = Portsnoop::start(&[
+        "--json",
+        "--",
+        bin("echo-load").to_str().unwrap(),
+        "--addr",
+        &addr.to_string(),
+        "--conns",
+        "1",
+        "--msgs",
+        "0",
+        "--timeout",
+        "20",
+    ]);
+    let traced = tracer.traced_pid();
+    wait_lines(&tracer, 1, "a retransmit", |l| {
+        l.contains(r#""type":"tcp""#) && l.contains(r#""event":"retransmit""#)
+    });
+    // Room in the queue: the next retransmitted SYN (3 s after the first
+    // send) is answered, and echo-load, with no messages to send, is done.
+    let (accepted, _) = listener.accept().expect("the filler");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !tests::is_gone(traced) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "echo-load still running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop((accepted, filler, listener));
+    let (status, out, err) = tracer.finish();
+    assert!(status.success(), "portsnoop failed: {err:?}");
+    let lines = json_lines(&out);
+    let sock = socket_with_peer(&lines, &addr.to_string());
+    assert_eq!(sock["origin"], "connect");
+    let fd = sock["fd"].as_i64().unwrap();
+    let events = tcp_of(&lines, &sock["sk"]);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.0 == "retransmit" && e.1 == fd && e.2 == "SYN_SENT"),
+        "{events:?}"
+    );
+    let summary = lines.last().unwrap();
+    let conn = summary["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["peer"] == addr.to_string().as_str())
+        .expect("its connection");
+    assert!(conn["retransmits"].as_u64().unwrap() >= 1, "{conn}");
+}
