@@ -452,6 +452,53 @@ fn quiet_prints_only_a_whole_summary() {
     assert_eq!(summary["per_op"]["read"]["bytes"], 2 * 50 * 32);
 }
 
+/// All of an image's probe sites are one uprobe_multi link (portsnoop's
+/// link fds, as the kernel describes them in fdinfo), not a link per site:
+/// the kernel waits out a grace period as each uprobe link closes, and
+/// with a link per site hello-hyper's 11 took 1.2 s to let go at the end.
+#[test]
+fn an_images_sites_are_one_uprobe_multi_link() {
+    let server = Server::start("hello-hyper", &[]);
+    let snoop = Portsnoop::start(&["-p", &server.pid().to_string(), "-q"]);
+    let fdinfo = format!("/proc/{}/fdinfo", snoop.proc.pid());
+    let mut links: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for entry in std::fs::read_dir(&fdinfo).expect("portsnoop's fdinfo") {
+        let Ok(info) = std::fs::read_to_string(entry.unwrap().path()) else {
+            continue; // closed meanwhile
+        };
+        if let Some(kind) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("link_type:"))
+            .map(str::trim)
+        {
+            links
+                .entry(kind.to_string())
+                .or_default()
+                .push(info.clone());
+        }
+    }
+    let (status, _, err) = snoop.finish();
+    assert!(status.success(), "{err:?}");
+    let multi = links.get("uprobe_multi").map_or(&[][..], Vec::as_slice);
+    assert_eq!(multi.len(), 1, "{links:#?}");
+    let sites: usize = multi[0]
+        .lines()
+        .find_map(|l| l.strip_prefix("uprobe_cnt:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("uprobe_cnt");
+    let ready = err.iter().find(|l| l.ends_with("; ready")).unwrap();
+    assert!(sites >= 11, "{sites} sites for {ready}");
+    assert!(
+        multi[0].contains(&format!("pid:\t{}", server.pid())),
+        "the link is the traced process's: {}",
+        multi[0]
+    );
+    assert!(
+        !links.contains_key("perf_event"),
+        "a site of its own: {links:#?}"
+    );
+}
+
 #[test]
 fn kernel_side_only_for_a_target_without_the_provider() {
     let server = Server::start("echo-mio-plain", &[]);

@@ -136,7 +136,8 @@ struct task_struct {
 	struct files_struct *files;
 	struct sched_entity se;
 	struct sched_info sched_info;
-	unsigned long nvcsw; /* voluntary context switches: it blocked */
+	unsigned long nvcsw;  /* context switches because it blocked */
+	unsigned long nivcsw; /* ... because it was preempted */
 } __attribute__((preserve_access_index));
 
 struct {
@@ -187,6 +188,7 @@ struct inflight {
 	__u64 mark_away;      /* away_so_far() */
 	__u64 mark_run_delay; /* sched_info.run_delay */
 	__u64 mark_nvcsw;     /* nvcsw */
+	__u64 mark_nivcsw;    /* nivcsw */
 };
 
 /* Task storage, not a hash keyed by tid: the slot hangs off the thread
@@ -620,12 +622,14 @@ static __always_inline __u64 away_so_far(struct task_struct *task)
 
 /* --stall: the thread's off-CPU time, sampled at callback boundaries and
  * at every syscall's entry and exit inside a callback, goes into its
- * running total between two samples as one of two exact-enough measures:
- * - it did not block between them (nvcsw unchanged): only preemption took
- *   it off the CPU, and run_delay grew by exactly that wait;
- * - it blocked, which only happens inside a syscall (or a page fault): the
- *   growth of away_so_far(), whose IRQ and steal time are then those of
- *   that syscall's few microseconds on the CPU, not of the whole callback.
+ * running total between two samples by what took it off the CPU:
+ * - nothing (no context switch): nothing, exactly, whatever the steal;
+ * - preemption only: run_delay's growth, exactly its wait for a CPU (a
+ *   thread preempted just as it was going to sleep is not counted as
+ *   waiting, but it then blocks in that same syscall: the next case);
+ * - it blocked, which only happens inside a syscall (or a page fault):
+ *   the growth of away_so_far(), whose steal is then that of one
+ *   syscall's few microseconds on the CPU, not the whole callback's.
  * Between callbacks nothing is added: a loop thread blocks there all the
  * time. Direct loads through the BTF task pointer, not probe reads: this
  * runs at every traced syscall inside a callback. */
@@ -634,22 +638,20 @@ static __always_inline void off_cpu_sample(struct inflight *v)
 	struct task_struct *task = bpf_get_current_task_btf();
 	__u64 away = away_so_far(task);
 	__u64 run_delay = 0;
-	__u64 nvcsw = task->nvcsw;
+	__u64 nvcsw = task->nvcsw, nivcsw = task->nivcsw;
 
 	if (bpf_core_field_exists(task->sched_info))
 		run_delay = task->sched_info.run_delay;
 	if (v->cb_depth) {
-		__u64 d;
-
 		if (nvcsw != v->mark_nvcsw)
-			d = away > v->mark_away ? away - v->mark_away : 0;
-		else
-			d = run_delay - v->mark_run_delay;
-		v->off_cpu_inside += d;
+			v->off_cpu_inside += away > v->mark_away ? away - v->mark_away : 0;
+		else if (nivcsw != v->mark_nivcsw)
+			v->off_cpu_inside += run_delay - v->mark_run_delay;
 	}
 	v->mark_away = away;
 	v->mark_run_delay = run_delay;
 	v->mark_nvcsw = nvcsw;
+	v->mark_nivcsw = nivcsw;
 }
 
 /* --stall: an untraced syscall entered. Timed only inside a callback:
@@ -1119,8 +1121,7 @@ int on_tcp_receive_reset(struct bpf_raw_tracepoint_args *ctx)
  * crate passes argument i in the i-th C argument register, which the
  * engine checks against each note's spec; it also sign-extends from the
  * spec, so here the registers are taken whole. */
-SEC("uprobe")
-int evloop_site(struct pt_regs *ctx)
+static __always_inline int site_fired(struct pt_regs *ctx)
 {
 	__u32 pid, tid;
 
@@ -1166,4 +1167,22 @@ int evloop_site(struct pt_regs *ctx)
 		e->name[0] = 0;
 	bpf_ringbuf_submit(e, submit_flags());
 	return 0;
+}
+
+/* One link per site: the fallback when a kernel has no uprobe_multi
+ * links, or one of the image's sites cannot take them (see attach_sites
+ * in the engine). */
+SEC("uprobe")
+int evloop_site(struct pt_regs *ctx)
+{
+	return site_fired(ctx);
+}
+
+/* All of an image's sites in one link: the kernel waits out an RCU grace
+ * period (about 100 ms here) when a uprobe link closes, once per link, so
+ * per-site links made a session's end take a tenth of a second per site. */
+SEC("uprobe.multi")
+int evloop_site_multi(struct pt_regs *ctx)
+{
+	return site_fired(ctx);
 }

@@ -23,7 +23,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder, UprobeOpts};
+use libbpf_rs::{
+    Link, MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder, UprobeMultiOpts, UprobeOpts,
+};
 use rustc_hash::FxHashMap;
 
 pub use checks::{check_privileges, ensure_btf, own_pid_namespace};
@@ -284,6 +286,9 @@ impl Engine {
             .events
             .set_max_entries(ring_bytes as u32)
             .map_err(bpf("sizing the ring buffer"))?;
+        if !has_uprobe_multi() {
+            open.progs.evloop_site_multi.set_autoload(false);
+        }
         let skel = open.load().map_err(bpf("loading the BPF program"))?;
 
         let mut links = Vec::new();
@@ -686,8 +691,20 @@ struct ImageSites {
     warnings: Vec<String>,
 }
 
+/// Whether the kernel has uprobe_multi links (Linux 6.6 and later): its
+/// BTF then has their type. Without BTF, CO-RE fails first anyway.
+fn has_uprobe_multi() -> bool {
+    libbpf_rs::btf::Btf::from_vmlinux().is_ok_and(|btf| {
+        btf.type_by_name::<libbpf_rs::btf::types::Struct<'_>>("bpf_uprobe_multi_link")
+            .is_some()
+    })
+}
+
 /// Attaches a uprobe to every valid `evloop` site of `exe` (a path that
-/// opens the target's mapped image), for `pid` only.
+/// opens the target's mapped image), for `pid` only: all in one
+/// uprobe_multi link where the kernel has them, else (or if that link is
+/// refused: another tool's uprobe on a site without our semaphore counter)
+/// one link per site, sharing or skipping the sites that need it.
 fn attach_sites(skel: &PortsnoopSkel<'static>, pid: u32, exe: &Path) -> Result<ImageSites, Error> {
     let sites = sites_in(exe, PROVIDER)
         .map_err(|e| Error::Io(e, io::Error::other("reading USDT notes")))?;
@@ -704,6 +721,16 @@ fn attach_sites(skel: &PortsnoopSkel<'static>, pid: u32, exe: &Path) -> Result<I
         warnings: Vec::new(),
     };
     let mut probes = std::collections::BTreeSet::new();
+    if let Some(link) = attach_all_at_once(skel, pid, exe, &sites.sites) {
+        out.links.push(link);
+        for site in &sites.sites {
+            out.sites += 1;
+            probes.insert(site.probe);
+            out.arg_specs[site.probe as usize] = site.args.clone();
+        }
+        out.probes = probes.len();
+        return Ok(out);
+    }
     for site in &sites.sites {
         let attach = |ref_ctr_offset: u64| {
             let opts = UprobeOpts {
@@ -785,6 +812,33 @@ fn attach_sites(skel: &PortsnoopSkel<'static>, pid: u32, exe: &Path) -> Result<I
     }
     out.probes = probes.len();
     Ok(out)
+}
+
+/// All of `sites` in one uprobe_multi link, each with its probe id as
+/// cookie and its semaphore counter; `None` when the kernel has no such
+/// links (the program was not loaded) or refused this one.
+fn attach_all_at_once(
+    skel: &PortsnoopSkel<'static>,
+    pid: u32,
+    exe: &Path,
+    sites: &[Site],
+) -> Option<Link> {
+    let prog = &skel.progs.evloop_site_multi;
+    if sites.is_empty() || !prog.autoload() {
+        return None;
+    }
+    let opts = UprobeMultiOpts {
+        offsets: sites.iter().map(|s| s.offset as usize).collect(),
+        ref_ctr_offsets: sites.iter().map(|s| s.semaphore_offset as usize).collect(),
+        cookies: sites.iter().map(|s| s.probe as u64).collect(),
+        ..UprobeMultiOpts::default()
+    };
+    // A refusal is handled site by site after this: libbpf's own line
+    // about it would only alarm.
+    let libbpf_print = libbpf_rs::set_print(None);
+    let link = prog.attach_uprobe_multi_with_opts(pid as i32, exe, "", opts);
+    libbpf_rs::set_print(libbpf_print);
+    link.ok()
 }
 
 /// Starts or stops recording in the kernel side (see `ready` in the BPF
