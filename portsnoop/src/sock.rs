@@ -20,8 +20,9 @@ pub enum SocketOrigin {
     Accept,
     /// `connect` on it returned 0 or `EINPROGRESS`.
     Connect,
-    /// It was open when the trace began (read from `/proc/PID/fd` and
-    /// `/proc/PID/net`).
+    /// It was open when its process's trace began: the target's at the
+    /// start, a `-f` child's at its fork, inherited (read from
+    /// `/proc/PID/fd` and `/proc/PID/net`).
     BeforeTrace,
 }
 

@@ -553,6 +553,13 @@ fn follow_processes(
             events.push(now_tracing(&attached));
         }
     }
+    // A new child's fds are its parent's, sockets included: named from
+    // /proc as the target's are at the start, now that it is recorded.
+    for change in changes {
+        if let engine::Change::Forked(pid) = *change {
+            events.extend(engine.sockets_before_trace(pid));
+        }
+    }
     events
 }
 

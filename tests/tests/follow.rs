@@ -146,6 +146,16 @@ fn follow_forks_traces_every_worker_with_its_own_pid() {
         !shared.is_empty(),
         "workers used different fds: {accepted:?}"
     );
+    // Each worker inherited the listener: named in its own process.
+    for w in &expected {
+        assert!(
+            recs.iter().any(|r| r["type"] == "socket"
+                && r["pid"].as_u64() == Some(*w)
+                && r["origin"] == "before_trace"
+                && r["local"] == addr.to_string().as_str()),
+            "worker {w}'s inherited listener is not named"
+        );
+    }
     // The workers' exits are rows of their own.
     let exits: BTreeSet<u64> = recs
         .iter()
