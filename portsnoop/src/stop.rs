@@ -221,11 +221,14 @@ fn watchdog(shared: &Shared, mut signals: UnixStream, mut wakeup: UnixStream) {
     // Until stopped: sleep until a signal, a wakeup or the deadline.
     let mut signals_seen = 0;
     loop {
+        signals_seen += drain(&mut signals);
+        drain(&mut wakeup);
+        // After the drain, not before: the phase is set before its wakeup
+        // is written, so a wakeup drained here is one whose phase this
+        // sees, and one written later ends the wait below.
         if phase() == Phase::Done {
             return;
         }
-        signals_seen += drain(&mut signals);
-        drain(&mut wakeup);
         let deadline = *shared.deadline.lock().expect("not poisoned");
         let now = Instant::now();
         if signals_seen > 0 || deadline.is_some_and(|d| now >= d) {
@@ -358,4 +361,34 @@ pub(crate) fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     // SAFETY: a non-negative return is a fresh fd that we now own.
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session that ends at once (an output that cannot be opened, a
+    /// target that is gone) drops its `Stop` while the watchdog is just
+    /// starting. The watchdog must see the end however the two interleave:
+    /// it once drained the wakeup after checking the phase, then waited for
+    /// another that never came, and portsnoop hung on its way out.
+    #[test]
+    fn a_stop_dropped_at_once_ends_its_watchdog() {
+        let (done, finished) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for i in 0..2000u32 {
+                let stop = Stop::install().expect("a stop");
+                // Dropped 0 to 100 us in: somewhere in the watchdog's
+                // first steps, a different place each time.
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_nanos(u64::from(i % 100) * 1000) {}
+                drop(stop);
+            }
+            let _ = done.send(());
+        });
+        assert!(
+            finished.recv_timeout(Duration::from_secs(60)).is_ok(),
+            "a watchdog did not end after its Stop was dropped"
+        );
+    }
 }
