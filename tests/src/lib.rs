@@ -486,7 +486,7 @@ pub fn run_load(addr: SocketAddr, conns: u32, msgs: u32, size: u32) -> Load {
             &size.to_string(),
         ])
         .args(["--timeout", "60"])
-        .output()
+        .output_bounded()
         .expect("running echo-load");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -651,4 +651,53 @@ pub fn serve_self(mode: &str) -> (Proc, String) {
         .trim()
         .to_string();
     (proc, addr)
+}
+
+/// How long a command run to its end ([`OutputBounded`]) may take.
+pub const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// [`Command::output`] with a bound: a command that hangs (a portsnoop
+/// that does not exit) fails its test with where its threads wait, instead
+/// of holding up the whole suite until CI gives up on it.
+pub trait OutputBounded {
+    /// Runs to the end within [`RUN_LIMIT`], stdin from /dev/null, and
+    /// returns its status and output; panics if it takes longer.
+    fn output_bounded(&mut self) -> std::io::Result<std::process::Output>;
+}
+
+impl OutputBounded for Command {
+    fn output_bounded(&mut self) -> std::io::Result<std::process::Output> {
+        let mut child = self
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let drain = |mut r: Box<dyn Read + Send>| {
+            thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = r.read_to_end(&mut buf);
+                buf
+            })
+        };
+        let out = drain(Box::new(child.stdout.take().expect("piped")));
+        let err = drain(Box::new(child.stderr.take().expect("piped")));
+        let deadline = Instant::now() + RUN_LIMIT;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let threads = where_threads_wait(child.id());
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{self:?} did not end within {RUN_LIMIT:?}; its threads:\n{threads}");
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        Ok(std::process::Output {
+            status,
+            stdout: out.join().expect("stdout reader"),
+            stderr: err.join().expect("stderr reader"),
+        })
+    }
 }

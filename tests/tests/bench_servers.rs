@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use serde_json::Value;
-use tests::{bin, run_load, socket_count, wait_for_sockets, Portsnoop, Server};
+use tests::{bin, run_load, socket_count, wait_for_sockets, OutputBounded, Portsnoop, Server};
 
 /// Runs `http-load` and returns the requests it completed; panics with its
 /// stderr on any bad or missing response.
@@ -15,7 +15,7 @@ fn http_load(addr: std::net::SocketAddr, conns: u32, reqs: u32) -> u64 {
         .args(["--addr", &addr.to_string(), "--conns", &conns.to_string()])
         .args(["--reqs", &reqs.to_string(), "--body", "Hello, World!"])
         .args(["--timeout", "60"])
-        .output()
+        .output_bounded()
         .expect("running http-load");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -54,7 +54,7 @@ fn hello_hyper_serves_keep_alive_requests_in_both_builds() {
     }
     let bad = Command::new(bin("hello-hyper"))
         .arg("--bogus")
-        .output()
+        .output_bounded()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }

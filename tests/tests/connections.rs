@@ -13,7 +13,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::{bin, json_lines, socket_count, wait_for_sockets, Portsnoop, Proc, WAIT};
+use tests::{
+    bin, json_lines, socket_count, wait_for_sockets, OutputBounded, Portsnoop, Proc, WAIT,
+};
 
 use tests::SERVE;
 
@@ -585,7 +587,7 @@ fn tcp_state_replays_and_is_marked_in_perfetto() {
 
     let replayed = Command::new(bin("portsnoop"))
         .args(["replay", rec.to_str().unwrap(), "--json"])
-        .output()
+        .output_bounded()
         .expect("running portsnoop replay");
     assert!(
         replayed.status.success() && replayed.stdout == std::fs::read(&rec).unwrap(),

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::Command;
 
 use portsnoop::list::probes_in;
-use tests::{bin, noprobes_bin, run_load, Bpftrace, Server, WAIT};
+use tests::{bin, noprobes_bin, run_load, Bpftrace, OutputBounded, Server, WAIT};
 
 /// One line per probe fire, `name fd rv ...`.
 const ECHO_SCRIPT: &str = r#"
@@ -172,7 +172,7 @@ fn servers_exit_0_on_sigterm_and_2_on_bad_arguments() {
             &["--bogus"][..],
             &[][..],
         ] {
-            let out = Command::new(bin(name)).args(args).output().unwrap();
+            let out = Command::new(bin(name)).args(args).output_bounded().unwrap();
             assert_eq!(out.status.code(), Some(2), "{name} {args:?}");
             assert!(
                 String::from_utf8_lossy(&out.stderr).contains("usage:"),

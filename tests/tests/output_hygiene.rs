@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tests::{
-    bin, json_lines, run_load, socket_count, wait_for_sockets, Portsnoop, Proc, Server, WAIT,
+    bin, json_lines, run_load, socket_count, wait_for_sockets, OutputBounded, Portsnoop, Proc,
+    Server, WAIT,
 };
 
 /// Through the harness, not `CARGO_BIN_EXE_probe-fixture`: `cargo test` and the
@@ -174,7 +175,7 @@ fn a_hostile_executable_path_is_escaped_everywhere_it_is_shown() {
     let out = Command::new(bin("portsnoop"))
         .arg("list")
         .arg(&exe)
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(
         out.status.success(),
@@ -211,7 +212,7 @@ fn a_hostile_executable_path_is_escaped_everywhere_it_is_shown() {
         .arg("-o")
         .arg(&bad_out)
         .args(["-p", &std::process::id().to_string()])
-        .output()
+        .output_bounded()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
@@ -585,7 +586,12 @@ fn sighup_ends_the_session_with_its_summary() {
 /// refuses what it cannot read fast, with exit 1 and a clear error.
 #[test]
 fn bad_arguments_and_list_targets_are_clear_errors() {
-    let run = |args: &[&str]| Command::new(bin("portsnoop")).args(args).output().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(bin("portsnoop"))
+            .args(args)
+            .output_bounded()
+            .unwrap()
+    };
     for args in [
         &["-d", "1e19", "-p", "1"][..],
         &["-d", "0", "-p", "1"],

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tests::{
-    bin, json_file, perfetto_nesting, run_load, socket_count, wait_for_sockets, Portsnoop, Proc,
-    Server, WAIT,
+    bin, json_file, perfetto_nesting, run_load, socket_count, wait_for_sockets, OutputBounded,
+    Portsnoop, Proc, Server, WAIT,
 };
 
 fn tempdir(tag: &str) -> PathBuf {
@@ -316,7 +316,7 @@ fn two_outputs_into_one_file_is_a_usage_error() {
         let out = Command::new(bin("portsnoop"))
             .args(args)
             .args(["--", "true"])
-            .output()
+            .output_bounded()
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("need different files"));

@@ -6,7 +6,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::{bin, json_lines, run_load, socket_count, wait_for_sockets, Portsnoop, Server, WAIT};
+use tests::{
+    bin, json_lines, run_load, socket_count, wait_for_sockets, OutputBounded, Portsnoop, Server,
+    WAIT,
+};
 
 fn of_type<'a>(records: &'a [Value], t: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["type"] == t).collect()
@@ -526,7 +529,10 @@ fn kernel_side_only_for_a_target_without_the_provider() {
 fn list_shows_every_evloop_probe() {
     let server = Server::start("echo-mio", &[]);
     let names = |args: &[&str]| -> BTreeSet<String> {
-        let out = Command::new(bin("portsnoop")).args(args).output().unwrap();
+        let out = Command::new(bin("portsnoop"))
+            .args(args)
+            .output_bounded()
+            .unwrap();
         assert!(
             out.status.success(),
             "{args:?}: {}",
@@ -543,7 +549,10 @@ fn list_shows_every_evloop_probe() {
     assert_eq!(by_pid.len(), 11, "{by_pid:?}");
     assert!(by_pid.contains("eventer-callback-entry") && by_pid.contains("log"));
     assert_eq!(names(&["list", bin("echo-mio").to_str().unwrap()]), by_pid);
-    let all = Command::new(bin("portsnoop")).arg("list").output().unwrap();
+    let all = Command::new(bin("portsnoop"))
+        .arg("list")
+        .output_bounded()
+        .unwrap();
     assert!(String::from_utf8_lossy(&all.stdout)
         .lines()
         .any(|l| l.split_whitespace().next() == Some(pid.as_str())));
@@ -555,7 +564,7 @@ fn bpftrace_script_runs_under_bpftrace() {
     let server = Server::start("echo-mio", &[]);
     let out = Command::new(bin("portsnoop"))
         .args(["--bpftrace", "-p", &server.pid().to_string()])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(out.status.success());
     let script = String::from_utf8(out.stdout).unwrap();
@@ -575,7 +584,12 @@ fn bpftrace_script_runs_under_bpftrace() {
 
 #[test]
 fn misuse_and_missing_targets_are_clear_errors() {
-    let run = |args: &[&str]| Command::new(bin("portsnoop")).args(args).output().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(bin("portsnoop"))
+            .args(args)
+            .output_bounded()
+            .unwrap()
+    };
     let out = run(&["--no-such-flag"]);
     assert_eq!(out.status.code(), Some(2));
     let out = run(&[]);

@@ -14,7 +14,7 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use portsnoop::engine::sites_in;
-use tests::{bin, Proc, WAIT};
+use tests::{bin, OutputBounded, Proc, WAIT};
 
 /// Through the harness, not `CARGO_BIN_EXE_probe-fixture`: `cargo test` and the
 /// harness's `cargo build` link it with different features and each puts its
@@ -56,7 +56,7 @@ fn every_note_is_a_live_site_and_each_probe_has_one() {
 
 /// Runs a lister; returns (evloop probe names listed, everything it said).
 fn run_lister(cmd: &mut Command) -> (BTreeSet<String>, String) {
-    let out = cmd.output().expect("running the lister");
+    let out = cmd.output_bounded().expect("running the lister");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let all = format!("{stdout}{stderr}");
@@ -99,7 +99,7 @@ fn list_perf(args: &[&str]) -> Vec<String> {
     let out = Command::new(bin("portsnoop"))
         .args(["list", "--perf"])
         .args(args)
-        .output()
+        .output_bounded()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -365,7 +365,7 @@ fn perf_record_reads_the_exact_values_through_the_definitions() {
     let script = Command::new("perf")
         .args(["script", "-i"])
         .arg(&data)
-        .output()
+        .output_bounded()
         .unwrap();
     let _ = std::fs::remove_file(&data);
     let out = String::from_utf8_lossy(&script.stdout);

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::LazyLock;
 
 use portsnoop::list::probes_in;
-use tests::{bin, workspace_root, Bpftrace, Proc, WAIT};
+use tests::{bin, workspace_root, Bpftrace, OutputBounded, Proc, WAIT};
 
 /// Through the harness, not `CARGO_BIN_EXE_probe-fixture`: `cargo test` and the
 /// harness's `cargo build` link it with different features and each puts its
@@ -249,7 +249,7 @@ fn the_readme_one_liners_run_and_print_what_they_promise() {
     // And the listing one.
     let list = Command::new("bpftrace")
         .args(["-l", &format!("usdt:{}:evloop:*", *FIXTURE)])
-        .output()
+        .output_bounded()
         .unwrap();
     let listed = String::from_utf8_lossy(&list.stdout);
     assert_eq!(

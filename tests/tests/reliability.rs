@@ -6,7 +6,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::{bin, json_lines, run_load, socket_count, wait_for_sockets, Portsnoop, Server, WAIT};
+use tests::{
+    bin, json_lines, run_load, socket_count, wait_for_sockets, OutputBounded, Portsnoop, Server,
+    WAIT,
+};
 
 /// The values of every `evloop` semaphore in `pid`'s memory.
 fn semaphores(pid: u32) -> Vec<u16> {
@@ -295,7 +298,12 @@ fn forced_ring_buffer_overflow_is_counted_shown_and_marks_ops_incomplete() {
 
 #[test]
 fn cli_misuse_is_exit_2_and_missing_rights_are_named() {
-    let run = |args: &[&str]| Command::new(bin("portsnoop")).args(args).output().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(bin("portsnoop"))
+            .args(args)
+            .output_bounded()
+            .unwrap()
+    };
     for args in [
         &["--bogus"][..],
         &["-p", "1", "--", "true"],
@@ -327,7 +335,7 @@ fn cli_misuse_is_exit_2_and_missing_rights_are_named() {
         ])
         .arg(bin("portsnoop"))
         .args(["-p", &server.pid().to_string()])
-        .output()
+        .output_bounded()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");

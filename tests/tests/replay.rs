@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::thread;
 use std::time::Duration;
 
-use tests::{bin, run_load, Portsnoop, WAIT};
+use tests::{bin, run_load, OutputBounded, Portsnoop, WAIT};
 
 fn tempdir() -> PathBuf {
     tests::scratch_dir("replay")
@@ -20,7 +20,7 @@ fn replay(args: &[&str]) -> Output {
     Command::new(bin("portsnoop"))
         .arg("replay")
         .args(args)
-        .output()
+        .output_bounded()
         .expect("running portsnoop replay")
 }
 
@@ -141,7 +141,7 @@ fn replay_renders_what_the_live_run_wrote() {
     let stdin = Command::new(bin("portsnoop"))
         .args(["replay", "-", "--json"])
         .stdin(std::fs::File::open(&rec).unwrap())
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(ok(stdin) == recording);
 }

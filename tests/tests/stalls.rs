@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use serde_json::Value;
-use tests::{json_lines, Portsnoop, Server, WAIT};
+use tests::{json_lines, OutputBounded, Portsnoop, Server, WAIT};
 
 const MS: u64 = 1_000_000;
 /// How long each blocking request blocks.
@@ -242,7 +242,7 @@ fn bad_stall_values_are_clear_usage_errors() {
     ] {
         let out = std::process::Command::new(tests::bin("portsnoop"))
             .args([&format!("--stall={value}"), "-p", "1"])
-            .output()
+            .output_bounded()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "--stall {value}: {err}");
@@ -281,7 +281,7 @@ fn a_stall_replays_and_is_marked_inside_its_callback_in_perfetto() {
     assert_eq!(stall["name"], "handler_sleep");
     let replayed = std::process::Command::new(tests::bin("portsnoop"))
         .args(["replay", rec.to_str().unwrap(), "--json"])
-        .output()
+        .output_bounded()
         .expect("running portsnoop replay");
     assert!(replayed.status.success(), "{replayed:?}");
     assert!(

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tests::{
     bin, is_gone, json_file, json_lines, run_load, socket_count, wait_for_sockets, wait_gone,
-    Portsnoop, Server, WAIT,
+    OutputBounded, Portsnoop, Server, WAIT,
 };
 
 fn tempdir(tag: &str) -> PathBuf {
@@ -167,7 +167,12 @@ fn a_command_that_cannot_run_says_why_and_a_script_runs() {
     assert!(status.success(), "a #! script runs:\n{}", err.join("\n"));
     assert_eq!(out, ["script-ran an-arg"]);
 
-    let run = |args: &[&str]| Command::new(bin("portsnoop")).args(args).output().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(bin("portsnoop"))
+            .args(args)
+            .output_bounded()
+            .unwrap()
+    };
     let cases = [
         (write("plain.sh", "#!/bin/sh\n", 0o644), "Permission denied"),
         (
@@ -251,7 +256,7 @@ fn a_thread_id_traces_its_process_and_a_kernel_thread_is_refused() {
         .expect("a kernel thread in /proc");
     let out = Command::new(bin("portsnoop"))
         .args(["-p", &kthread.to_string()])
-        .output()
+        .output_bounded()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tests::{bin, require_bpftrace, Bpftrace, Server, WAIT};
+use tests::{bin, require_bpftrace, Bpftrace, OutputBounded, Server, WAIT};
 
 const EAGAIN: i64 = -(libc::EAGAIN as i64);
 
@@ -401,7 +401,10 @@ fn bad_arguments_print_usage_and_exit_2() {
         &["--listen", "not-an-address"],
         &["--port", "1"],
     ] {
-        let out = Command::new(bin("echo-tokio")).args(args).output().unwrap();
+        let out = Command::new(bin("echo-tokio"))
+            .args(args)
+            .output_bounded()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "args {args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
