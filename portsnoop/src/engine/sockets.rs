@@ -91,14 +91,21 @@ pub fn sockets_of(pid: u32, ts_ns: u64) -> Vec<SocketInfo> {
 /// process's) from the diag dump: the peer's bound path if it has one (a
 /// client connected to `/run/x.sock` has the server's accepted socket as
 /// peer, which carries that path), else `fd N` when the peer is another
-/// of these fds (a socketpair), else `unnamed`. A peer the dump does not
+/// of these fds (a socketpair; the lowest, if dup'd), else `unnamed`. A peer the dump does not
 /// hold (unconnected, in another namespace, no dump) stays unknown.
 pub fn name_unix_peers(
     fds: &[(i32, u64)],
     diag: &HashMap<u64, UnixDiag>,
     table: &mut HashMap<u64, TableEntry>,
 ) {
-    let fd_of: HashMap<u64, i32> = fds.iter().map(|&(fd, inode)| (inode, fd)).collect();
+    // A socket dup'd to several fds is named by its lowest.
+    let mut fd_of: HashMap<u64, i32> = HashMap::new();
+    for &(fd, inode) in fds {
+        fd_of
+            .entry(inode)
+            .and_modify(|low| *low = (*low).min(fd))
+            .or_insert(fd);
+    }
     for &(_, inode) in fds {
         let Some(peer) = diag.get(&inode).map(|d| d.peer).filter(|&p| p != 0) else {
             continue;
@@ -284,7 +291,7 @@ mod tests {
             (15, diag(b"/run/l.sock", 0)),
         ]
         .into();
-        let fds = [(5, 10), (6, 11), (7, 12), (8, 14), (9, 15)];
+        let fds = [(5, 10), (6, 11), (7, 12), (8, 14), (9, 15), (20, 11)];
         name_unix_peers(&fds, &dump, &mut table);
         assert_eq!(table[&10].peer, Endpoint::Fd(6));
         assert_eq!(table[&11].peer, Endpoint::Fd(5));
