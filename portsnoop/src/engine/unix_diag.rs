@@ -109,12 +109,25 @@ fn dump() -> io::Result<HashMap<u64, UnixDiag>> {
         return Err(io::Error::last_os_error());
     }
     let mut out = HashMap::new();
-    let mut buf = vec![0u8; 32 * 1024];
+    // The kernel sizes a dump's datagrams by the reader's largest recv,
+    // capped at 32 KiB; MSG_TRUNC makes a longer one (which would be cut)
+    // an error rather than a short read.
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: recv(2) into a buffer of the length given.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = unsafe {
+            libc::recv(
+                sock.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_TRUNC,
+            )
+        };
         if n < 0 {
             return Err(io::Error::last_os_error());
+        }
+        if n as usize > buf.len() {
+            return Err(io::Error::other("a sock_diag datagram larger than 64 KiB"));
         }
         match parse_dump(&buf[..n as usize], &mut out) {
             Ok(true) => return Ok(out),
