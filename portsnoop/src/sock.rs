@@ -58,6 +58,9 @@ pub enum Endpoint {
     /// leading NUL: the abstract namespace). The traced app chose them:
     /// shown escaped only.
     Unix(Vec<u8>),
+    /// A Unix socket's unnamed peer that is another fd of the same process
+    /// (a socketpair's other end), when the socket was named: `fd N`.
+    Fd(i32),
     /// Not known (another family, or not read).
     Unknown,
 }
@@ -121,21 +124,27 @@ impl Endpoint {
         match family {
             AF_INET | AF_INET6 => text.parse().map_or(Endpoint::Unknown, Endpoint::Inet),
             AF_UNIX if text == "unnamed" => Endpoint::Unix(Vec::new()),
-            AF_UNIX => match text.strip_prefix('@') {
-                Some(name) => {
+            AF_UNIX => match (own_fd(text), text.strip_prefix('@')) {
+                (Some(fd), _) => Endpoint::Fd(fd),
+                (None, Some(name)) => {
                     let mut p = vec![0];
                     p.extend_from_slice(name.as_bytes());
                     Endpoint::Unix(p)
                 }
-                None => Endpoint::Unix(text.as_bytes().to_vec()),
+                (None, None) => Endpoint::Unix(text.as_bytes().to_vec()),
             },
             _ => Endpoint::Unknown,
         }
     }
 }
 
+/// `fd N` as [`Endpoint::Fd`] prints it.
+fn own_fd(text: &str) -> Option<i32> {
+    text.strip_prefix("fd ")?.parse().ok().filter(|&fd| fd >= 0)
+}
+
 /// `IP:PORT`, `[IPv6]:PORT`, a Unix path (escaped; `@name` for an
-/// abstract one, `unnamed` for none), or `?`.
+/// abstract one, `unnamed` for none), `fd N`, or `?`.
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -152,6 +161,7 @@ impl fmt::Display for Endpoint {
                 let text = String::from_utf8_lossy(p);
                 write!(f, "{at}{}", crate::output::escape::Escaped(&text))
             }
+            Endpoint::Fd(fd) => write!(f, "fd {fd}"),
             Endpoint::Unknown => f.write_str("?"),
         }
     }
@@ -355,6 +365,17 @@ mod tests {
         assert_eq!(
             Endpoint::Unix(b"\0abstract".to_vec()).to_string(),
             "@abstract"
+        );
+    }
+
+    #[test]
+    fn a_socketpairs_other_fd_reads_back() {
+        let peer = Endpoint::Fd(7);
+        assert_eq!(peer.unescaped(), "fd 7");
+        assert_eq!(Endpoint::parse(AF_UNIX, "fd 7"), peer);
+        assert_eq!(
+            Endpoint::parse(AF_UNIX, "fd x"),
+            Endpoint::Unix(b"fd x".to_vec())
         );
     }
 

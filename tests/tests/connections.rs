@@ -378,7 +378,13 @@ fn unix_sockets_are_named_by_path() {
 }
 
 fn unix_path() -> PathBuf {
-    let path = std::env::temp_dir().join(format!("evloop-conn-{}.sock", std::process::id()));
+    unix_path_named("conn")
+}
+
+/// A socket path of this test process's, `what` telling the tests apart
+/// (they run in parallel).
+fn unix_path_named(what: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("evloop-{what}-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     path
 }
@@ -392,6 +398,9 @@ fn serve_helper() {
     };
     if mode == NOREAD {
         return serve_without_reading();
+    }
+    if let Some(path) = mode.strip_prefix(HOLD_UNIX) {
+        return hold_unix_sockets(path);
     }
     let path = mode;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -475,6 +484,69 @@ fn connect_names_its_peer_and_its_handshake() {
 
 /// The `serve_helper` mode of [`serve_without_reading`].
 const NOREAD: &str = "tcp-noread";
+
+/// [`SERVE`]'s prefix for [`hold_unix_sockets`], the path after it.
+const HOLD_UNIX: &str = "hold-unix:";
+
+/// A process holding a Unix stream connected to the listener at `path`
+/// and a socketpair, printing `listening on CLIENT PAIR_A PAIR_B` (their
+/// fds), then idle until killed (bounded: a minute).
+fn hold_unix_sockets(path: &str) {
+    let client = UnixStream::connect(path).unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    use std::os::fd::AsRawFd;
+    println!(
+        "listening on {} {} {}",
+        client.as_raw_fd(),
+        a.as_raw_fd(),
+        b.as_raw_fd()
+    );
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Unix sockets open before portsnoop attaches are named with their peers
+/// (sock_diag), which `/proc/net/unix` does not give: a client connected
+/// to a path has that path as peer, a socketpair's ends each other's fd.
+#[test]
+fn unix_peers_open_before_attach_are_named() {
+    let path = unix_path_named("held");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let holder = Server::helper(&format!("{HOLD_UNIX}{}", path.display()));
+    let (_accepted, _) = listener.accept().unwrap();
+    let fds: Vec<i64> = holder
+        .addr
+        .split_whitespace()
+        .map(|f| f.parse().expect("an fd"))
+        .collect();
+    let [client, a, b] = fds[..] else {
+        panic!("three fds: {:?}", holder.addr)
+    };
+    let tracer = holder.attach();
+    let (status, out, err) = tracer.finish();
+    assert!(status.success(), "portsnoop failed: {err:?}");
+    let _ = std::fs::remove_file(&path);
+    let lines = json_lines(&out);
+    let peer_of = |fd: i64| {
+        of_type(&lines, "socket")
+            .find(|v| v["fd"] == fd && v["origin"] == "before_trace")
+            .unwrap_or_else(|| panic!("no socket line for fd {fd}"))["peer"]
+            .clone()
+    };
+    let path = path.to_str().unwrap();
+    assert_eq!(peer_of(client), path);
+    assert_eq!(peer_of(a), format!("fd {b}").as_str());
+    assert_eq!(peer_of(b), format!("fd {a}").as_str());
+    let named = &lines.last().unwrap()["fd_connections"];
+    assert_eq!(
+        named[client.to_string()],
+        format!("unix-stream unnamed <-> {path}").as_str()
+    );
+    assert_eq!(
+        named[a.to_string()],
+        format!("unix-stream unnamed <-> fd {b}").as_str()
+    );
+}
 
 /// A probed tokio TCP server that accepts, reads nothing, and closes each
 /// connection 300 ms later: the kernel received data the app never read

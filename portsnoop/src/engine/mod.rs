@@ -12,6 +12,7 @@ mod raw;
 mod semaphore;
 mod sites;
 pub mod sockets;
+pub mod unix_diag;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

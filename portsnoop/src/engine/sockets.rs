@@ -1,12 +1,15 @@
 //! Sockets a process held before the trace began: `/proc/PID/fd` names
 //! each fd's socket inode (`socket:[INODE]`), and the process's own
 //! network namespace's tables (`/proc/PID/net/{tcp,tcp6,udp,udp6,unix}`,
-//! which are the target's namespace, not portsnoop's) give the addresses.
+//! which are the target's namespace, not portsnoop's) give the addresses;
+//! a Unix socket's peer, which `/proc/net/unix` does not give, comes from
+//! sock_diag ([`super::unix_diag`]) when it can be had.
 //! The parsing is pure and tested on text; only [`sockets_of`] reads.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use super::unix_diag::UnixDiag;
 use crate::sock::{Endpoint, SocketInfo, SocketOrigin, AF_INET, AF_INET6, AF_UNIX};
 
 /// One socket from a `/proc/net` table, by inode.
@@ -57,6 +60,12 @@ pub fn sockets_of(pid: u32, ts_ns: u64) -> Vec<SocketInfo> {
     if let Ok(text) = std::fs::read(format!("/proc/{pid}/net/unix")) {
         parse_unix_table(&text, &mut table);
     }
+    let diag = if table.values().any(|e| e.family == AF_UNIX) {
+        super::unix_diag::unix_sockets_of(pid)
+    } else {
+        HashMap::new()
+    };
+    name_unix_peers(&fds, &diag, &mut table);
     fds.into_iter()
         .filter_map(|(fd, inode)| {
             let e = table.get(&inode)?;
@@ -76,6 +85,42 @@ pub fn sockets_of(pid: u32, ts_ns: u64) -> Vec<SocketInfo> {
             })
         })
         .collect()
+}
+
+/// Names the peers of the Unix sockets among `fds` ((fd, inode), the
+/// process's) from the diag dump: the peer's bound path if it has one (a
+/// client connected to `/run/x.sock` has the server's accepted socket as
+/// peer, which carries that path), else `fd N` when the peer is another
+/// of these fds (a socketpair; the lowest, if dup'd), else `unnamed`. A peer the dump does not
+/// hold (unconnected, in another namespace, no dump) stays unknown.
+pub fn name_unix_peers(
+    fds: &[(i32, u64)],
+    diag: &HashMap<u64, UnixDiag>,
+    table: &mut HashMap<u64, TableEntry>,
+) {
+    // A socket dup'd to several fds is named by its lowest.
+    let mut fd_of: HashMap<u64, i32> = HashMap::new();
+    for &(fd, inode) in fds {
+        fd_of
+            .entry(inode)
+            .and_modify(|low| *low = (*low).min(fd))
+            .or_insert(fd);
+    }
+    for &(_, inode) in fds {
+        let Some(peer) = diag.get(&inode).map(|d| d.peer).filter(|&p| p != 0) else {
+            continue;
+        };
+        let Some(peer_sock) = diag.get(&peer) else {
+            continue;
+        };
+        let name = match (Endpoint::unix(&peer_sock.name), fd_of.get(&peer)) {
+            (Endpoint::Unix(p), Some(&fd)) if p.is_empty() => Endpoint::Fd(fd),
+            (path, _) => path,
+        };
+        if let Some(e) = table.get_mut(&inode).filter(|e| e.family == AF_UNIX) {
+            e.peer = name;
+        }
+    }
 }
 
 /// The inode in a `socket:[INODE]` link.
@@ -220,6 +265,44 @@ mod tests {
         assert_eq!(out[&101].local, Endpoint::Unix(b"\0abs".to_vec()));
         assert_eq!(out[&101].sock_type, 2);
         assert_eq!(out[&102].local, Endpoint::Unix(Vec::new()));
+    }
+
+    #[test]
+    fn unix_peers_are_named_by_path_then_by_fd() {
+        let text = b"Num RefCount Protocol Flags Type St Inode Path\n0: 2 0 0 0001 03 10\n0: 2 0 0 0001 03 11\n0: 2 0 0 0001 03 12\n0: 2 0 0 0001 03 14\n0: 2 0 0 0001 01 15 /run/l.sock\n";
+        let mut table = HashMap::new();
+        parse_unix_table(text, &mut table);
+        let diag = |name: &[u8], peer| UnixDiag {
+            sock_type: 1,
+            name: name.to_vec(),
+            peer,
+        };
+        // 10 <-> 11: a socketpair; 12 -> 13: the server's end of a
+        // connection to /run/x.sock (another process's); 14 -> 16: an
+        // unnamed peer elsewhere; 15: a listener; 17's peer is not in the
+        // dump.
+        let dump: HashMap<u64, UnixDiag> = [
+            (10, diag(b"", 11)),
+            (11, diag(b"", 10)),
+            (12, diag(b"", 13)),
+            (13, diag(b"/run/x.sock\0", 12)),
+            (14, diag(b"", 16)),
+            (16, diag(b"", 14)),
+            (15, diag(b"/run/l.sock", 0)),
+        ]
+        .into();
+        let fds = [(5, 10), (6, 11), (7, 12), (8, 14), (9, 15), (20, 11)];
+        name_unix_peers(&fds, &dump, &mut table);
+        assert_eq!(table[&10].peer, Endpoint::Fd(6));
+        assert_eq!(table[&11].peer, Endpoint::Fd(5));
+        assert_eq!(table[&12].peer, Endpoint::Unix(b"/run/x.sock".to_vec()));
+        assert_eq!(table[&14].peer, Endpoint::Unix(Vec::new()));
+        assert_eq!(table[&15].peer, Endpoint::Unknown);
+        // No dump: as before.
+        let mut plain = HashMap::new();
+        parse_unix_table(text, &mut plain);
+        name_unix_peers(&fds, &HashMap::new(), &mut plain);
+        assert!(plain.values().all(|e| e.peer == Endpoint::Unknown));
     }
 
     #[test]

@@ -56,7 +56,11 @@
 //! seen). `socket` {ts_ns, pid, tid, fd, origin ("accept"/"connect"/
 //! "before_trace": read from /proc at attach, tid 0), family
 //! ("inet"/"inet6"/"unix"), sock_type, protocol, local, peer, inode, sk}
-//! comes just before its syscall. `tcp` {ts_ns, pid, tid, fd, event
+//! comes just before its syscall; a Unix socket's `peer` is the peer's
+//! bound path, `"unnamed"`, `"fd N"` for one open before the trace whose
+//! unnamed peer is fd N of the same process (a socketpair; the lowest fd
+//! if dup'd, as read at attach), or `"?"` (not connected, or sock_diag
+//! could not be had). `tcp` {ts_ns, pid, tid, fd, event
 //! ("state"/"retransmit"/"reset_sent"/"reset_received"), from, to (the
 //! kernel's state names: "ESTABLISHED", "CLOSE_WAIT", ...; for the other
 //! events both are the state then), sk, bytes_received, bytes_acked (the

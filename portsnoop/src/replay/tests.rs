@@ -13,6 +13,7 @@ use crate::event::{
     ProcessEventKind, ReadyEvent, SlowSyscall, Syscall, SyscallName,
 };
 use crate::output::json::Json;
+use crate::sock::{Endpoint, SocketInfo, SocketOrigin, AF_UNIX};
 
 const P: u32 = 50;
 const T: u32 = 51;
@@ -46,7 +47,26 @@ fn sys(ts: u64, name: SyscallName, fd: i32, rv: i64) -> Event {
 /// strings a terminal must not get raw, a loss, every process event.
 fn session() -> (Vec<Record>, Summary) {
     let name = "echo \u{1b}[2J\u{9b}\u{2028}é\"\\";
+    // A socketpair open before the trace: each end's peer is the other fd.
+    let pair_end = |fd, peer| {
+        Event::Socket(SocketInfo {
+            ts_ns: 1,
+            pid: P,
+            tid: 0,
+            fd,
+            origin: SocketOrigin::BeforeTrace,
+            family: AF_UNIX,
+            sock_type: 1,
+            protocol: 0,
+            local: Endpoint::Unix(Vec::new()),
+            peer: Endpoint::Fd(peer),
+            inode: 900 + fd as u64,
+            sk: 0,
+        })
+    };
     let events = vec![
+        pair_end(20, 21),
+        pair_end(21, 20),
         Event::EpollCtl(EpollCtl {
             ts_ns: 1,
             pid: P,
@@ -223,6 +243,9 @@ fn the_session_has_what_the_tests_need() {
         .iter()
         .any(|r| matches!(r, Record::Wait(w) if w.fds.contains(&None))));
     assert!(summary.lost_events == 3 && summary.process_end.is_some());
+    assert!(records
+        .iter()
+        .any(|r| matches!(r, Record::Event(Event::Socket(s)) if s.peer == Endpoint::Fd(21))));
 }
 
 #[test]
@@ -259,6 +282,16 @@ fn each_line_parses_back_into_its_record() {
     let Entry::Summary(got) = entry(lines.last().unwrap()).unwrap() else {
         panic!("no summary");
     };
+    // The summary's connections do not carry their socket's time and
+    // inode (the socket lines do).
+    let mut summary = summary;
+    for c in &mut summary.connections {
+        if let Some(s) = &mut c.socket {
+            let s = std::sync::Arc::make_mut(s);
+            s.ts_ns = 0;
+            s.inode = 0;
+        }
+    }
     assert_eq!(*got, summary);
 }
 
