@@ -660,15 +660,15 @@ pub const RUN_LIMIT: Duration = Duration::from_secs(120);
 /// that does not exit) fails its test with where its threads wait, instead
 /// of holding up the whole suite until CI gives up on it.
 pub trait OutputBounded {
-    /// Runs to the end within [`RUN_LIMIT`], stdin from /dev/null, and
-    /// returns its status and output; panics if it takes longer.
+    /// Runs to the end within [`RUN_LIMIT`] and returns its status and
+    /// output; panics if it takes longer. Unlike `output`, stdin is
+    /// inherited unless the command sets it (a `Command` does not say).
     fn output_bounded(&mut self) -> std::io::Result<std::process::Output>;
 }
 
 impl OutputBounded for Command {
     fn output_bounded(&mut self) -> std::io::Result<std::process::Output> {
         let mut child = self
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
