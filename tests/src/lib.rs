@@ -668,10 +668,7 @@ pub trait OutputBounded {
 
 impl OutputBounded for Command {
     fn output_bounded(&mut self) -> std::io::Result<std::process::Output> {
-        let mut child = self
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+        let mut child = self.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         let drain = |mut r: Box<dyn Read + Send>| {
             thread::spawn(move || {
                 let mut buf = Vec::new();
