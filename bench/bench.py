@@ -499,16 +499,11 @@ def churn(results):
           f"{int(n)} events per run, connections in the summary {tcp_rows}, lost {lost}")
     print(f"us/event (median of each round's traced minus untraced load time, / events): "
           f"{results['churn']['us_per_event']}")
-def stall_cost(results):
-    """Cost per traced event with stall tracking on (portsnoop's default,
-    --stall 10) next to off (--stall 0: nothing of it loaded), on echo-mio,
-    whose callbacks never stall: what tracking costs when nothing stalls.
-    Rounds alternate untraced, off, on; each traced run is taken against
-    its round's untraced run. The machine's busy CPU is shown too (a
-    first version's sched_switch program ran on every context switch of
-    the machine)."""
-    conns, msgs, size = 4, int(os.environ.get("BENCH_TRACE_MSGS", "2000" if QUICK else "15000")), 64
-    modes = {"untraced": None, "stall off": ["--stall", "0"], "stall on": ["--stall", "10"]}
+def paired_modes(modes, conns, msgs, size):
+    """Rounds of an untraced run and one run per portsnoop mode (its flags)
+    on echo-mio; each traced run is taken against its round's untraced run.
+    Returns the untraced load seconds, a row per mode, and per mode its us
+    per event round by round."""
     secs = {m: [] for m in modes}
     busy = {m: [] for m in modes}
     seen = {m: [] for m in modes}
@@ -532,22 +527,70 @@ def stall_cost(results):
                      "us_per_event": round(statistics.median(per_round[m]), 3),
                      "cpu_us_per_event": round(statistics.median(
                          x / n * 1e6 for x, n in zip(extra_busy, seen[m])), 3)})
-    # On against off, round by round: what tracking adds per event (a
-    # difference: on a noisy machine a round's untraced run can come out
-    # slower than a traced one, and a ratio of two such is meaningless).
-    on_minus_off = [a - b for a, b in zip(per_round["stall on"], per_round["stall off"])]
+    return statistics.median(secs["untraced"]), rows, per_round
+
+
+def print_paired(title, untraced_secs, rows):
+    print(f"\n== {title} ==")
+    print("%-12s %9s %9s %10s %12s" % ("portsnoop", "load s", "seen", "us/event", "cpu us/event"))
+    print("%-12s %9.4f" % ("untraced", untraced_secs))
+    for r in rows:
+        print("%-12s %9.4f %9d %10.3f %12.3f" % (r["mode"], r["median_secs"], r["events_seen"], r["us_per_event"],
+                                                 r["cpu_us_per_event"]))
+
+
+def difference(per_round, a, b):
+    """a - b, us per event, round by round (a difference: on a noisy machine
+    a round's untraced run can come out slower than a traced one, and a
+    ratio of two such is meaningless)."""
+    return [x - y for x, y in zip(per_round[a], per_round[b])]
+
+
+def stall_cost(results):
+    """Cost per traced event with stall tracking on (portsnoop's default,
+    --stall 10) next to off (--stall 0: nothing of it loaded), on echo-mio,
+    whose callbacks never stall: what tracking costs when nothing stalls.
+    The machine's busy CPU is shown too (a first version's sched_switch
+    program ran on every context switch of the machine)."""
+    conns, msgs, size = 4, int(os.environ.get("BENCH_TRACE_MSGS", "2000" if QUICK else "15000")), 64
+    modes = {"untraced": None, "stall off": ["--stall", "0"], "stall on": ["--stall", "10"]}
+    untraced, rows, per_round = paired_modes(modes, conns, msgs, size)
+    on_minus_off = difference(per_round, "stall on", "stall off")
     results["stall_cost"] = {"load": f"echo-mio, {conns} conns x {msgs} msgs x {size} B", "rows": rows,
                              "on_minus_off_us_per_event_rounds": [round(x, 3) for x in on_minus_off],
                              "on_minus_off_us_per_event_median": round(statistics.median(on_minus_off), 3)}
-    print(f"\n== stall tracking: cost per traced event on vs off (echo-mio, {conns} conns x {msgs} msgs x {size} B, "
-          f"no stalls; median of {ROUNDS}) ==")
-    print("%-10s %9s %9s %10s %12s" % ("portsnoop", "load s", "seen", "us/event", "cpu us/event"))
-    print("%-10s %9.4f" % ("untraced", statistics.median(secs["untraced"])))
-    for r in rows:
-        print("%-10s %9.4f %9d %10.3f %12.3f" % (r["mode"], r["median_secs"], r["events_seen"], r["us_per_event"],
-                                                 r["cpu_us_per_event"]))
+    print_paired(f"stall tracking: cost per traced event on vs off (echo-mio, {conns} conns x {msgs} msgs x {size} "
+                 f"B, no stalls; median of {ROUNDS})", untraced, rows)
     print("on - off, us per event, round by round: median %+.3f, rounds %s" % (
         statistics.median(on_minus_off), " ".join("%+.3f" % x for x in on_minus_off)))
+
+
+def output_cost(results):
+    """What each output costs per traced event on echo-mio, side by side:
+    -q (only the summary), the table, --json, and --perfetto (with -q), each
+    paired with its round's untraced run; the table and JSON go to
+    /dev/null, the Perfetto trace to tmpfs (a file is what it writes)."""
+    conns, msgs, size = 4, int(os.environ.get("BENCH_TRACE_MSGS", "2000" if QUICK else "15000")), 64
+    trace_file = f"/dev/shm/evloop-bench.{os.getpid()}.pftrace"
+    # The table's flags are the default spelled out: a mode without flags
+    # is the untraced run.
+    modes = {"untraced": None, "-q": ["-q"], "table": ["--stall", "10"], "--json": ["--json"],
+             "--perfetto": ["-q", "--perfetto", trace_file]}
+    untraced, rows, per_round = paired_modes(modes, conns, msgs, size)
+    trace_bytes = os.path.getsize(trace_file) if os.path.exists(trace_file) else 0
+    if os.path.exists(trace_file):
+        os.unlink(trace_file)
+    over_q = {m: difference(per_round, m, "-q") for m in modes if m not in ("untraced", "-q")}
+    results["output_cost"] = {"load": f"echo-mio, {conns} conns x {msgs} msgs x {size} B", "rows": rows,
+                              "over_q_us_per_event_median": {m: round(statistics.median(d), 3)
+                                                             for m, d in over_q.items()},
+                              "perfetto_bytes": trace_bytes}
+    print_paired(f"outputs: cost per traced event of each (echo-mio, {conns} conns x {msgs} msgs x {size} B; median "
+                 f"of {ROUNDS})", untraced, rows)
+    for m, d in over_q.items():
+        print("%s - (-q), us per event, round by round: median %+.3f, rounds %s" % (
+            m, statistics.median(d), " ".join("%+.3f" % x for x in d)))
+    print(f"the last Perfetto trace: {trace_bytes} bytes")
 
 
 def capacity(results):
@@ -734,7 +777,7 @@ def count_cost(results):
 
 def main():
     results = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} cores, {os.uname().release}"}
-    parts = ["echo", "http", "trace", "churn", "count", "stall", "capacity"]
+    parts = ["echo", "http", "trace", "churn", "count", "stall", "outputs", "capacity"]
     which = sys.argv[1:] or parts
     unknown = set(which) - set(parts)
     if unknown:
@@ -751,6 +794,8 @@ def main():
         count_cost(results)
     if "stall" in which:
         stall_cost(results)
+    if "outputs" in which:
+        output_cost(results)
     if "capacity" in which:
         capacity(results)
     out = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench", "results", "latest.json"))
