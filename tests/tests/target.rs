@@ -4,7 +4,7 @@
 //! a kernel thread, reaches a binary in another mount namespace; portsnoop
 //! in a pid namespace; a target that execs is followed into its new image.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -45,12 +45,42 @@ fn load_until_cut(addr: SocketAddr) {
         .status();
 }
 
-/// The child `pid` that served `addr` is gone and nothing serves there.
-fn assert_child_ended(pid: u32, addr: SocketAddr, how: &str) {
+/// The inode of the socket listening on `addr` (from /proc/net/tcp).
+fn listener_inode(addr: SocketAddr) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port = format!(":{:04X}", addr.port());
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        // local_address, st 0A (LISTEN), inode.
+        .find(|f| f.len() > 9 && f[1].ends_with(&port) && f[3] == "0A")
+        .and_then(|f| f[9].parse().ok())
+        .unwrap_or_else(|| panic!("nothing listens on {addr}"))
+}
+
+/// The child `pid` that served `addr` is gone, and its listening socket
+/// with it: no process holds it. (Not a connect to `addr`: another test's
+/// server may be given the freed port meanwhile.)
+fn assert_child_ended(pid: u32, inode: u64, how: &str) {
     wait_gone(pid, &format!("the child after portsnoop {how}"));
+    let socket = format!("socket:[{inode}]");
+    let holders: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|p| {
+            p.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter_map(|p| std::fs::read_dir(p.path().join("fd")).ok())
+        .flat_map(|fds| fds.flatten())
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == socket.as_str()))
+        .map(|fd| fd.path().display().to_string())
+        .collect();
     assert!(
-        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
-        "after portsnoop {how}, something still listens on {addr}"
+        holders.is_empty(),
+        "after portsnoop {how}, its child's listener is still held: {holders:?}"
     );
 }
 
@@ -63,6 +93,7 @@ fn the_child_never_outlives_portsnoop() {
     // An output error: the trace cannot be written.
     let mut snoop = Portsnoop::start(&[&["-o", "/dev/full"][..], &server].concat());
     let (pid, addr) = (snoop.traced_pid(), snoop.child_listen_addr());
+    let inode = listener_inode(addr);
     load_until_cut(addr);
     let status = snoop.proc.wait_exit(WAIT);
     assert!(!status.success(), "a write error is a failure");
@@ -76,7 +107,7 @@ fn the_child_never_outlives_portsnoop() {
         "{:?}",
         snoop.proc.stderr.all()
     );
-    assert_child_ended(pid, addr, "failed to write");
+    assert_child_ended(pid, inode, "failed to write");
 
     // A reader that went away (`portsnoop ... | head -c 1`).
     let mut snoop = Portsnoop::start_under(
@@ -84,27 +115,30 @@ fn the_child_never_outlives_portsnoop() {
         &server,
     );
     let (pid, addr) = (snoop.traced_pid(), snoop.child_listen_addr());
+    let inode = listener_inode(addr);
     load_until_cut(addr);
     snoop.proc.wait_exit(WAIT);
-    assert_child_ended(pid, addr, "lost its reader");
+    assert_child_ended(pid, inode, "lost its reader");
 
     // Signals that end portsnoop without its cleanup: only the child's
     // parent-death signal can end it then.
     for (how, sig) in [("got SIGHUP", libc::SIGHUP), ("got SIGKILL", libc::SIGKILL)] {
         let mut snoop = Portsnoop::start(&server);
         let (pid, addr) = (snoop.traced_pid(), snoop.child_listen_addr());
+        let inode = listener_inode(addr);
         run_load(addr, 1, 5, 8);
         snoop.proc.signal(sig);
         snoop.proc.wait_exit(WAIT);
-        assert_child_ended(pid, addr, how);
+        assert_child_ended(pid, inode, how);
     }
 
     // And the ordinary end: ^C.
     let snoop = Portsnoop::start(&server);
     let (pid, addr) = (snoop.traced_pid(), snoop.child_listen_addr());
+    let inode = listener_inode(addr);
     let (status, _, err) = snoop.finish();
     assert!(status.success(), "{}", err.join("\n"));
-    assert_child_ended(pid, addr, "was interrupted");
+    assert_child_ended(pid, inode, "was interrupted");
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! are counted in the kernel and reported in the stream where they are
 //! missing, as [`Event::Lost`].
 
+mod background_drop;
 mod checks;
 mod raw;
 mod semaphore;
@@ -37,6 +38,7 @@ use crate::target::{Image, Target};
 
 use crate::event::Event;
 use crate::sock::SocketInfo;
+use background_drop::BackgroundDrop;
 use semaphore::HeldSemaphore;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs, dead_code, unused_imports)]
@@ -235,6 +237,8 @@ pub struct Engine {
     undecodable: Rc<RefCell<u64>>,
     lost_reported: u64,
     attached: Attached,
+    /// Where the sites of processes that are gone are let go of.
+    detached: BackgroundDrop<ProcessSites>,
 }
 
 impl Engine {
@@ -381,6 +385,7 @@ impl Engine {
             undecodable,
             lost_reported: 0,
             attached,
+            detached: BackgroundDrop::new(),
         })
     }
 
@@ -529,9 +534,12 @@ impl Engine {
         self.set_recording(pid, true);
     }
 
-    /// With -f: drops the sites of followed process `pid`, which is gone.
+    /// With -f: drops the sites of followed process `pid`, which is gone,
+    /// on a thread of their own (see [`BackgroundDrop`]).
     pub fn detach_process(&mut self, pid: u32) {
-        self.sites.remove(&pid);
+        if let Some(sites) = self.sites.remove(&pid) {
+            self.detached.drop_later(sites);
+        }
         self.arg_specs.borrow_mut().remove(&pid);
     }
 
