@@ -167,6 +167,16 @@ fn socket_with_peer<'a>(lines: &'a [Value], peer: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no socket line with peer {peer}"))
 }
 
+/// The summary's connection whose peer is `peer`.
+fn connection_with_peer<'a>(summary: &'a Value, peer: &str) -> &'a Value {
+    summary["connections"]
+        .as_array()
+        .expect("the summary's connections")
+        .iter()
+        .find(|c| c["peer"] == peer)
+        .unwrap_or_else(|| panic!("no connection with peer {peer} in the summary"))
+}
+
 /// The TCP events of the socket `sk`, in order.
 fn tcp_of(lines: &[Value], sk: &Value) -> Vec<(String, i64, String, String)> {
     of_type(lines, "tcp")
@@ -254,11 +264,7 @@ fn accepts_name_peers_and_tcp_follows_the_fd(name: &str, listen: &str) {
     );
 
     let summary = lines.last().unwrap();
-    let conns = summary["connections"].as_array().unwrap();
-    let conn = conns
-        .iter()
-        .find(|c| c["peer"] == closing_addr.to_string().as_str())
-        .expect("the closing client's connection in the summary");
+    let conn = connection_with_peer(summary, &closing_addr.to_string());
     assert!(conn["states"]
         .as_array()
         .unwrap()
@@ -270,10 +276,7 @@ fn accepts_name_peers_and_tcp_follows_the_fd(name: &str, listen: &str) {
     assert_eq!(conn["bytes"]["kernel_received"], 5, "{conn}");
     assert_eq!(conn["bytes"]["unread"], 0, "{conn}");
     assert_eq!(conn["bytes"]["unacked"], 0, "{conn}");
-    let reset_conn = conns
-        .iter()
-        .find(|c| c["peer"] == reset_addr.to_string().as_str())
-        .expect("the reset client's connection in the summary");
+    let reset_conn = connection_with_peer(summary, &reset_addr.to_string());
     assert_eq!(reset_conn["resets_received"], 1, "{reset_conn}");
     let accepted = summary["accepted"]
         .as_array()
@@ -599,12 +602,7 @@ fn unread_bytes_are_a_difference_and_a_reset_sent() {
         "{events:?}"
     );
     let summary = lines.last().unwrap();
-    let conn = summary["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["peer"] == local.to_string().as_str())
-        .expect("its connection");
+    let conn = connection_with_peer(summary, &local.to_string());
     let b = &conn["bytes"];
     assert_eq!(b["not_compared"], Value::Null, "{conn}");
     assert_eq!(
@@ -771,11 +769,6 @@ fn a_dropped_syn_is_a_retransmit_on_the_connecting_fd() {
         "{events:?}"
     );
     let summary = lines.last().unwrap();
-    let conn = summary["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["peer"] == addr.to_string().as_str())
-        .expect("its connection");
+    let conn = connection_with_peer(summary, &addr.to_string());
     assert!(conn["retransmits"].as_u64().unwrap() >= 1, "{conn}");
 }
